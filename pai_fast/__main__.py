@@ -1,0 +1,3 @@
+from pai_fast.cli import main
+
+raise SystemExit(main())

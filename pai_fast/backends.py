@@ -1,0 +1,162 @@
+"""Backend choice, in one place.
+
+Backends: ``torch`` (plain PyTorch, pai_fast.reference: runs everywhere), ``triton`` (pai_fast.kernels) and
+``cuda`` (csrc/ through pai_fast._C). Precedence: the ``backend=`` argument of a functional op, then
+``pai_fast.set_backend(...)``, then the environment variable ``PAI_FAST_BACKEND``, then ``auto``.
+
+``auto`` picks the fastest fused backend that can run the inputs (order from the measured table in
+``AUTO_ORDER``; see benchmarks/results/) and otherwise falls back to ``torch``, warning once per reason
+when the inputs are on a GPU (on a CPU, torch is simply the right choice). An explicitly requested
+backend that cannot run raises ``BackendUnavailableError`` listing every reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+
+import torch
+
+from .activations import FUSED_CODES
+
+BACKENDS = ("torch", "triton", "cuda")
+CHOICES = ("auto",) + BACKENDS
+# Fused backends in order of preference for `auto` (measured on H100: benchmarks/results/).
+AUTO_ORDER = ("triton", "cuda")
+
+_selected: str | None = None
+_warned: set[str] = set()
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run these inputs; the message lists why."""
+
+
+def _check_name(name: str, what: str = "backend") -> str:
+    if not isinstance(name, str) or name not in CHOICES:
+        raise ValueError(f"{what}: expected one of {list(CHOICES)}, got {name!r}")
+    return name
+
+
+def set_backend(name: str | None) -> None:
+    """Set the process-wide backend ("auto", "torch", "triton", "cuda"); None restores the default."""
+    global _selected
+    _selected = None if name is None else _check_name(name)
+
+
+def get_backend() -> str:
+    """The backend requested for this process (before per-input resolution)."""
+    if _selected is not None:
+        return _selected
+    env = os.environ.get("PAI_FAST_BACKEND")
+    return _check_name(env, "PAI_FAST_BACKEND") if env else "auto"
+
+
+def interpreting() -> bool:
+    """True when Triton runs in its CPU interpreter (TRITON_INTERPRET=1): used by CI to test kernels."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def module_reasons(name: str) -> tuple[str, ...]:
+    """Why a backend's code cannot be loaded at all in this process (empty = loadable)."""
+    if name == "torch":
+        return ()
+    if name == "triton":
+        try:
+            importlib.import_module("triton")
+        except Exception as e:  # ImportError, or a broken triton install
+            return (f"triton is not importable ({type(e).__name__}: {e})",)
+        try:
+            importlib.import_module("pai_fast.kernels")
+        except Exception as e:
+            return (f"pai_fast.kernels failed to import ({type(e).__name__}: {e})",)
+        return ()
+    if name == "cuda":
+        try:
+            importlib.import_module("pai_fast._C")
+        except Exception as e:
+            return (
+                f"the CUDA extension pai_fast._C is not built or not loadable ({type(e).__name__}: {e}); "
+                "reinstall with nvcc on PATH (PAI_FAST_BUILD_CUDA=1)",
+            )
+        return ()
+    raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {name!r}")
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def backend_module(name: str):
+    """The launcher module of a fused backend (contract: linear_fwd/bwd, conv_fwd/bwd, supports)."""
+    return importlib.import_module("pai_fast.kernels" if name == "triton" else "pai_fast.cuda_backend")
+
+
+def input_reasons(name: str, kind: str, x: torch.Tensor, weight: torch.Tensor, d: int, activation: str | None,
+                  groups: int = 1) -> list[str]:
+    """Why backend ``name`` cannot run op ``kind`` ("linear" or "conv") on these inputs (empty = it can)."""
+    if name == "torch":
+        return []
+    reasons = list(module_reasons(name))
+    if reasons:
+        return reasons
+    if x.device.type == "cuda":
+        cap = _capability(x.device.index if x.device.index is not None else torch.cuda.current_device())
+        if cap < (8, 0):
+            reasons.append(f"needs an NVIDIA GPU of compute capability >= 8.0, got {cap[0]}.{cap[1]}")
+    elif not (name == "triton" and interpreting()):
+        reasons.append(f"needs CUDA tensors, got a tensor on {x.device}")
+    if activation is None or activation not in FUSED_CODES:
+        reasons.append(f"activation must be one of {sorted(FUSED_CODES)} (a custom callable runs on torch)")
+    if kind == "conv" and groups != 1:
+        reasons.append(f"fused conv supports groups=1, got groups={groups}")
+    if not reasons:
+        reasons.extend(backend_module(name).supports(kind, x, weight, d, activation))
+    return reasons
+
+
+def choose(kind: str, x: torch.Tensor, weight: torch.Tensor, d: int, activation: str | None,
+           requested: str | None = None, groups: int = 1) -> str:
+    """Resolve the backend for one call."""
+    req = get_backend() if requested is None else _check_name(requested)
+    if req == "torch":
+        return "torch"
+    if req != "auto":
+        reasons = input_reasons(req, kind, x, weight, d, activation, groups)
+        if reasons:
+            raise BackendUnavailableError(
+                f"backend {req!r} cannot run dendritic_{kind} with x {list(x.shape)} {x.dtype} on {x.device}, "
+                f"D={d}, activation={activation!r}: " + "; ".join(reasons)
+            )
+        return req
+    if x.device.type != "cuda" and not interpreting():
+        return "torch"
+    all_reasons = []
+    for name in AUTO_ORDER:
+        reasons = input_reasons(name, kind, x, weight, d, activation, groups)
+        if not reasons:
+            return name
+        all_reasons.append(f"{name}: " + "; ".join(reasons))
+    if x.device.type == "cuda":
+        msg = "pai_fast: falling back to the torch backend (" + " | ".join(all_reasons) + ")"
+        if msg not in _warned:
+            _warned.add(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    return "torch"
+
+
+def report() -> dict[str, list[str]]:
+    """Backend -> reasons it is unavailable in this process on the current device (empty list = available)."""
+    out: dict[str, list[str]] = {}
+    for name in BACKENDS:
+        reasons = list(module_reasons(name))
+        if name != "torch" and not reasons and not torch.cuda.is_available() and not (
+            name == "triton" and interpreting()
+        ):
+            reasons.append("no CUDA GPU visible")
+        out[name] = reasons
+    return out

@@ -1,0 +1,209 @@
+"""The fused ops as ``torch.library`` operators, and the autograd Functions that call them.
+
+``pai_fast::dendritic_linear_fwd/_bwd`` and ``pai_fast::dendritic_conv_fwd/_bwd`` dispatch to a fused
+backend (``triton`` or ``cuda``) named by a string argument. Each op has a fake (meta) kernel, so
+``torch.compile(fullgraph=True)`` traces through ``DendriticLinearFunction`` / ``DendriticConvFunction``
+with no graph break and ``torch.export`` keeps the ops in the graph.
+
+Registration uses ``Library.define`` + ``impl`` rather than ``torch.library.custom_op``: the latter
+costs 15-25 µs of Python dispatch per call, which dominates small layers (background/ecosystem.md §1.4).
+
+Saved for backward: x, the weights, gate, cascade and h = the activated dendrite outputs a_i [M, D, N]
+in the input dtype (never the forward GEMM's pre-activations: the backward recomputes nothing).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import backends
+
+_lib = torch.library.Library("pai_fast", "DEF")  # noqa: TOR901 (the namespace is ours)
+_lib.define(
+    "dendritic_linear_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor dendrite_weight, Tensor? dendrite_bias, "
+    "Tensor gate, Tensor cascade, str activation, str backend, bool save_for_backward) -> (Tensor, Tensor)"
+)
+_lib.define(
+    "dendritic_linear_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor dendrite_weight, Tensor gate, "
+    "Tensor cascade, Tensor h, str activation, str backend, bool has_bias) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+_lib.define(
+    "dendritic_conv_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor dendrite_weight, Tensor? dendrite_bias, "
+    "Tensor gate, Tensor cascade, int[] stride, int[] padding, int[] dilation, str activation, str backend, "
+    "bool save_for_backward) -> (Tensor, Tensor)"
+)
+_lib.define(
+    "dendritic_conv_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor dendrite_weight, Tensor gate, "
+    "Tensor cascade, Tensor h, int[] stride, int[] padding, int[] dilation, str activation, str backend, "
+    "bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+def _linear_fwd(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, backend, save):
+    return backends.backend_module(backend).linear_fwd(
+        x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, save
+    )
+
+
+def _linear_bwd(grad_y, x, weight, dendrite_weight, gate, cascade, h, activation, backend, has_bias):
+    return backends.backend_module(backend).linear_bwd(
+        grad_y, x, weight, dendrite_weight, gate, cascade, h, activation, has_bias
+    )
+
+
+def _conv_fwd(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation,
+              backend, save):
+    return backends.backend_module(backend).conv_fwd(
+        x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, tuple(stride), tuple(padding),
+        tuple(dilation), activation, save,
+    )
+
+
+def _conv_bwd(grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, backend,
+              has_bias):
+    return backends.backend_module(backend).conv_bwd(
+        grad_y, x, weight, dendrite_weight, gate, cascade, h, tuple(stride), tuple(padding), tuple(dilation),
+        activation, has_bias,
+    )
+
+
+# CPU kernels exist so that CI can run the Triton kernels under TRITON_INTERPRET=1.
+for _key in ("CUDA", "CPU"):
+    _lib.impl("dendritic_linear_fwd", _linear_fwd, _key)
+    _lib.impl("dendritic_linear_bwd", _linear_bwd, _key)
+    _lib.impl("dendritic_conv_fwd", _conv_fwd, _key)
+    _lib.impl("dendritic_conv_bwd", _conv_bwd, _key)
+
+
+@torch.library.register_fake("pai_fast::dendritic_linear_fwd")
+def _linear_fwd_fake(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, backend, save):
+    m, n, d = x.shape[0], weight.shape[0], dendrite_weight.shape[0]
+    h = x.new_empty((m, d, n)) if save else x.new_empty((0,))
+    return x.new_empty((m, n)), h
+
+
+@torch.library.register_fake("pai_fast::dendritic_linear_bwd")
+def _linear_bwd_fake(grad_y, x, weight, dendrite_weight, gate, cascade, h, activation, backend, has_bias):
+    return (
+        torch.empty_like(x),
+        torch.empty_like(weight),
+        weight.new_empty(weight.shape[:1]),
+        torch.empty_like(dendrite_weight),
+        gate.new_empty(gate.shape),
+        torch.empty_like(gate),
+        torch.empty_like(cascade),
+    )
+
+
+def conv_out_size(size: int, k: int, s: int, p: int, dil: int) -> int:
+    return (size + 2 * p - dil * (k - 1) - 1) // s + 1
+
+
+@torch.library.register_fake("pai_fast::dendritic_conv_fwd")
+def _conv_fwd_fake(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation,
+                   activation, backend, save):
+    ks = weight.shape[2:]
+    sp = [conv_out_size(x.shape[2 + i], ks[i], stride[i], padding[i], dilation[i]) for i in range(len(ks))]
+    b, c, d = x.shape[0], weight.shape[0], dendrite_weight.shape[0]
+    h = x.new_empty((b, d, c, *sp)) if save else x.new_empty((0,))
+    return x.new_empty((b, c, *sp)), h
+
+
+@torch.library.register_fake("pai_fast::dendritic_conv_bwd")
+def _conv_bwd_fake(grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation,
+                   backend, has_bias):
+    return (
+        torch.empty_like(x),
+        torch.empty_like(weight),
+        weight.new_empty(weight.shape[:1]),
+        torch.empty_like(dendrite_weight),
+        gate.new_empty(gate.shape),
+        torch.empty_like(gate),
+        torch.empty_like(cascade),
+    )
+
+
+class DendriticLinearFunction(torch.autograd.Function):
+    """y = dendritic_linear(x, ...) through a fused backend; leading dims of x are batch."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, backend):
+        k, n = weight.shape[1], weight.shape[0]
+        x2 = x.reshape(-1, k)
+        y, h = torch.ops.pai_fast.dendritic_linear_fwd(
+            x2, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, backend, True
+        )
+        ctx.save_for_backward(x2, weight, dendrite_weight, gate, cascade, h)
+        ctx.meta = (x.shape, activation, backend, bias is not None)
+        return y.reshape(*x.shape[:-1], n)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x2, weight, dendrite_weight, gate, cascade, h = ctx.saved_tensors
+        x_shape, activation, backend, has_bias = ctx.meta
+        dx, dw, db, ddw, ddb, dg, dc = torch.ops.pai_fast.dendritic_linear_bwd(
+            grad_y.reshape(-1, weight.shape[0]), x2, weight, dendrite_weight, gate, cascade, h, activation, backend,
+            has_bias,
+        )
+        if not has_bias:
+            db = ddb = None
+        return dx.reshape(x_shape), dw, db, ddw, ddb, dg, dc, None, None
+
+
+class DendriticConvFunction(torch.autograd.Function):
+    """y = dendritic_conv(x, ...) through a fused backend (batched x, groups=1, explicit zero padding)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation,
+                activation, backend):
+        y, h = torch.ops.pai_fast.dendritic_conv_fwd(
+            x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation,
+            backend, True,
+        )
+        ctx.save_for_backward(x, weight, dendrite_weight, gate, cascade, h)
+        ctx.meta = (stride, padding, dilation, activation, backend, bias is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, dendrite_weight, gate, cascade, h = ctx.saved_tensors
+        stride, padding, dilation, activation, backend, has_bias = ctx.meta
+        dx, dw, db, ddw, ddb, dg, dc = torch.ops.pai_fast.dendritic_conv_bwd(
+            grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, backend,
+            has_bias,
+        )
+        if not has_bias:
+            db = ddb = None
+        return dx, dw, db, ddw, ddb, dg, dc, None, None, None, None, None
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def linear_fused(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation: str, backend: str):
+    if _needs_grad(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade):
+        return DendriticLinearFunction.apply(
+            x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, backend
+        )
+    # Inference: no autograd node, no saved activations.
+    y, _ = torch.ops.pai_fast.dendritic_linear_fwd(
+        x.reshape(-1, weight.shape[1]), weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation,
+        backend, False,
+    )
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def conv_fused(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation,
+               activation: str, backend: str):
+    if _needs_grad(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade):
+        return DendriticConvFunction.apply(
+            x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation,
+            backend,
+        )
+    y, _ = torch.ops.pai_fast.dendritic_conv_fwd(
+        x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation,
+        backend, False,
+    )
+    return y

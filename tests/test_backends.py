@@ -1,0 +1,78 @@
+"""Backend selection: argument > set_backend > PAI_FAST_BACKEND > auto; explicit-but-unavailable raises."""
+
+import pytest
+import torch
+
+import pai_fast
+from pai_fast import backends
+from pai_fast import functional as PF
+
+from .helpers import dendrite_params
+
+
+@pytest.fixture(autouse=True)
+def _reset(monkeypatch):
+    monkeypatch.delenv("PAI_FAST_BACKEND", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    pai_fast.set_backend(None)
+    yield
+    pai_fast.set_backend(None)
+
+
+def test_precedence(monkeypatch):
+    assert pai_fast.get_backend() == "auto"
+    monkeypatch.setenv("PAI_FAST_BACKEND", "torch")
+    assert pai_fast.get_backend() == "torch"
+    pai_fast.set_backend("triton")
+    assert pai_fast.get_backend() == "triton"
+    pai_fast.set_backend(None)
+    monkeypatch.setenv("PAI_FAST_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="PAI_FAST_BACKEND: expected one of"):
+        pai_fast.get_backend()
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        pai_fast.set_backend("fast")
+
+
+def test_auto_on_cpu_is_torch_without_warning(recwarn):
+    x = torch.randn(3, 4)
+    w = torch.randn(2, 4)
+    assert backends.choose("linear", x, w, 1, "sigmoid") == "torch"
+    assert not [w for w in recwarn if "falling back" in str(w.message)]
+
+
+@pytest.mark.parametrize("name", ["triton", "cuda"])
+def test_explicit_unavailable_backend_raises_with_reasons(name):
+    w, b, dw, db, g, c = dendrite_params((4, 3), 1)
+    with pytest.raises(pai_fast.BackendUnavailableError, match=f"backend '{name}' cannot run dendritic_linear") as e:
+        PF.dendritic_linear(torch.randn(2, 3), w, b, dw, db, g, c, backend=name)
+    assert "cpu" in str(e.value)
+
+
+def test_explicit_torch_backend_always_runs():
+    w, b, dw, db, g, c = dendrite_params((4, 3), 1)
+    PF.dendritic_linear(torch.randn(2, 3), w, b, dw, db, g, c, backend="torch")
+    pai_fast.set_backend("torch")
+    PF.dendritic_linear(torch.randn(2, 3), w, b, dw, db, g, c)
+
+
+def test_custom_activation_reason():
+    if backends.module_reasons("triton"):
+        pytest.skip("triton kernels not installed in this environment")
+    reasons = backends.input_reasons("triton", "linear", torch.randn(2, 3), torch.randn(4, 3), 1, None)
+    assert any("activation must be one of" in r for r in reasons)
+
+
+def test_report_lists_every_backend():
+    rep = backends.report()
+    assert set(rep) == {"torch", "triton", "cuda"}
+    assert rep["torch"] == []
+    if not torch.cuda.is_available():
+        assert rep["cuda"]  # a reason is given
+
+
+def test_doctor_runs(capsys):
+    from pai_fast.cli import main
+
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "backend" in out and "available" in out
