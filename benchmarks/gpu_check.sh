@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build, test, benchmark. Full results go under $OUT; a short table is printed last.
+#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [sanitize] [export]   (default: build test bench)
+# Carry .whl/ (perforatedai's cp312 wheel) for the differential/baseline parts.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/pai_fast_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+stages=${*:-build test bench}
+has() { [[ " $stages " == *" $1 "* ]]; }
+summary=()
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+
+if has build; then
+  t0=$(date +%s)
+  python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
+  rc=$?
+  summary+=("build rc=$rc in $(( $(date +%s) - t0 ))s (log: build.log)")
+  [ $rc -ne 0 ] && tail -40 "$OUT/build.log"
+fi
+python3 -m pai_fast doctor | tee "$OUT/doctor.txt"
+
+if has test; then
+  t0=$(date +%s)
+  timeout 420 python3 -m pytest -q -m "gpu and not slow" -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" \
+    tests ${PAI_TEST_ARGS:-} >"$OUT/gpu_tests.log" 2>&1
+  rc=$?
+  tail -25 "$OUT/gpu_tests.log"
+  summary+=("gpu tests rc=$rc in $(( $(date +%s) - t0 ))s: $(tail -1 "$OUT/gpu_tests.log")")
+fi
+
+if has sanitize && [ -f benchmarks/sanitize.sh ]; then
+  timeout 300 bash benchmarks/sanitize.sh >"$OUT/sanitize.log" 2>&1
+  summary+=("sanitize rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitize.log") clean summaries)")
+fi
+
+if has quickbench; then
+  timeout 400 python3 -m pai_fast bench --kinds linear --dtypes bfloat16 --dendrites 1,3 \
+    --shapes "256x1024->1024,8192x4096->4096" --out "$OUT/bench_quick" >"$OUT/bench_quick.log" 2>&1
+  summary+=("quickbench rc=$?")
+  tail -12 "$OUT/bench_quick.log"
+fi
+
+if has bench; then
+  timeout 560 python3 -m pai_fast bench --kinds linear,conv --out "$OUT/bench" >"$OUT/bench.log" 2>&1
+  summary+=("bench rc=$?")
+fi
+
+if has export && [ -f benchmarks/bench_export.py ]; then
+  timeout 300 python3 benchmarks/bench_export.py --gpu --out "$OUT/export_gpu" >"$OUT/export_gpu.log" 2>&1
+  summary+=("export bench rc=$?")
+  tail -10 "$OUT/export_gpu.log"
+fi
+
+echo "================ summary ================"
+printf '%s\n' "${summary[@]}"
+[ -f "$OUT/bench.log" ] && grep -E "^(case|linear|conv)" "$OUT/bench.log" | cut -c1-150
+exit 0

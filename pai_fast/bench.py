@@ -1,0 +1,260 @@
+"""``pai-fast bench``: what dendrites cost on this machine, against the plain layer and the compute limit.
+
+Providers, timed side by side in one run (medians):
+  plain      nn.Linear / nn.Conv2d of width N (what the layer costs without dendrites)
+  cat_gemm   one cuBLAS GEMM (cuDNN conv) of width (1+D)*N: the compute limit of the fused layer
+             (forward+backward: the same GEMM plus the two backward GEMMs)
+  eager      the torch backend (pai_fast.reference) in eager mode
+  compiled   torch.compile of the torch backend
+  triton     the fused Triton kernels
+  cuda       the fused CUDA C++ kernels
+Modes: ``f`` (forward) and ``fb`` (forward + backward). GPU timings use triton.testing.do_bench (CUDA events,
+median); CPU timings use torch.utils.benchmark (median). Writes JSON (with GPU, versions, commit, date)
+and a PNG of the overhead over the plain layer and of the ratio to the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from . import backends, functional, reference
+
+LINEAR_SHAPES = {  # name: (batch, in, out)
+    "64x784->128": (64, 784, 128),
+    "256x1024->1024": (256, 1024, 1024),
+    "8192x4096->4096": (8192, 4096, 4096),
+}
+CONV_SHAPES = {  # name: (batch, c_in, hw, c_out)
+    "32x64x56x56->64": (32, 64, 56, 64),
+    "32x256x14x14->256": (32, 256, 14, 256),
+}
+
+
+def _timer(device: str):
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        return lambda fn: do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+    from torch.utils import benchmark
+
+    def cpu(fn):
+        return benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.2).median * 1e3
+
+    return cpu
+
+
+def environment() -> dict:
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception:
+        info["triton"] = None
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                        timeout=10).stdout.strip() or None
+    except Exception:
+        info["commit"] = None
+    return info
+
+
+def _linear_case(b, k, n, d, dtype, device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def r(*s, scale=1.0):
+        return (torch.randn(s, generator=g) * scale).to(device=device, dtype=dtype)
+
+    x = r(b, k)
+    params = [r(n, k, scale=k**-0.5), r(n, scale=0.1), r(d, n, k, scale=k**-0.5), r(d, n, scale=0.1), r(d, n),
+              r(d, d, n, scale=0.1)]
+    return x, params
+
+
+def _conv_case(b, cin, hw, cout, d, dtype, device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    fan = cin * 9
+
+    def r(*s, scale=1.0):
+        return (torch.randn(s, generator=g) * scale).to(device=device, dtype=dtype)
+
+    x = r(b, cin, hw, hw).contiguous(memory_format=torch.channels_last)
+    params = [r(cout, cin, 3, 3, scale=fan**-0.5), r(cout, scale=0.1), r(d, cout, cin, 3, 3, scale=fan**-0.5),
+              r(d, cout, scale=0.1), r(d, cout), r(d, d, cout, scale=0.1)]
+    return x, params
+
+
+def _providers(kind: str, x, params, d: int, device: str, want: list[str]):
+    """name -> forward callable over (x, params)."""
+    w, b, dw, db, gate, casc = params
+    out: dict = {}
+    if kind == "linear":
+        wcat = torch.cat([w[None], dw]).reshape(-1, w.shape[1]).detach()
+        out["plain"] = lambda x, p: F.linear(x, p[0], p[1])
+        out["cat_gemm"] = lambda x, p: F.linear(x, wcat)
+        out["eager"] = lambda x, p: reference.dendritic_linear_ref(x, *p)
+        fused = lambda name: (lambda x, p: functional.dendritic_linear(x, *p, backend=name))  # noqa: E731
+    else:
+        wcat = torch.cat([w[None], dw]).reshape(-1, *w.shape[1:]).detach()
+        out["plain"] = lambda x, p: F.conv2d(x, p[0], p[1], 1, 1)
+        out["cat_gemm"] = lambda x, p: F.conv2d(x, wcat, None, 1, 1)
+        out["eager"] = lambda x, p: reference.dendritic_conv_ref(x, *p, 1, 1)
+        fused = lambda name: (lambda x, p: functional.dendritic_conv2d(x, *p, 1, 1, backend=name))  # noqa: E731
+    if "compiled" in want:
+        out["compiled"] = torch.compile(out["eager"], dynamic=False)
+    for name in ("triton", "cuda"):
+        if name in want and not backends.input_reasons(name, kind, x, w, d, "sigmoid"):
+            out[name] = fused(name)
+    return {k: v for k, v in out.items() if k in want}
+
+
+def run(kinds=("linear",), dtypes=("bfloat16",), ds=(0, 1, 3, 8), shapes=None, modes=("f", "fb"),
+        providers=("plain", "cat_gemm", "eager", "compiled", "triton", "cuda"), device=None, progress=True):
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    timer = _timer(device)
+    rows = []
+    cases = []
+    for kind in kinds:
+        table = LINEAR_SHAPES if kind == "linear" else CONV_SHAPES
+        for shape_name, dims in table.items():
+            if shapes and shape_name not in shapes:
+                continue
+            for dtype_name in dtypes:
+                for d in ds:
+                    cases.append((kind, shape_name, dims, dtype_name, d))
+    try:
+        from tqdm.auto import tqdm
+
+        it = tqdm(cases, disable=not progress, desc="bench")
+    except ImportError:
+        it = cases
+    for kind, shape_name, dims, dtype_name, d in it:
+        dtype = getattr(torch, dtype_name)
+        make = _linear_case if kind == "linear" else _conv_case
+        x, params = make(*dims, d, dtype, device)
+        provs = _providers(kind, x, params, d, device, list(providers))
+        for mode in modes:
+            for name, fn in provs.items():
+                if d == 0 and name in ("cat_gemm",):
+                    continue
+                xs = x.detach().requires_grad_(mode == "fb")
+                ps = [p.detach().requires_grad_(mode == "fb") for p in params]
+                if mode == "f":
+                    def call(fn=fn, xs=xs, ps=ps):
+                        with torch.no_grad():
+                            return fn(xs, ps)
+                else:
+                    y0 = fn(xs, ps)
+                    gy = torch.randn_like(y0)
+
+                    def call(fn=fn, xs=xs, ps=ps, gy=gy):
+                        return torch.autograd.grad(fn(xs, ps), [xs] + [p for p in ps if p.requires_grad], gy,
+                                                   allow_unused=True)
+                try:
+                    ms = timer(call)
+                except Exception as e:  # a provider that fails is reported, not fatal
+                    warnings.warn(f"bench: {name} {kind} {shape_name} {dtype_name} D={d} {mode}: {e}", stacklevel=1)
+                    continue
+                rows.append(dict(kind=kind, shape=shape_name, dtype=dtype_name, D=d, mode=mode, provider=name,
+                                 ms=ms))
+    return rows
+
+
+def summarize(rows) -> str:
+    """A compact table: per case, each provider's median ms and the fused/limit ratios."""
+    keyed: dict = {}
+    for r in rows:
+        keyed.setdefault((r["kind"], r["shape"], r["dtype"], r["D"], r["mode"]), {})[r["provider"]] = r["ms"]
+    cols = ["plain", "cat_gemm", "eager", "compiled", "triton", "cuda"]
+    lines = [f"{'case':44s} " + " ".join(f"{c:>9s}" for c in cols) + "  best/limit  best/compiled"]
+    for key, vals in keyed.items():
+        fused = [vals[p] for p in ("triton", "cuda") if p in vals]
+        best = min(fused) if fused else None
+        lim = vals.get("cat_gemm") or vals.get("plain")
+        ratio = f"{best / lim:10.2f}" if best and lim else f"{'-':>10s}"
+        rc = f"{best / vals['compiled']:13.2f}" if best and "compiled" in vals else f"{'-':>13s}"
+        name = "{} {} {} D={} {}".format(*key)
+        lines.append(f"{name:44s} " + " ".join(f"{vals[c]:9.4f}" if c in vals else f"{'-':>9s}" for c in cols)
+                     + f"  {ratio}  {rc}")
+    return "\n".join(lines)
+
+
+def plot(rows, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keyed: dict = {}
+    for r in rows:
+        keyed.setdefault((r["kind"], r["shape"], r["dtype"], r["mode"]), {}).setdefault(r["D"], {})[r["provider"]] = (
+            r["ms"])
+    fig, axes = plt.subplots(1, 2, figsize=(16, 6))
+    for (kind, shape, dtype, mode), by_d in keyed.items():
+        ds = sorted(by_d)
+        for prov, ls in (("triton", "-"), ("cuda", "--"), ("eager", ":"), ("compiled", "-.")):
+            xs = [d for d in ds if prov in by_d[d] and "plain" in by_d[d]]
+            if xs:
+                axes[0].plot(xs, [by_d[d][prov] / by_d[d]["plain"] for d in xs], ls, marker="o",
+                             label=f"{prov} {shape} {dtype} {mode}")
+            xs = [d for d in ds if prov in by_d[d] and "cat_gemm" in by_d[d]]
+            if xs and prov in ("triton", "cuda", "compiled"):
+                axes[1].plot(xs, [by_d[d][prov] / by_d[d]["cat_gemm"] for d in xs], ls, marker="o",
+                             label=f"{prov} {shape} {dtype} {mode}")
+    axes[0].set(title="dendrite overhead: time / plain layer", xlabel="dendrites D", ylabel="ratio", yscale="log")
+    axes[1].set(title="time / one GEMM of width (1+D)N (the limit)", xlabel="dendrites D", ylabel="ratio")
+    axes[1].axhline(1.0, color="k", lw=0.5)
+    for ax in axes:
+        ax.legend(fontsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pai-fast bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kinds", default="linear", help="comma list: linear,conv")
+    p.add_argument("--dtypes", default=None, help="comma list (default: bfloat16,float32 on GPU; float32 on CPU)")
+    p.add_argument("--dendrites", default="0,1,3,8")
+    p.add_argument("--shapes", default=None, help="comma list of shape names (default: all; CPU: the small ones)")
+    p.add_argument("--providers", default="plain,cat_gemm,eager,compiled,triton,cuda")
+    p.add_argument("--modes", default="f,fb")
+    p.add_argument("--out", default="pai_fast_bench", help="output prefix: writes PREFIX.json and PREFIX.png")
+    a = p.parse_args(argv)
+    gpu = torch.cuda.is_available()
+    dtypes = a.dtypes.split(",") if a.dtypes else (["bfloat16", "float32"] if gpu else ["float32"])
+    shapes = a.shapes.split(",") if a.shapes else (None if gpu else ["64x784->128", "256x1024->1024",
+                                                                     "32x256x14x14->256"])
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    rows = run(kinds=a.kinds.split(","), dtypes=dtypes, ds=[int(v) for v in a.dendrites.split(",")], shapes=shapes,
+               modes=a.modes.split(","), providers=a.providers.split(","))
+    env = environment()
+    with open(a.out + ".json", "w") as f:
+        json.dump({"environment": env, "rows": rows}, f, indent=1)
+    try:
+        plot(rows, a.out + ".png", f"{env['gpu'] or env['cpu']} | torch {env['torch']} | {env['commit'] or ''}"[:120])
+    except ImportError:
+        warnings.warn("matplotlib not installed: no PNG written", stacklevel=1)
+    print(summarize(rows))
+    print(f"wrote {a.out}.json and {a.out}.png")
+    return 0
