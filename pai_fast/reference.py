@@ -58,6 +58,15 @@ def dendritic_combine(
     return y
 
 
+def _anchor(y: torch.Tensor, *unused: torch.Tensor | None) -> torch.Tensor:
+    """Tie parameters the math does not read (all dendrite tensors at D=0, the cascade at D=1) into the graph
+    with a zero, so they get (zero) gradients: DistributedDataParallel requires every parameter to take part."""
+    live = [t for t in unused if t is not None and t.requires_grad]
+    if not live or not torch.is_grad_enabled():
+        return y
+    return y + sum(t.sum() for t in live) * 0
+
+
 def _stack(main: torch.Tensor, dendrites: torch.Tensor) -> torch.Tensor:
     return torch.cat([main.unsqueeze(0), dendrites], 0)
 
@@ -75,13 +84,14 @@ def dendritic_linear_ref(
     """Dendritic Linear as one GEMM of width (1+D)*N over stacked weights."""
     d = dendrite_weight.shape[0]
     if d == 0:
-        return F.linear(x, weight, bias)
+        return _anchor(F.linear(x, weight, bias), dendrite_weight, dendrite_bias, gate, cascade)
     n, k = weight.shape
     w = _stack(weight, dendrite_weight).reshape((1 + d) * n, k)
     b = None if bias is None else _stack(bias, dendrite_bias).reshape(-1)
     z = F.linear(x, w, b).unflatten(-1, (1 + d, n))
     branches = z.unbind(-2)
-    return dendritic_combine(branches[0], branches[1:], gate, cascade, activation, channel_dim=-1)
+    y = dendritic_combine(branches[0], branches[1:], gate, cascade, activation, channel_dim=-1)
+    return _anchor(y, cascade) if d == 1 else y
 
 
 def dendritic_linear_loop(
@@ -133,7 +143,8 @@ def dendritic_conv_ref(
     conv = _CONV[nd]
     d = dendrite_weight.shape[0]
     if d == 0:
-        return conv(x, weight, bias, stride, padding, dilation, groups)
+        return _anchor(conv(x, weight, bias, stride, padding, dilation, groups), dendrite_weight, dendrite_bias, gate,
+                       cascade)
     unbatched = x.dim() == nd + 1
     if unbatched:
         x = x.unsqueeze(0)
@@ -152,6 +163,8 @@ def dendritic_conv_ref(
         z = z.unflatten(1, (1 + d, c_out))
     branches = z.unbind(1)
     y = dendritic_combine(branches[0], branches[1:], gate, cascade, activation, channel_dim=1)
+    if d == 1:
+        y = _anchor(y, cascade)
     return y.squeeze(0) if unbatched else y
 
 
