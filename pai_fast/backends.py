@@ -96,8 +96,9 @@ def backend_module(name: str):
     return importlib.import_module("pai_fast.kernels" if name == "triton" else "pai_fast.cuda_backend")
 
 
-def input_reasons(name: str, kind: str, x: torch.Tensor, weight: torch.Tensor, d: int, activation: str | None,
-                  groups: int = 1) -> list[str]:
+def input_reasons(
+    name: str, kind: str, x: torch.Tensor, weight: torch.Tensor, d: int, activation: str | None, groups: int = 1
+) -> list[str]:
     """Why backend ``name`` cannot run op ``kind`` ("linear" or "conv") on these inputs (empty = it can)."""
     if name == "torch":
         return []
@@ -119,8 +120,15 @@ def input_reasons(name: str, kind: str, x: torch.Tensor, weight: torch.Tensor, d
     return reasons
 
 
-def choose(kind: str, x: torch.Tensor, weight: torch.Tensor, d: int, activation: str | None,
-           requested: str | None = None, groups: int = 1) -> str:
+def choose(
+    kind: str,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    d: int,
+    activation: str | None,
+    requested: str | None = None,
+    groups: int = 1,
+) -> str:
     """Resolve the backend for one call."""
     req = get_backend() if requested is None else _check_name(requested)
     if req == "torch":
@@ -154,8 +162,11 @@ def report() -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for name in BACKENDS:
         reasons = list(module_reasons(name))
-        if name != "torch" and not reasons and not torch.cuda.is_available() and not (
-            name == "triton" and interpreting()
+        if (
+            name != "torch"
+            and not reasons
+            and not torch.cuda.is_available()
+            and not (name == "triton" and interpreting())
         ):
             reasons.append("no CUDA GPU visible")
         out[name] = reasons

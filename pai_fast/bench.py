@@ -68,8 +68,10 @@ def environment() -> dict:
     except Exception:
         info["triton"] = None
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                        timeout=10).stdout.strip() or None
+        info["commit"] = (
+            subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+            or None
+        )
     except Exception:
         info["commit"] = None
     return info
@@ -82,8 +84,14 @@ def _linear_case(b, k, n, d, dtype, device):
         return (torch.randn(s, generator=g) * scale).to(device=device, dtype=dtype)
 
     x = r(b, k)
-    params = [r(n, k, scale=k**-0.5), r(n, scale=0.1), r(d, n, k, scale=k**-0.5), r(d, n, scale=0.1), r(d, n),
-              r(d, d, n, scale=0.1)]
+    params = [
+        r(n, k, scale=k**-0.5),
+        r(n, scale=0.1),
+        r(d, n, k, scale=k**-0.5),
+        r(d, n, scale=0.1),
+        r(d, n),
+        r(d, d, n, scale=0.1),
+    ]
     return x, params
 
 
@@ -95,8 +103,14 @@ def _conv_case(b, cin, hw, cout, d, dtype, device):
         return (torch.randn(s, generator=g) * scale).to(device=device, dtype=dtype)
 
     x = r(b, cin, hw, hw).contiguous(memory_format=torch.channels_last)
-    params = [r(cout, cin, 3, 3, scale=fan**-0.5), r(cout, scale=0.1), r(d, cout, cin, 3, 3, scale=fan**-0.5),
-              r(d, cout, scale=0.1), r(d, cout), r(d, d, cout, scale=0.1)]
+    params = [
+        r(cout, cin, 3, 3, scale=fan**-0.5),
+        r(cout, scale=0.1),
+        r(d, cout, cin, 3, 3, scale=fan**-0.5),
+        r(d, cout, scale=0.1),
+        r(d, cout),
+        r(d, d, cout, scale=0.1),
+    ]
     return x, params
 
 
@@ -109,13 +123,13 @@ def _providers(kind: str, x, params, d: int, device: str, want: list[str]):
         out["plain"] = lambda x, p: F.linear(x, p[0], p[1])
         out["cat_gemm"] = lambda x, p: F.linear(x, wcat)
         out["eager"] = lambda x, p: reference.dendritic_linear_ref(x, *p)
-        fused = lambda name: (lambda x, p: functional.dendritic_linear(x, *p, backend=name))  # noqa: E731
+        fused = lambda name: lambda x, p: functional.dendritic_linear(x, *p, backend=name)  # noqa: E731
     else:
         wcat = torch.cat([w[None], dw]).reshape(-1, *w.shape[1:]).detach()
         out["plain"] = lambda x, p: F.conv2d(x, p[0], p[1], 1, 1)
         out["cat_gemm"] = lambda x, p: F.conv2d(x, wcat, None, 1, 1)
         out["eager"] = lambda x, p: reference.dendritic_conv_ref(x, *p, 1, 1)
-        fused = lambda name: (lambda x, p: functional.dendritic_conv2d(x, *p, 1, 1, backend=name))  # noqa: E731
+        fused = lambda name: lambda x, p: functional.dendritic_conv2d(x, *p, 1, 1, backend=name)  # noqa: E731
     if "compiled" in want:
         out["compiled"] = torch.compile(out["eager"], dynamic=False)
     for name in ("triton", "cuda"):
@@ -124,8 +138,16 @@ def _providers(kind: str, x, params, d: int, device: str, want: list[str]):
     return {k: v for k, v in out.items() if k in want}
 
 
-def run(kinds=("linear",), dtypes=("bfloat16",), ds=(0, 1, 3, 8), shapes=None, modes=("f", "fb"),
-        providers=("plain", "cat_gemm", "eager", "compiled", "triton", "cuda"), device=None, progress=True):
+def run(
+    kinds=("linear",),
+    dtypes=("bfloat16",),
+    ds=(0, 1, 3, 8),
+    shapes=None,
+    modes=("f", "fb"),
+    providers=("plain", "cat_gemm", "eager", "compiled", "triton", "cuda"),
+    device=None,
+    progress=True,
+):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     timer = _timer(device)
     rows = []
@@ -156,6 +178,7 @@ def run(kinds=("linear",), dtypes=("bfloat16",), ds=(0, 1, 3, 8), shapes=None, m
                 xs = x.detach().requires_grad_(mode == "fb")
                 ps = [p.detach().requires_grad_(mode == "fb") for p in params]
                 if mode == "f":
+
                     def call(fn=fn, xs=xs, ps=ps):
                         with torch.no_grad():
                             return fn(xs, ps)
@@ -164,15 +187,16 @@ def run(kinds=("linear",), dtypes=("bfloat16",), ds=(0, 1, 3, 8), shapes=None, m
                     gy = torch.randn_like(y0)
 
                     def call(fn=fn, xs=xs, ps=ps, gy=gy):
-                        return torch.autograd.grad(fn(xs, ps), [xs] + [p for p in ps if p.requires_grad], gy,
-                                                   allow_unused=True)
+                        return torch.autograd.grad(
+                            fn(xs, ps), [xs] + [p for p in ps if p.requires_grad], gy, allow_unused=True
+                        )
+
                 try:
                     ms = timer(call)
                 except Exception as e:  # a provider that fails is reported, not fatal
                     warnings.warn(f"bench: {name} {kind} {shape_name} {dtype_name} D={d} {mode}: {e}", stacklevel=1)
                     continue
-                rows.append(dict(kind=kind, shape=shape_name, dtype=dtype_name, D=d, mode=mode, provider=name,
-                                 ms=ms))
+                rows.append(dict(kind=kind, shape=shape_name, dtype=dtype_name, D=d, mode=mode, provider=name, ms=ms))
     return rows
 
 
@@ -190,8 +214,11 @@ def summarize(rows) -> str:
         ratio = f"{best / lim:10.2f}" if best and lim else f"{'-':>10s}"
         rc = f"{best / vals['compiled']:13.2f}" if best and "compiled" in vals else f"{'-':>13s}"
         name = "{} {} {} D={} {}".format(*key)
-        lines.append(f"{name:44s} " + " ".join(f"{vals[c]:9.4f}" if c in vals else f"{'-':>9s}" for c in cols)
-                     + f"  {ratio}  {rc}")
+        lines.append(
+            f"{name:44s} "
+            + " ".join(f"{vals[c]:9.4f}" if c in vals else f"{'-':>9s}" for c in cols)
+            + f"  {ratio}  {rc}"
+        )
     return "\n".join(lines)
 
 
@@ -203,20 +230,31 @@ def plot(rows, path: str, title: str) -> None:
 
     keyed: dict = {}
     for r in rows:
-        keyed.setdefault((r["kind"], r["shape"], r["dtype"], r["mode"]), {}).setdefault(r["D"], {})[r["provider"]] = (
-            r["ms"])
+        keyed.setdefault((r["kind"], r["shape"], r["dtype"], r["mode"]), {}).setdefault(r["D"], {})[r["provider"]] = r[
+            "ms"
+        ]
     fig, axes = plt.subplots(1, 2, figsize=(16, 6))
-    for (kind, shape, dtype, mode), by_d in keyed.items():
+    for (_, shape, dtype, mode), by_d in keyed.items():
         ds = sorted(by_d)
         for prov, ls in (("triton", "-"), ("cuda", "--"), ("eager", ":"), ("compiled", "-.")):
             xs = [d for d in ds if prov in by_d[d] and "plain" in by_d[d]]
             if xs:
-                axes[0].plot(xs, [by_d[d][prov] / by_d[d]["plain"] for d in xs], ls, marker="o",
-                             label=f"{prov} {shape} {dtype} {mode}")
+                axes[0].plot(
+                    xs,
+                    [by_d[d][prov] / by_d[d]["plain"] for d in xs],
+                    ls,
+                    marker="o",
+                    label=f"{prov} {shape} {dtype} {mode}",
+                )
             xs = [d for d in ds if prov in by_d[d] and "cat_gemm" in by_d[d]]
             if xs and prov in ("triton", "cuda", "compiled"):
-                axes[1].plot(xs, [by_d[d][prov] / by_d[d]["cat_gemm"] for d in xs], ls, marker="o",
-                             label=f"{prov} {shape} {dtype} {mode}")
+                axes[1].plot(
+                    xs,
+                    [by_d[d][prov] / by_d[d]["cat_gemm"] for d in xs],
+                    ls,
+                    marker="o",
+                    label=f"{prov} {shape} {dtype} {mode}",
+                )
     axes[0].set(title="dendrite overhead: time / plain layer", xlabel="dendrites D", ylabel="ratio", yscale="log")
     axes[1].set(title="time / one GEMM of width (1+D)N (the limit)", xlabel="dendrites D", ylabel="ratio")
     axes[1].axhline(1.0, color="k", lw=0.5)
@@ -229,8 +267,9 @@ def plot(rows, path: str, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pai-fast bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="pai-fast bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--kinds", default="linear", help="comma list: linear,conv")
     p.add_argument("--dtypes", default=None, help="comma list (default: bfloat16,float32 on GPU; float32 on CPU)")
     p.add_argument("--dendrites", default="0,1,3,8")
@@ -241,13 +280,20 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     gpu = torch.cuda.is_available()
     dtypes = a.dtypes.split(",") if a.dtypes else (["bfloat16", "float32"] if gpu else ["float32"])
-    shapes = a.shapes.split(",") if a.shapes else (None if gpu else ["64x784->128", "256x1024->1024",
-                                                                     "32x256x14x14->256"])
+    shapes = (
+        a.shapes.split(",") if a.shapes else (None if gpu else ["64x784->128", "256x1024->1024", "32x256x14x14->256"])
+    )
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    rows = run(kinds=a.kinds.split(","), dtypes=dtypes, ds=[int(v) for v in a.dendrites.split(",")], shapes=shapes,
-               modes=a.modes.split(","), providers=a.providers.split(","))
+    rows = run(
+        kinds=a.kinds.split(","),
+        dtypes=dtypes,
+        ds=[int(v) for v in a.dendrites.split(",")],
+        shapes=shapes,
+        modes=a.modes.split(","),
+        providers=a.providers.split(","),
+    )
     env = environment()
     with open(a.out + ".json", "w") as f:
         json.dump({"environment": env, "rows": rows}, f, indent=1)

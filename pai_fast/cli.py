@@ -53,7 +53,9 @@ def _run_module(module: str, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pai-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="train a small dendritic network on sklearn's digits, growing dendrites", add_help=False)
+    sub.add_parser(
+        "demo", help="train a small dendritic network on sklearn's digits, growing dendrites", add_help=False
+    )
     sub.add_parser("doctor", help="versions, GPU and available backends")
     sub.add_parser("bench", help="time dendrite overhead on this machine (JSON + PNG)", add_help=False)
     sub.add_parser("export", help="fold and export a model (onnx, pt2, executorch)", add_help=False)

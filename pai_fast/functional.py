@@ -51,8 +51,22 @@ def _fused_conv_args(nd: int, x: torch.Tensor, weight: torch.Tensor, stride, pad
     return list(tup(stride)), list(tup(padding)), list(tup(dilation))
 
 
-def _dendritic_conv(nd, x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade, stride,
-                    padding, dilation, groups, activation, backend):
+def _dendritic_conv(
+    nd,
+    x,
+    weight,
+    bias,
+    dendrite_weight,
+    dendrite_bias,
+    dendrite_gate,
+    dendrite_cascade,
+    stride,
+    padding,
+    dilation,
+    groups,
+    activation,
+    backend,
+):
     d = check_conv(nd, x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade, groups)
     name = activation_name(activation)
     args = _fused_conv_args(nd, x, weight, stride, padding, dilation)
@@ -65,34 +79,123 @@ def _dendritic_conv(nd, x, weight, bias, dendrite_weight, dendrite_bias, dendrit
         )
     if which == "torch":
         return reference.dendritic_conv_ref(
-            x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade, stride, padding,
-            dilation, groups, activation,
+            x,
+            weight,
+            bias,
+            dendrite_weight,
+            dendrite_bias,
+            dendrite_gate,
+            dendrite_cascade,
+            stride,
+            padding,
+            dilation,
+            groups,
+            activation,
         )
     from .ops import conv_fused
 
-    return conv_fused(x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade, *args, name,
-                      which)
+    return conv_fused(
+        x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade, *args, name, which
+    )
 
 
-def dendritic_conv1d(x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade, stride=1,
-                     padding=0, dilation=1, groups: int = 1, activation: ActivationLike = "sigmoid",
-                     backend: str | None = None) -> torch.Tensor:
+def dendritic_conv1d(
+    x,
+    weight,
+    bias,
+    dendrite_weight,
+    dendrite_bias,
+    dendrite_gate,
+    dendrite_cascade,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    activation: ActivationLike = "sigmoid",
+    backend: str | None = None,
+) -> torch.Tensor:
     """Dendritic Conv1d over x [B, C_in, L] (or unbatched [C_in, L])."""
-    return _dendritic_conv(1, x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade,
-                           stride, padding, dilation, groups, activation, backend)
+    return _dendritic_conv(
+        1,
+        x,
+        weight,
+        bias,
+        dendrite_weight,
+        dendrite_bias,
+        dendrite_gate,
+        dendrite_cascade,
+        stride,
+        padding,
+        dilation,
+        groups,
+        activation,
+        backend,
+    )
 
 
-def dendritic_conv2d(x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade, stride=1,
-                     padding=0, dilation=1, groups: int = 1, activation: ActivationLike = "sigmoid",
-                     backend: str | None = None) -> torch.Tensor:
+def dendritic_conv2d(
+    x,
+    weight,
+    bias,
+    dendrite_weight,
+    dendrite_bias,
+    dendrite_gate,
+    dendrite_cascade,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    activation: ActivationLike = "sigmoid",
+    backend: str | None = None,
+) -> torch.Tensor:
     """Dendritic Conv2d over x [B, C_in, H, W] (or unbatched [C_in, H, W]); NCHW or channels_last."""
-    return _dendritic_conv(2, x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade,
-                           stride, padding, dilation, groups, activation, backend)
+    return _dendritic_conv(
+        2,
+        x,
+        weight,
+        bias,
+        dendrite_weight,
+        dendrite_bias,
+        dendrite_gate,
+        dendrite_cascade,
+        stride,
+        padding,
+        dilation,
+        groups,
+        activation,
+        backend,
+    )
 
 
-def dendritic_conv3d(x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade, stride=1,
-                     padding=0, dilation=1, groups: int = 1, activation: ActivationLike = "sigmoid",
-                     backend: str | None = None) -> torch.Tensor:
+def dendritic_conv3d(
+    x,
+    weight,
+    bias,
+    dendrite_weight,
+    dendrite_bias,
+    dendrite_gate,
+    dendrite_cascade,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    activation: ActivationLike = "sigmoid",
+    backend: str | None = None,
+) -> torch.Tensor:
     """Dendritic Conv3d over x [B, C_in, D, H, W] (or unbatched)."""
-    return _dendritic_conv(3, x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade,
-                           stride, padding, dilation, groups, activation, backend)
+    return _dendritic_conv(
+        3,
+        x,
+        weight,
+        bias,
+        dendrite_weight,
+        dendrite_bias,
+        dendrite_gate,
+        dendrite_cascade,
+        stride,
+        padding,
+        dilation,
+        groups,
+        activation,
+        backend,
+    )

@@ -52,19 +52,41 @@ def _linear_bwd(grad_y, x, weight, dendrite_weight, gate, cascade, h, activation
     )
 
 
-def _conv_fwd(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation,
-              backend, save):
+def _conv_fwd(
+    x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation, backend, save
+):
     return backends.backend_module(backend).conv_fwd(
-        x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, tuple(stride), tuple(padding),
-        tuple(dilation), activation, save,
+        x,
+        weight,
+        bias,
+        dendrite_weight,
+        dendrite_bias,
+        gate,
+        cascade,
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        activation,
+        save,
     )
 
 
-def _conv_bwd(grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, backend,
-              has_bias):
+def _conv_bwd(
+    grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, backend, has_bias
+):
     return backends.backend_module(backend).conv_bwd(
-        grad_y, x, weight, dendrite_weight, gate, cascade, h, tuple(stride), tuple(padding), tuple(dilation),
-        activation, has_bias,
+        grad_y,
+        x,
+        weight,
+        dendrite_weight,
+        gate,
+        cascade,
+        h,
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        activation,
+        has_bias,
     )
 
 
@@ -101,8 +123,9 @@ def conv_out_size(size: int, k: int, s: int, p: int, dil: int) -> int:
 
 
 @torch.library.register_fake("pai_fast::dendritic_conv_fwd")
-def _conv_fwd_fake(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation,
-                   activation, backend, save):
+def _conv_fwd_fake(
+    x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation, backend, save
+):
     ks = weight.shape[2:]
     sp = [conv_out_size(x.shape[2 + i], ks[i], stride[i], padding[i], dilation[i]) for i in range(len(ks))]
     b, c, d = x.shape[0], weight.shape[0], dendrite_weight.shape[0]
@@ -111,8 +134,9 @@ def _conv_fwd_fake(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascad
 
 
 @torch.library.register_fake("pai_fast::dendritic_conv_bwd")
-def _conv_bwd_fake(grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation,
-                   backend, has_bias):
+def _conv_bwd_fake(
+    grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, backend, has_bias
+):
     return (
         torch.empty_like(x),
         torch.empty_like(weight),
@@ -143,7 +167,15 @@ class DendriticLinearFunction(torch.autograd.Function):
         x2, weight, dendrite_weight, gate, cascade, h = ctx.saved_tensors
         x_shape, activation, backend, has_bias = ctx.meta
         dx, dw, db, ddw, ddb, dg, dc = torch.ops.pai_fast.dendritic_linear_bwd(
-            grad_y.reshape(-1, weight.shape[0]), x2, weight, dendrite_weight, gate, cascade, h, activation, backend,
+            grad_y.reshape(-1, weight.shape[0]),
+            x2,
+            weight,
+            dendrite_weight,
+            gate,
+            cascade,
+            h,
+            activation,
+            backend,
             has_bias,
         )
         if not has_bias:
@@ -155,11 +187,35 @@ class DendriticConvFunction(torch.autograd.Function):
     """y = dendritic_conv(x, ...) through a fused backend (batched x, groups=1, explicit zero padding)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation,
-                activation, backend):
+    def forward(
+        ctx,
+        x,
+        weight,
+        bias,
+        dendrite_weight,
+        dendrite_bias,
+        gate,
+        cascade,
+        stride,
+        padding,
+        dilation,
+        activation,
+        backend,
+    ):
         y, h = torch.ops.pai_fast.dendritic_conv_fwd(
-            x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation,
-            backend, True,
+            x,
+            weight,
+            bias,
+            dendrite_weight,
+            dendrite_bias,
+            gate,
+            cascade,
+            stride,
+            padding,
+            dilation,
+            activation,
+            backend,
+            True,
         )
         ctx.save_for_backward(x, weight, dendrite_weight, gate, cascade, h)
         ctx.meta = (stride, padding, dilation, activation, backend, bias is not None)
@@ -170,7 +226,18 @@ class DendriticConvFunction(torch.autograd.Function):
         x, weight, dendrite_weight, gate, cascade, h = ctx.saved_tensors
         stride, padding, dilation, activation, backend, has_bias = ctx.meta
         dx, dw, db, ddw, ddb, dg, dc = torch.ops.pai_fast.dendritic_conv_bwd(
-            grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, backend,
+            grad_y,
+            x,
+            weight,
+            dendrite_weight,
+            gate,
+            cascade,
+            h,
+            stride,
+            padding,
+            dilation,
+            activation,
+            backend,
             has_bias,
         )
         if not has_bias:
@@ -189,21 +256,62 @@ def linear_fused(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade,
         )
     # Inference: no autograd node, no saved activations.
     y, _ = torch.ops.pai_fast.dendritic_linear_fwd(
-        x.reshape(-1, weight.shape[1]), weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation,
-        backend, False,
+        x.reshape(-1, weight.shape[1]),
+        weight,
+        bias,
+        dendrite_weight,
+        dendrite_bias,
+        gate,
+        cascade,
+        activation,
+        backend,
+        False,
     )
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
-def conv_fused(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation,
-               activation: str, backend: str):
+def conv_fused(
+    x,
+    weight,
+    bias,
+    dendrite_weight,
+    dendrite_bias,
+    gate,
+    cascade,
+    stride,
+    padding,
+    dilation,
+    activation: str,
+    backend: str,
+):
     if _needs_grad(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade):
         return DendriticConvFunction.apply(
-            x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation,
+            x,
+            weight,
+            bias,
+            dendrite_weight,
+            dendrite_bias,
+            gate,
+            cascade,
+            stride,
+            padding,
+            dilation,
+            activation,
             backend,
         )
     y, _ = torch.ops.pai_fast.dendritic_conv_fwd(
-        x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation,
-        backend, False,
+        x,
+        weight,
+        bias,
+        dendrite_weight,
+        dendrite_bias,
+        gate,
+        cascade,
+        stride,
+        padding,
+        dilation,
+        activation,
+        backend,
+        False,
     )
     return y

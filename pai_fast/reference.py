@@ -143,8 +143,9 @@ def dendritic_conv_ref(
     conv = _CONV[nd]
     d = dendrite_weight.shape[0]
     if d == 0:
-        return _anchor(conv(x, weight, bias, stride, padding, dilation, groups), dendrite_weight, dendrite_bias, gate,
-                       cascade)
+        return _anchor(
+            conv(x, weight, bias, stride, padding, dilation, groups), dendrite_weight, dendrite_bias, gate, cascade
+        )
     unbatched = x.dim() == nd + 1
     if unbatched:
         x = x.unsqueeze(0)

@@ -25,10 +25,11 @@ def _worker(rank, world, port, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(rank)  # different init and data per rank: DDP must make them agree
-    model = torch.nn.Sequential(pai_fast.DendriticLinear(8, 8, dendrites=1), torch.nn.Tanh(),
-                                pai_fast.DendriticLinear(8, 2))
+    model = torch.nn.Sequential(
+        pai_fast.DendriticLinear(8, 8, dendrites=1), torch.nn.Tanh(), pai_fast.DendriticLinear(8, 2)
+    )
     ddp = DDP(model)
-    for growth in range(3):
+    for _ in range(3):
         opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
         for _ in range(3):
             opt.zero_grad()
@@ -41,9 +42,13 @@ def _worker(rank, world, port, result_dir):
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(gathered, flat)
-    torch.save({"gathered": gathered, "dendrites": [m.num_dendrites for m in model.modules()
-                                                    if isinstance(m, pai_fast.nn.DendriteMixin)]},
-               os.path.join(result_dir, f"rank{rank}.pt"))
+    torch.save(
+        {
+            "gathered": gathered,
+            "dendrites": [m.num_dendrites for m in model.modules() if isinstance(m, pai_fast.nn.DendriteMixin)],
+        },
+        os.path.join(result_dir, f"rank{rank}.pt"),
+    )
     dist.destroy_process_group()
 
 

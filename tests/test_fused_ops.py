@@ -34,8 +34,10 @@ GPU_BACKENDS = ["triton", "cuda"]
 
 
 def _require(name, device):
-    if not _fused_available(name, device):
-        pytest.fail(f"backend {name} unavailable on {device}: {backends.input_reasons(name, 'linear', torch.randn(2, 8, device=device), torch.randn(4, 8, device=device), 1, 'sigmoid')}")
+    x, w = torch.randn(2, 8, device=device), torch.randn(4, 8, device=device)
+    reasons = backends.input_reasons(name, "linear", x, w, 1, "sigmoid")
+    if reasons:
+        pytest.fail(f"backend {name} unavailable on {device}: {reasons}")
 
 
 def _linear_case(d, device, dtype=torch.float64, m=5, k=7, n=6, bias=True):
@@ -53,8 +55,9 @@ def test_opcheck_linear_interpret(d):
     torch.library.opcheck(torch.ops.pai_fast.dendritic_linear_fwd.default, (x, *p, "sigmoid", "triton", True))
     y, h = torch.ops.pai_fast.dendritic_linear_fwd(x, *p, "sigmoid", "triton", True)
     gy = torch.randn_like(y)
-    torch.library.opcheck(torch.ops.pai_fast.dendritic_linear_bwd.default,
-                          (gy, x, p[0], p[2], p[4], p[5], h, "sigmoid", "triton", True))
+    torch.library.opcheck(
+        torch.ops.pai_fast.dendritic_linear_bwd.default, (gy, x, p[0], p[2], p[4], p[5], h, "sigmoid", "triton", True)
+    )
 
 
 @interpret
@@ -107,8 +110,10 @@ def test_opcheck_linear_gpu(name, d):
     x, p = _linear_case(d, "cuda", dtype=torch.float32, m=33, k=65, n=40)
     torch.library.opcheck(torch.ops.pai_fast.dendritic_linear_fwd.default, (x, *p, "sigmoid", name, True))
     y, h = torch.ops.pai_fast.dendritic_linear_fwd(x, *p, "sigmoid", name, True)
-    torch.library.opcheck(torch.ops.pai_fast.dendritic_linear_bwd.default,
-                          (torch.randn_like(y), x, p[0], p[2], p[4], p[5], h, "sigmoid", name, True))
+    torch.library.opcheck(
+        torch.ops.pai_fast.dendritic_linear_bwd.default,
+        (torch.randn_like(y), x, p[0], p[2], p[4], p[5], h, "sigmoid", name, True),
+    )
 
 
 @pytest.mark.gpu
@@ -116,8 +121,9 @@ def test_opcheck_linear_gpu(name, d):
 def test_compile_fullgraph_and_export_gpu(name):
     _require(name, "cuda")
     torch._dynamo.reset()
-    model = torch.nn.Sequential(pai_fast.DendriticLinear(64, 48, dendrites=3), torch.nn.ReLU(),
-                                pai_fast.DendriticLinear(48, 10, dendrites=3)).cuda()
+    model = torch.nn.Sequential(
+        pai_fast.DendriticLinear(64, 48, dendrites=3), torch.nn.ReLU(), pai_fast.DendriticLinear(48, 10, dendrites=3)
+    ).cuda()
     with torch.no_grad():
         for mod in model:
             if hasattr(mod, "dendrite_gate"):
@@ -143,13 +149,15 @@ def test_cuda_graph_training_step(name):
     """A whole training step (forward, backward, optimizer) captured and replayed in a CUDA graph."""
     _require(name, "cuda")
     torch.manual_seed(0)
-    model = torch.nn.Sequential(pai_fast.DendriticLinear(32, 32, dendrites=2), torch.nn.Tanh(),
-                                pai_fast.DendriticLinear(32, 4, dendrites=2)).cuda()
+    model = torch.nn.Sequential(
+        pai_fast.DendriticLinear(32, 32, dendrites=2), torch.nn.Tanh(), pai_fast.DendriticLinear(32, 4, dendrites=2)
+    ).cuda()
     ref = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.randn(16, 32, device="cuda")
     pai_fast.set_backend(name)
     try:
+
         def step():
             opt.zero_grad(set_to_none=False)
             model(x).square().mean().backward()

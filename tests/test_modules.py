@@ -60,7 +60,13 @@ def test_parameters_shapes_and_names(cls, base, args, xshape):
     assert m.dendrite_gate.shape == (3, n)
     assert m.dendrite_cascade.shape == (3, 3, n)
     assert {k for k, _ in m.named_parameters()} == {
-        "weight", "bias", "dendrite_weight", "dendrite_bias", "dendrite_gate", "dendrite_cascade"}
+        "weight",
+        "bias",
+        "dendrite_weight",
+        "dendrite_bias",
+        "dendrite_gate",
+        "dendrite_cascade",
+    }
     nb = cls(*args, bias=False, dendrites=2)
     assert nb.dendrite_bias is None and nb.bias is None
     assert nb(torch.randn(xshape)).shape == base(*args, bias=False)(torch.randn(xshape)).shape
@@ -138,7 +144,14 @@ def test_from_module_conv_options_and_padding_modes():
             m.dendrite_gate.normal_()
         manual = R.dendritic_conv_loop(
             torch.nn.functional.pad(x, m._reversed_padding_repeated_twice, mode=mode) if mode != "zeros" else x,
-            m.weight, m.bias, *m.dendrite_args(), m.stride, 0 if mode != "zeros" else m.padding, m.dilation, m.groups)
+            m.weight,
+            m.bias,
+            *m.dendrite_args(),
+            m.stride,
+            0 if mode != "zeros" else m.padding,
+            m.dilation,
+            m.groups,
+        )
         torch.testing.assert_close(m(x), manual, rtol=1e-5, atol=1e-5)
 
 

@@ -65,8 +65,12 @@ class DendriteMixin:
         kw = {"device": w.device, "dtype": w.dtype}
 
         def randn(*shape):
-            t = torch.randn(shape, generator=generator, device="cpu" if generator is not None else w.device,
-                            dtype=torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype)
+            t = torch.randn(
+                shape,
+                generator=generator,
+                device="cpu" if generator is not None else w.device,
+                dtype=torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype,
+            )
             return (t * INIT_STD).to(**kw)
 
         self.dendrite_weight = nn.Parameter(torch.cat([w, randn(n, *self.weight.shape)], 0))
@@ -92,8 +96,9 @@ class DendriteMixin:
     def dendrite_args(self) -> tuple:
         return self.dendrite_weight, self.dendrite_bias, self.dendrite_gate, self.dendrite_cascade
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         key = prefix + "dendrite_weight"
         if key in state_dict and state_dict[key].shape[0] != self.num_dendrites:
             raise DendriteMismatchError(

@@ -16,17 +16,28 @@ class _DendriticConvNd(DendriteMixin):
     _torch_conv: type[nn.modules.conv._ConvNd]
 
     @classmethod
-    def from_module(cls, layer: nn.modules.conv._ConvNd, *, dendrites: int = 0,
-                    activation: ActivationLike | None = None):
+    def from_module(
+        cls, layer: nn.modules.conv._ConvNd, *, dendrites: int = 0, activation: ActivationLike | None = None
+    ):
         """A dendritic conv holding ``layer``'s weights (copied; dendrites of a dendritic conv are kept)."""
         if not isinstance(layer, cls._torch_conv):
             raise TypeError(f"layer: expected an nn.{cls._torch_conv.__name__}, got {type(layer).__name__}")
         act = activation if activation is not None else getattr(layer, "activation", "sigmoid")
         w = layer.weight
         with torch.device("meta"):
-            new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                      layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode, dtype=w.dtype,
-                      activation=act)
+            new = cls(
+                layer.in_channels,
+                layer.out_channels,
+                layer.kernel_size,
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                layer.groups,
+                layer.bias is not None,
+                layer.padding_mode,
+                dtype=w.dtype,
+                activation=act,
+            )
         new = new.to_empty(device=w.device)
         if isinstance(layer, DendriteMixin):
             new._set_num_dendrites(layer.num_dendrites)
@@ -43,7 +54,14 @@ class _DendriticConvNd(DendriteMixin):
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
         return self._functional(
-            input, self.weight, self.bias, *self.dendrite_args(), self.stride, padding, self.dilation, self.groups,
+            input,
+            self.weight,
+            self.bias,
+            *self.dendrite_args(),
+            self.stride,
+            padding,
+            self.dilation,
+            self.groups,
             activation=self.activation,
         )
 
@@ -61,11 +79,37 @@ class DendriticConv1d(_DendriticConvNd, nn.Conv1d):
     _functional = staticmethod(dendritic_conv1d)
     _torch_conv = nn.Conv1d
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-                 padding_mode="zeros", device=None, dtype=None, *, dendrites: int = 0,
-                 activation: ActivationLike = "sigmoid") -> None:
-        nn.Conv1d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                           padding_mode, device, dtype)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+        *,
+        dendrites: int = 0,
+        activation: ActivationLike = "sigmoid",
+    ) -> None:
+        nn.Conv1d.__init__(
+            self,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
+        )
         self._init_dendrites(dendrites, activation)
 
 
@@ -79,11 +123,37 @@ class DendriticConv2d(_DendriticConvNd, nn.Conv2d):
     _functional = staticmethod(dendritic_conv2d)
     _torch_conv = nn.Conv2d
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-                 padding_mode="zeros", device=None, dtype=None, *, dendrites: int = 0,
-                 activation: ActivationLike = "sigmoid") -> None:
-        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                           padding_mode, device, dtype)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+        *,
+        dendrites: int = 0,
+        activation: ActivationLike = "sigmoid",
+    ) -> None:
+        nn.Conv2d.__init__(
+            self,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
+        )
         self._init_dendrites(dendrites, activation)
 
 
@@ -97,9 +167,35 @@ class DendriticConv3d(_DendriticConvNd, nn.Conv3d):
     _functional = staticmethod(dendritic_conv3d)
     _torch_conv = nn.Conv3d
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-                 padding_mode="zeros", device=None, dtype=None, *, dendrites: int = 0,
-                 activation: ActivationLike = "sigmoid") -> None:
-        nn.Conv3d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                           padding_mode, device, dtype)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+        *,
+        dendrites: int = 0,
+        activation: ActivationLike = "sigmoid",
+    ) -> None:
+        nn.Conv3d.__init__(
+            self,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
+        )
         self._init_dendrites(dendrites, activation)

@@ -18,14 +18,24 @@ class DendriticLinear(DendriteMixin, nn.Linear):
     Every leading dim of the input is batch (a ``[B, T, F]`` input needs no node-dimension setting).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
-                 dendrites: int = 0, activation: ActivationLike = "sigmoid") -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        dendrites: int = 0,
+        activation: ActivationLike = "sigmoid",
+    ) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
         self._init_dendrites(dendrites, activation)
 
     @classmethod
-    def from_module(cls, layer: nn.Linear, *, dendrites: int = 0, activation: ActivationLike | None = None
-                    ) -> DendriticLinear:
+    def from_module(
+        cls, layer: nn.Linear, *, dendrites: int = 0, activation: ActivationLike | None = None
+    ) -> DendriticLinear:
         """A DendriticLinear holding ``layer``'s weights (copied; dendrites of a DendriticLinear are kept)."""
         if not isinstance(layer, nn.Linear):
             raise TypeError(f"layer: expected an nn.Linear, got {type(layer).__name__}")
