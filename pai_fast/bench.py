@@ -115,21 +115,19 @@ def _conv_case(b, cin, hw, cout, d, dtype, device):
 
 
 def _providers(kind: str, x, params, d: int, device: str, want: list[str]):
-    """name -> forward callable over (x, params)."""
-    w, b, dw, db, gate, casc = params
+    """name -> forward callable over (x, params); params[6] is the stacked weight of width (1+D)*N."""
+    w, b, dw, db, gate, casc = params[:6]
     out: dict = {}
     if kind == "linear":
-        wcat = torch.cat([w[None], dw]).reshape(-1, w.shape[1]).detach()
         out["plain"] = lambda x, p: F.linear(x, p[0], p[1])
-        out["cat_gemm"] = lambda x, p: F.linear(x, wcat)
-        out["eager"] = lambda x, p: reference.dendritic_linear_ref(x, *p)
-        fused = lambda name: lambda x, p: functional.dendritic_linear(x, *p, backend=name)  # noqa: E731
+        out["cat_gemm"] = lambda x, p: F.linear(x, p[6])
+        out["eager"] = lambda x, p: reference.dendritic_linear_ref(x, *p[:6])
+        fused = lambda name: lambda x, p: functional.dendritic_linear(x, *p[:6], backend=name)  # noqa: E731
     else:
-        wcat = torch.cat([w[None], dw]).reshape(-1, *w.shape[1:]).detach()
         out["plain"] = lambda x, p: F.conv2d(x, p[0], p[1], 1, 1)
-        out["cat_gemm"] = lambda x, p: F.conv2d(x, wcat, None, 1, 1)
-        out["eager"] = lambda x, p: reference.dendritic_conv_ref(x, *p, 1, 1)
-        fused = lambda name: lambda x, p: functional.dendritic_conv2d(x, *p, 1, 1, backend=name)  # noqa: E731
+        out["cat_gemm"] = lambda x, p: F.conv2d(x, p[6], None, 1, 1)
+        out["eager"] = lambda x, p: reference.dendritic_conv_ref(x, *p[:6], 1, 1)
+        fused = lambda name: lambda x, p: functional.dendritic_conv2d(x, *p[:6], 1, 1, backend=name)  # noqa: E731
     if "compiled" in want:
         out["compiled"] = torch.compile(out["eager"], dynamic=False)
     for name in ("triton", "cuda"):
@@ -170,6 +168,7 @@ def run(
         dtype = getattr(torch, dtype_name)
         make = _linear_case if kind == "linear" else _conv_case
         x, params = make(*dims, d, dtype, device)
+        params.append(torch.cat([params[0][None], params[2]]).flatten(0, 1))  # the limit's weight, (1+D)*N rows
         provs = _providers(kind, x, params, d, device, list(providers))
         for mode in modes:
             for name, fn in provs.items():
