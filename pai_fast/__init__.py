@@ -16,6 +16,10 @@ from ._version import __version__
 from .backends import BackendUnavailableError, get_backend, set_backend
 from .nn import DendriteMismatchError, DendriticConv1d, DendriticConv2d, DendriticConv3d, DendriticLinear
 
+from .backends import warm as _warm_backends
+
+_warm_backends()
+
 # Heavier parts load on first use, so `import pai_fast` stays cheap.
 _LAZY = {
     "perforate_model": ("pai_fast.tracker", "perforate_model"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 import warnings
 
 import torch
@@ -59,9 +60,25 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@functools.cache
+_MODULE_REASONS: dict[str, tuple[str, ...]] = {}
+
+
 def module_reasons(name: str) -> tuple[str, ...]:
-    """Why a backend's code cannot be loaded at all in this process (empty = loadable)."""
+    """Why a backend's code cannot be loaded at all in this process (empty = loadable); cached."""
+    if name not in _MODULE_REASONS:
+        _MODULE_REASONS[name] = _load(name)
+    return _MODULE_REASONS[name]
+
+
+def warm() -> None:
+    """Load the fused backends up front where they can run (a GPU, or Triton's interpreter), so that
+    torch.compile later finds them cached instead of tracing imports (a graph break)."""
+    if torch.cuda.is_available() or interpreting():
+        for name in BACKENDS:
+            module_reasons(name)
+
+
+def _load(name: str) -> tuple[str, ...]:
     if name == "torch":
         return ()
     if name == "triton":
@@ -93,7 +110,9 @@ def _capability(index: int) -> tuple[int, int]:
 
 def backend_module(name: str):
     """The launcher module of a fused backend (contract: linear_fwd/bwd, conv_fwd/bwd, supports)."""
-    return importlib.import_module("pai_fast.kernels" if name == "triton" else "pai_fast.cuda_backend")
+    mod = "pai_fast.kernels" if name == "triton" else "pai_fast.cuda_backend"
+    # Already imported by module_reasons(); a sys.modules lookup keeps torch.compile from tracing importlib.
+    return sys.modules[mod] if mod in sys.modules else importlib.import_module(mod)
 
 
 def input_reasons(

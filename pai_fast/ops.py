@@ -46,9 +46,26 @@ def _linear_fwd(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, 
     )
 
 
+def _unalias(grads):
+    """Operator outputs must not share storage (the schema declares no aliasing): a backend that writes several
+    gradients into one buffer and returns views of it gets the later ones copied out here."""
+    seen: set[int] = set()
+    out = []
+    for g in grads:
+        ptr = g.untyped_storage().data_ptr()
+        if ptr in seen:
+            g = g.clone()
+            ptr = g.untyped_storage().data_ptr()
+        seen.add(ptr)
+        out.append(g)
+    return tuple(out)
+
+
 def _linear_bwd(grad_y, x, weight, dendrite_weight, gate, cascade, h, activation, backend, has_bias):
-    return backends.backend_module(backend).linear_bwd(
-        grad_y, x, weight, dendrite_weight, gate, cascade, h, activation, has_bias
+    return _unalias(
+        backends.backend_module(backend).linear_bwd(
+            grad_y, x, weight, dendrite_weight, gate, cascade, h, activation, has_bias
+        )
     )
 
 

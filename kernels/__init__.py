@@ -1,0 +1,89 @@
+"""pai_fast.kernels: the ``triton`` backend (fused Triton kernels for dendritic Linear and Conv layers).
+
+Launcher contract (CONTRACT.md): linear_fwd, linear_bwd, conv_fwd, conv_bwd, supports. One file per op:
+dendritic_linear.py, dendritic_conv.py; _common.py holds the shared epilogue and the backward dZ kernel.
+
+Importing this package never fails for want of Triton: without it, ``supports`` returns the reason and every
+launcher raises ImportError naming it. Set TRITON_INTERPRET=1 BEFORE the first import to run the kernels on CPU
+tensors in Triton's interpreter (CI; fp32/fp64, small shapes). PAI_FAST_TRITON_AUTOTUNE=0 replaces autotuning by
+a fixed heuristic config (no benchmarking on first call).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["linear_fwd", "linear_bwd", "conv_fwd", "conv_bwd", "supports", "IMPORT_ERROR"]
+
+try:
+    import triton  # noqa: F401
+except Exception as _e:  # ImportError, or a broken install (e.g. missing driver libraries)
+    IMPORT_ERROR: str | None = f"triton is not importable ({type(_e).__name__}: {_e})"
+else:
+    IMPORT_ERROR = None
+
+if IMPORT_ERROR is None:
+    from ._common import ACT_CODES, INTERPRET, MAX_D, SUPPORTED_DTYPES
+    from .dendritic_conv import conv_bwd, conv_fwd
+    from .dendritic_linear import linear_bwd, linear_fwd
+else:
+    ACT_CODES = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
+    MAX_D = 31
+    SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+    def _missing(*args, **kwargs):
+        raise ImportError(f"pai_fast.kernels (the triton backend) cannot run: {IMPORT_ERROR}; pip install triton")
+
+    linear_fwd = linear_bwd = conv_fwd = conv_bwd = _missing
+
+
+def supports(kind: str, x: torch.Tensor, weight: torch.Tensor, D: int, activation: str) -> list[str]:
+    """Reasons why the triton backend can NOT run op ``kind`` ("linear" / "conv") on these inputs; [] = it can."""
+    if IMPORT_ERROR is not None:
+        return [IMPORT_ERROR]
+    reasons = []
+    if kind not in ("linear", "conv"):
+        reasons.append(f"kind must be 'linear' or 'conv', got {kind!r}")
+    if activation not in ACT_CODES:
+        reasons.append(f"activation must be one of {sorted(ACT_CODES)}, got {activation!r}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        reasons.append(f"x dtype must be one of {[str(t) for t in SUPPORTED_DTYPES]}, got {x.dtype}")
+    if weight.dtype != x.dtype:
+        reasons.append(f"weight dtype must equal x dtype ({x.dtype}), got {weight.dtype}")
+    if weight.device != x.device:
+        reasons.append(f"weight must be on x's device {x.device}, got {weight.device}")
+    if x.device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(x.device)
+        if (major, minor) < (8, 0):
+            reasons.append(f"needs compute capability >= 8.0, got {major}.{minor}")
+    elif INTERPRET:
+        if x.device.type != "cpu":
+            reasons.append(f"under TRITON_INTERPRET=1 x must be on the CPU, got {x.device}")
+        if x.dtype == torch.bfloat16:
+            reasons.append("bfloat16 arithmetic is wrong in the Triton interpreter (use fp32/fp64 there)")
+    else:
+        reasons.append(
+            f"needs CUDA tensors, got a tensor on {x.device} (CPU runs only in Triton's interpreter: set "
+            "TRITON_INTERPRET=1 before pai_fast.kernels is first imported)"
+        )
+    if not isinstance(D, int) or D < 0:
+        reasons.append(f"D must be a non-negative int, got {D!r}")
+    elif D > MAX_D:
+        reasons.append(f"D={D} dendrites: the fused triton kernels unroll the cascade and support D <= {MAX_D}")
+    if kind == "linear":
+        if x.dim() != 2 or weight.dim() != 2:
+            reasons.append(f"linear wants x [M, K] and weight [N, K], got {x.dim()}-D x and {weight.dim()}-D weight")
+    elif kind == "conv":
+        nd = weight.dim() - 2
+        if nd not in (1, 2, 3):
+            reasons.append(f"conv weight must be 3-, 4- or 5-D (Conv1d/2d/3d), got {weight.dim()}-D")
+        elif x.dim() != nd + 2:
+            reasons.append(f"conv wants batched x of {nd + 2} dims [B, C, *spatial], got {x.dim()}-D")
+        elif x.shape[1] != weight.shape[1]:
+            reasons.append(
+                f"conv supports groups=1 only: x has {x.shape[1]} channels, weight expects {weight.shape[1]} per group"
+            )
+    return reasons

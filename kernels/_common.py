@@ -1,0 +1,412 @@
+"""Pieces shared by the dendritic Linear and Conv Triton kernels: activations, the fused forward epilogue, and the
+backward dZ kernel (with its deterministic reductions).
+
+Notation (CONTRACT.md, spec §2.3). For one output channel n of one row m (a batch row, or a (batch, position) pair
+of a convolution), branch 0 is the main layer and branches 1..D are the dendrites:
+
+    z_0 = x W^T + b          u_i = x V_i^T + c_i
+    s_i = u_i + sum_{j<i} B[i, j] a_j          a_i = act(s_i)          y = z_0 + sum_i G[i] a_i
+
+Forward epilogue (``_dendritic_epilogue``): the GEMM main loop leaves the 1 + D branch pre-activations of a
+[BLOCK_M, BLOCK_N] output tile in one accumulator of shape [BLOCK_M, P * BLOCK_N] (P = next_pow2(1 + D) row blocks
+of the stacked weight, block d = branch d). The epilogue views it as [BLOCK_M, P, BLOCK_N], adds the biases, then
+runs the cascade in registers: extract s_i, a_i = act(s_i), y += G[i] a_i, and push B[k, i] a_i into every later
+branch k > i. Only y and (when training) the a_i reach memory.
+
+Backward (``_dendritic_dz_kernel``), with dy = dL/dy:
+
+    dz_0 = dy
+    for i = D-1 .. 0:   da_i = G[i] dy + sum_{k>i} B[k, i] ds_k        ds_i = da_i act'(a_i)        du_i = ds_i
+    dG[i] = sum_rows dy a_i      dB[k, i] = sum_rows ds_k a_i (i < k)      db = sum_rows dy      dc_i = sum_rows ds_i
+
+act' is computed from the saved a: sigmoid a(1-a), tanh 1-a^2, relu [a > 0], identity 1. The kernel writes
+dZcat = [dz_0, ds_0 .. ds_{D-1}] (what the dX / dW GEMMs need) and per-program partial sums of the four
+reductions; the launcher sums the partials over a fixed program count in torch, so the result is deterministic
+(no float atomics).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+ACT_CODES = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The fused path unrolls the cascade over D (constexpr) and stacks P = next_pow2(1 + D) weight blocks per tile.
+# Beyond this the unrolled code and the padded MMA work stop making sense; supports() names the limit.
+MAX_D = 31
+
+
+# Both are read ONCE, at import: triton.jit decides at decoration time whether a kernel is interpreted, and the
+# launchers must agree with how the kernels were decorated (autotuned or not) even if the environment changes later.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+AUTOTUNE = not INTERPRET and os.environ.get("PAI_FAST_TRITON_AUTOTUNE", "1") != "0"
+
+
+def interpreting() -> bool:
+    """True when the kernels were decorated under the Triton CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return INTERPRET
+
+
+def autotuning() -> bool:
+    """Autotune on the GPU unless PAI_FAST_TRITON_AUTOTUNE=0 at import (then a fixed heuristic config: no
+    benchmarking on the first call, which also makes the first call capturable in a CUDA graph)."""
+    return AUTOTUNE
+
+
+def next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def acc_dtype(dtype: torch.dtype):
+    """Accumulate in fp64 for fp64 inputs (lets the interpreter pass gradcheck), fp32 otherwise."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def torch_acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tf32 in tl.dot only for fp32 inputs and only when torch allows it for matmuls (same rule as cuBLAS)."""
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not interpreting():
+        return "tf32"
+    return "ieee"
+
+
+def check_common(name: str, x: torch.Tensor, weight: torch.Tensor, activation: str) -> int:
+    """Validate what every launcher needs; returns the activation code."""
+    if activation not in ACT_CODES:
+        raise ValueError(f"activation: expected one of {sorted(ACT_CODES)}, got {activation!r}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name}: x dtype must be one of {list(SUPPORTED_DTYPES)}, got {x.dtype}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{name}: weight dtype must equal x dtype {x.dtype}, got {weight.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"{name}: weight must be on {x.device} like x, got {weight.device}")
+    return ACT_CODES[activation]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Forward autotune candidates (shared by Linear and Conv; ptxas-checked for sm_90: no spills for bf16 D <= 8)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _cfg(block_m: int, block_c: int, block_k: int, warps: int, stages: int) -> triton.Config:
+    kw = {"BLOCK_M": block_m, "BLOCK_C": block_c, "BLOCK_K": block_k, "GROUP_M": 8}
+    return triton.Config(kw, num_warps=warps, num_stages=stages)
+
+
+# (large problem?, element size) -> candidates. BLOCK_C = P * BN is the stacked tile width: 256 = a Hopper
+# 128 x 256 GEMM tile (D=3: 4 branches x 64 channels). Few candidates per key keep first-call autotuning short.
+CONFIG_POOLS: dict[tuple[bool, int], list] = {
+    (True, 2): [_cfg(128, 256, 64, 8, 3), _cfg(128, 256, 32, 8, 4), _cfg(256, 128, 64, 8, 3), _cfg(128, 128, 64, 4, 4)],
+    (False, 2): [_cfg(64, 128, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(32, 64, 128, 4, 3), _cfg(128, 128, 64, 4, 3)],
+    # 4-byte tiles: 128 x 256 fp32 spills, so at most 128 x 128.
+    (True, 4): [_cfg(128, 128, 32, 8, 3), _cfg(128, 128, 32, 4, 4), _cfg(64, 128, 32, 4, 4)],
+    (False, 4): [_cfg(64, 64, 32, 4, 4), _cfg(64, 128, 32, 4, 4), _cfg(32, 64, 64, 4, 3)],
+    (True, 8): [_cfg(64, 64, 16, 4, 2), _cfg(32, 64, 32, 4, 2)],
+}
+CONFIG_POOLS[(False, 8)] = CONFIG_POOLS[(True, 8)]
+ALL_CONFIGS = [c for pool in CONFIG_POOLS.values() for c in pool]
+ALL_CONFIGS = [c for i, c in enumerate(ALL_CONFIGS) if all(c is not o for o in ALL_CONFIGS[:i])]
+
+
+def select_configs(configs: list, rows: int, n: int, k: int, p: int, elem_size: int) -> list:
+    """The candidates worth timing for one problem (early_config_prune): the pool for its size class and dtype,
+    minus tiles that overflow shared memory or reduce far past K."""
+    pool = CONFIG_POOLS[(rows >= 1024 and n * p >= 256, elem_size)]
+    out = []
+    for c in configs:
+        if all(c is not q for q in pool):
+            continue
+        bm, bc, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_C"], c.kwargs["BLOCK_K"]
+        if c.num_stages * (bm + bc) * bk * elem_size > 200 * 1024 or bk > 2 * max(16, next_pow2(k)):
+            continue
+        out.append(c)
+    return out or [pool[-1]]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Device helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _act(s, ACT: tl.constexpr):
+    """act(s) for the fused activations; tanh through exp of a non-positive argument (never overflows)."""
+    if ACT == 1:
+        out = 1.0 / (1.0 + tl.exp(-s))
+    elif ACT == 2:
+        t = tl.exp(-2.0 * tl.abs(s))
+        r = (1.0 - t) / (1.0 + t)
+        out = tl.where(s < 0, -r, r)
+    elif ACT == 3:
+        out = tl.maximum(s, 0.0)
+    else:
+        out = s
+    return out
+
+
+@triton.jit
+def _act_grad(a, ACT: tl.constexpr):
+    """act'(s) written as a function of the activated output a = act(s)."""
+    if ACT == 1:
+        out = a * (1.0 - a)
+    elif ACT == 2:
+        out = 1.0 - a * a
+    elif ACT == 3:
+        out = tl.where(a > 0, 1.0, 0.0).to(a.dtype)
+    else:
+        out = tl.full(a.shape, 1.0, a.dtype)
+    return out
+
+
+@triton.jit
+def _dendritic_epilogue(
+    acc,  # [BLOCK_M, P * BN] accumulator, branch-major columns (block d = branch d)
+    offs_n,  # [BN] output channels of this tile
+    n_mask,  # [BN]
+    row_mask,  # [BLOCK_M]
+    y_rows,  # [BLOCK_M] pointers to y[row, 0]
+    h_rows,  # [BLOCK_M] pointers to h[row, 0, 0]
+    stride_yn,
+    stride_hd,
+    stride_hn,
+    b_ptr,
+    stride_b,
+    c_ptr,
+    stride_cd,
+    stride_cn,
+    g_ptr,
+    stride_gd,
+    stride_gn,
+    cas_ptr,
+    stride_ai,
+    stride_aj,
+    stride_an,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    BN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SAVE_H: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):
+    out_mask = row_mask[:, None] & n_mask[None, :]
+    y_ptrs = y_rows[:, None] + offs_n[None, :] * stride_yn
+    if D == 0:
+        y = tl.reshape(acc, (BLOCK_M, BN)).to(ACC_DTYPE)
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n * stride_b, mask=n_mask, other=0.0).to(ACC_DTYPE)[None, :]
+        tl.store(y_ptrs, y.to(y_ptrs.dtype.element_ty), mask=out_mask)
+    else:
+        # Branch-major columns: splitting the column index into (branch, channel) is a pure relabeling of the
+        # accumulator's registers (the branch bits are the high column bits).
+        z = tl.reshape(acc, (BLOCK_M, P, BN)).to(ACC_DTYPE)
+        p = tl.arange(0, P)
+        p3 = p[None, :, None]
+        if HAS_BIAS:
+            b_main = tl.load(b_ptr + offs_n * stride_b, mask=n_mask, other=0.0).to(ACC_DTYPE)
+            pc = tl.maximum(p - 1, 0)
+            c_mask = ((p >= 1) & (p <= D))[:, None] & n_mask[None, :]
+            b_dend = tl.load(c_ptr + pc[:, None] * stride_cd + offs_n[None, :] * stride_cn, mask=c_mask, other=0.0)
+            z += tl.where(p[:, None] == 0, b_main[None, :], b_dend.to(ACC_DTYPE))[None, :, :]
+        y = tl.sum(tl.where(p3 == 0, z, 0.0), axis=1)
+        for i in tl.static_range(D):
+            s_i = tl.sum(tl.where(p3 == i + 1, z, 0.0), axis=1)
+            a_i = _act(s_i, ACT)
+            if SAVE_H:
+                h_ptrs = h_rows[:, None] + i * stride_hd + offs_n[None, :] * stride_hn
+                tl.store(h_ptrs, a_i.to(h_ptrs.dtype.element_ty), mask=out_mask)
+            g_i = tl.load(g_ptr + i * stride_gd + offs_n * stride_gn, mask=n_mask, other=0.0).to(ACC_DTYPE)
+            y += g_i[None, :] * a_i
+            if i + 1 < D:
+                # Push a_i into every later branch k > i (row block p = k + 1): z_k += B[k, i] * a_i.
+                k_of_p = tl.maximum(p - 1, 0)
+                b_mask = ((p - 1 > i) & (p <= D))[:, None] & n_mask[None, :]
+                b_col = tl.load(
+                    cas_ptr + k_of_p[:, None] * stride_ai + i * stride_aj + offs_n[None, :] * stride_an,
+                    mask=b_mask,
+                    other=0.0,
+                ).to(ACC_DTYPE)
+                z += b_col[None, :, :] * a_i[:, None, :]
+        tl.store(y_ptrs, y.to(y_ptrs.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _dendritic_dz_kernel(
+    dy_ptr,
+    h_ptr,
+    g_ptr,
+    cas_ptr,
+    dz_ptr,
+    part_db_ptr,  # [SPLIT, N]
+    part_dg_ptr,  # [SPLIT, D, N]
+    part_dc_ptr,  # [SPLIT, D, N]
+    part_dcas_ptr,  # [SPLIT, D, D, N]
+    ROWS,
+    N,
+    S,  # rows are (batch, position) pairs: row = b * S + s (S = 1 for Linear)
+    stride_dyb,
+    stride_dys,
+    stride_dyn,
+    stride_hb,
+    stride_hs,
+    stride_hd,
+    stride_hn,
+    stride_gd,
+    stride_gn,
+    stride_ai,
+    stride_aj,
+    stride_an,
+    stride_zb,
+    stride_zs,
+    stride_zd,  # offset between branch blocks of dZcat (N * channel stride)
+    stride_zn,
+    D: tl.constexpr,
+    PD: tl.constexpr,
+    ACT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    split = tl.num_programs(0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    p = tl.arange(0, PD)
+    p_ok = p < D
+    p3 = p[None, :, None]
+    pn_mask = p_ok[:, None] & n_mask[None, :]
+    if D > 0:
+        gate = tl.load(g_ptr + p[:, None] * stride_gd + offs_n[None, :] * stride_gn, mask=pn_mask, other=0.0)
+        gate = gate.to(ACC_DTYPE)
+    acc_db = tl.zeros((BLOCK_N,), ACC_DTYPE)
+    acc_dg = tl.zeros((PD, BLOCK_N), ACC_DTYPE)
+    acc_dc = tl.zeros((PD, BLOCK_N), ACC_DTYPE)
+    acc_dcas = tl.zeros((PD, PD, BLOCK_N), ACC_DTYPE)
+    num_blocks = tl.cdiv(ROWS, BLOCK_M)
+    # Each program owns a fixed, strided set of row blocks: the partial sums depend only on the shapes.
+    for mb in range(pid_m, num_blocks, split):
+        offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_mask = offs_m < ROWS
+        rows = offs_m.to(tl.int64)
+        bb = rows // S
+        ss = rows - bb * S
+        mn_mask = m_mask[:, None] & n_mask[None, :]
+        dy = tl.load(
+            dy_ptr + (bb * stride_dyb + ss * stride_dys)[:, None] + offs_n[None, :] * stride_dyn,
+            mask=mn_mask,
+            other=0.0,
+        ).to(ACC_DTYPE)
+        z_rows = dz_ptr + bb * stride_zb + ss * stride_zs
+        z_ptrs = z_rows[:, None] + offs_n[None, :] * stride_zn
+        tl.store(z_ptrs, dy.to(z_ptrs.dtype.element_ty), mask=mn_mask)
+        acc_db += tl.sum(dy, axis=0)
+        if D > 0:
+            h_rows = h_ptr + bb * stride_hb + ss * stride_hs
+            h_ptrs = h_rows[:, None, None] + p3 * stride_hd + offs_n[None, None, :] * stride_hn
+            a = tl.load(h_ptrs, mask=m_mask[:, None, None] & pn_mask[None, :, :], other=0.0).to(ACC_DTYPE)
+            acc_dg += tl.sum(dy[:, None, :] * a, axis=0)
+            da = gate[None, :, :] * dy[:, None, :]
+            for ii in tl.static_range(D):
+                i = D - 1 - ii
+                sel = p3 == i
+                da_i = tl.sum(tl.where(sel, da, 0.0), axis=1)
+                a_i = tl.sum(tl.where(sel, a, 0.0), axis=1)
+                ds_i = da_i * _act_grad(a_i, ACT)
+                tl.store(z_ptrs + (i + 1) * stride_zd, ds_i.to(z_ptrs.dtype.element_ty), mask=mn_mask)
+                acc_dc += tl.where(p[:, None] == i, tl.sum(ds_i, axis=0)[None, :], 0.0)
+                if i > 0:
+                    # dB[i, j] += sum_rows ds_i a_j (j < i), and push ds_i back: da_j += B[i, j] ds_i.
+                    contrib = tl.sum(ds_i[:, None, :] * a, axis=0)
+                    contrib = tl.where((p < i)[:, None], contrib, 0.0)
+                    acc_dcas += tl.where(p[:, None, None] == i, contrib[None, :, :], 0.0)
+                    b_row = tl.load(
+                        cas_ptr + i * stride_ai + p[:, None] * stride_aj + offs_n[None, :] * stride_an,
+                        mask=(p < i)[:, None] & n_mask[None, :],
+                        other=0.0,
+                    ).to(ACC_DTYPE)
+                    da += b_row[None, :, :] * ds_i[:, None, :]
+    tl.store(part_db_ptr + pid_m * N + offs_n, acc_db, mask=n_mask)
+    if D > 0:
+        pn_off = p[:, None] * N + offs_n[None, :]
+        tl.store(part_dg_ptr + pid_m * D * N + pn_off, acc_dg, mask=pn_mask)
+        tl.store(part_dc_ptr + pid_m * D * N + pn_off, acc_dc, mask=pn_mask)
+        if D > 1:
+            kin = p[:, None, None] * (D * N) + p[None, :, None] * N + offs_n[None, None, :]
+            kin_mask = p_ok[:, None, None] & pn_mask[None, :, :]
+            tl.store(part_dcas_ptr + pid_m * D * D * N + kin, acc_dcas, mask=kin_mask)
+
+
+def dz_and_reductions(
+    dy: tuple[torch.Tensor, int, int, int],
+    h: tuple[torch.Tensor, int, int, int, int],
+    dz: tuple[torch.Tensor, int, int, int, int],
+    gate: torch.Tensor,
+    cascade: torch.Tensor,
+    rows: int,
+    n: int,
+    s: int,
+    act: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the dZ kernel. dy/h/dz are (tensor, *strides) with strides over (b, s, [d,] n) and dz's d-stride the
+    offset between branch blocks. Returns (dbias [N], ddendrite_bias [D, N], dgate [D, N], dcascade [D, D, N]) in
+    the accumulation dtype (fp64 for fp64 inputs, fp32 otherwise), summed over a fixed number of programs."""
+    dy_t = dy[0]
+    d = gate.shape[0]
+    acc_t = torch_acc_dtype(dy_t.dtype)
+    pd = next_pow2(max(d, 1))
+    # Register budget (checked with ptxas for sm_90, bf16): the [BLOCK_M, PD, BLOCK_N] tiles of a and da plus the
+    # [PD, PD, BLOCK_N] cascade-gradient accumulator. D <= 8 compiles without spills; larger D spills (correct, slower).
+    block_n = min(64 if pd <= 4 else max(8, 256 // pd), next_pow2(n))
+    budget = 4096 if interpreting() else (2048 if pd <= 2 else 1024)
+    block_m = max(1, min(64, budget // (pd * block_n)))
+    num_warps = 4
+    num_m = triton.cdiv(rows, block_m)
+    num_n = triton.cdiv(n, block_n)
+    # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
+    # every GPU; 512 programs fill an H100 several times over.
+    split = max(1, min(num_m, triton.cdiv(512, num_n)))
+    dev = dy_t.device
+    part_db = torch.empty((split, n), device=dev, dtype=acc_t)
+    part_dg = torch.empty((split, d, n), device=dev, dtype=acc_t)
+    part_dc = torch.empty((split, d, n), device=dev, dtype=acc_t)
+    part_dcas = torch.zeros((split, d, d, n), device=dev, dtype=acc_t) if d > 1 else part_dc
+    _dendritic_dz_kernel[(split, num_n)](
+        dy_t,
+        h[0],
+        gate,
+        cascade,
+        dz[0],
+        part_db,
+        part_dg,
+        part_dc,
+        part_dcas,
+        rows,
+        n,
+        s,
+        *dy[1:],
+        *h[1:],
+        gate.stride(0),
+        gate.stride(1),
+        cascade.stride(0),
+        cascade.stride(1),
+        cascade.stride(2),
+        *dz[1:],
+        D=d,
+        PD=pd,
+        ACT=act,
+        ACC_DTYPE=acc_dtype(dy_t.dtype),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        num_warps=num_warps,
+    )
+    dcas = part_dcas.sum(0) if d > 1 else torch.zeros((d, d, n), device=dev, dtype=acc_t)
+    return part_db.sum(0), part_dc.sum(0), part_dg.sum(0), dcas

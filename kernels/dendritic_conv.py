@@ -1,0 +1,578 @@
+"""Fused dendritic Conv1d / Conv2d / Conv3d (groups = 1, zero padding): Triton implicit-GEMM forward, backward
+launcher.
+
+Math (CONTRACT.md, spec §2.3), per output channel n and output position (b, o), with f = conv(x, W) + b and
+h_i = conv(x, V_i) + c_i:
+
+    z_0 = f(x)               u_i = h_i(x)
+    s_i = u_i + sum_{j<i} B[i, j] a_j          a_i = act(s_i)          y = z_0 + sum_i G[i] a_i
+
+Backward, with dy = dL/dy and the saved a_i (h [B, D, Cout, *out]):
+
+    dz_0 = dy
+    for i = D-1 .. 0:   da_i = G[i] dy + sum_{k>i} B[k, i] ds_k        ds_i = da_i act'(a_i)
+    dG[i] = sum_{b,o} dy a_i     dB[k, i] = sum_{b,o} ds_k a_i (i < k)     db = sum dy     dc_i = sum ds_i
+    dX = conv_transpose(dZcat, Wcat)         dWcat = conv_weight_grad(X, dZcat)
+
+Forward: ONE kernel, an implicit GEMM. Rows are the B * prod(out) output positions, the reduction runs over the
+kernel positions (outer) and input-channel blocks (inner), so the x address of a row is computed once per kernel
+position and the channel block is a strided (NCHW) or contiguous (channels_last) run. The stacked weight tile and
+the epilogue are the Linear kernel's (see dendritic_linear.py and _common.py): one tl.dot into a
+[BLOCK_M, P * BN] accumulator, cascade / activation / gated sum in registers, y and (training only) h written.
+Conv1d and Conv2d run as Conv3d with unit leading dims. x may have any strides (NCHW, channels_last, slices); y
+and h are returned contiguous (NCHW order), as the op's fake kernel promises.
+
+Backward: the shared dZ kernel (_common.py) writes dZcat [B, (1+D)Cout, *out] and the per-program partial sums,
+then ONE aten.convolution_backward call over the stacked weights (cuDNN on the GPU) gives dX and dWcat; dweight
+and ddendrite_weight are views of dWcat.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    ALL_CONFIGS,
+    _dendritic_epilogue,
+    acc_dtype,
+    autotuning,
+    check_common,
+    dot_precision,
+    dz_and_reductions,
+    interpreting,
+    next_pow2,
+    select_configs,
+    torch_acc_dtype,
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# Reference (the float64 oracle is pai_fast.reference.dendritic_conv_ref; same math, kept beside the kernel)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def conv_ref(
+    x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation="sigmoid"
+):
+    """Plain-torch dendritic conv (one convolution per branch); differentiable, any dtype."""
+    act = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu, "identity": lambda t: t}[activation]
+    conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+    conv = conv[weight.dim() - 2]
+    view = (-1,) + (1,) * (weight.dim() - 2)
+    y = conv(x, weight, bias, stride, padding, dilation)
+    acts = []
+    for i in range(dendrite_weight.shape[0]):
+        s = conv(x, dendrite_weight[i], None if dendrite_bias is None else dendrite_bias[i], stride, padding, dilation)
+        for j in range(i):
+            s = s + cascade[i, j].view(view) * acts[j]
+        acts.append(act(s))
+        y = y + gate[i].view(view) * acts[i]
+    return y
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Forward kernel
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _conv_fwd_kernel(
+    x_ptr,
+    w_ptr,
+    v_ptr,
+    b_ptr,
+    c_ptr,
+    g_ptr,
+    cas_ptr,
+    y_ptr,
+    h_ptr,
+    ROWS,  # B * OS
+    N,  # output channels
+    CIN,
+    OS,  # OD * OH * OW
+    OH,
+    OW,
+    ID,
+    IH,
+    IW,
+    ROWS_KEY,  # bucketed ROWS, only for the autotune key
+    stride_xb,
+    stride_xc,
+    stride_xd,
+    stride_xh,
+    stride_xw,
+    stride_wn,
+    stride_vd,
+    stride_vn,
+    stride_wc,  # the c / kd / kh / kw strides are shared by weight and dendrite_weight (the launcher makes it so)
+    stride_wkd,
+    stride_wkh,
+    stride_wkw,
+    conv_sd,
+    conv_sh,
+    conv_sw,
+    pad_d,
+    pad_h,
+    pad_w,
+    dil_d,
+    dil_h,
+    dil_w,
+    stride_b,
+    stride_cd,
+    stride_cn,
+    stride_gd,
+    stride_gn,
+    stride_ai,
+    stride_aj,
+    stride_an,
+    stride_yb,
+    stride_ys,
+    stride_yn,
+    stride_hb,
+    stride_hs,
+    stride_hd,
+    stride_hn,
+    KD: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SAVE_H: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EVEN_C: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    BN: tl.constexpr = BLOCK_C // P
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(ROWS, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BN)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Output position of every row (rows past the end wrap around; they are never stored).
+    rows = (offs_m % ROWS).to(tl.int64)
+    bb = rows // OS
+    sp = rows - bb * OS
+    ohw = OH * OW
+    od = sp // ohw
+    rem = sp - od * ohw
+    oh = rem // OW
+    ow = rem - oh * OW
+    id0 = od * conv_sd - pad_d
+    ih0 = oh * conv_sh - pad_h
+    iw0 = ow * conv_sw - pad_w
+    x_rows = x_ptr + bb * stride_xb
+
+    offs_c = tl.arange(0, BLOCK_C)
+    branch = offs_c // BN
+    chan = ((pid_n * BN + offs_c % BN) % N).to(tl.int64)
+    if D == 0:
+        w_rows = w_ptr + chan * stride_wn
+    else:
+        dend = tl.maximum(branch - 1, 0).to(tl.int64)
+        w_rows = tl.where(branch == 0, w_ptr + chan * stride_wn, v_ptr + dend * stride_vd + chan * stride_vn)
+    c_mask = branch <= D
+
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC_DTYPE)
+    ncb = tl.cdiv(CIN, BLOCK_K)
+    KK: tl.constexpr = KD * KH * KW
+    for t in range(0, KK * ncb):
+        kpos = t // ncb
+        cb = t - kpos * ncb
+        kd = kpos // (KH * KW)
+        kh = (kpos // KW) % KH
+        kw = kpos % KW
+        i_d = id0 + kd * dil_d
+        i_h = ih0 + kh * dil_h
+        i_w = iw0 + kw * dil_w
+        row_ok = (i_d >= 0) & (i_d < ID) & (i_h >= 0) & (i_h < IH) & (i_w >= 0) & (i_w < IW)
+        ci = cb * BLOCK_K + offs_k
+        x_ptrs = (x_rows + i_d * stride_xd + i_h * stride_xh + i_w * stride_xw)[:, None] + ci[None, :] * stride_xc
+        w_ptrs = w_rows[:, None] + ci[None, :] * stride_wc + (kd * stride_wkd + kh * stride_wkh + kw * stride_wkw)
+        if EVEN_C:
+            a = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+            b = tl.load(w_ptrs, mask=c_mask[:, None], other=0.0)
+        else:
+            k_ok = ci < CIN
+            a = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptrs, mask=c_mask[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+
+    _dendritic_epilogue(
+        acc,
+        offs_n,
+        offs_n < N,
+        offs_m < ROWS,
+        y_ptr + bb * stride_yb + sp * stride_ys,
+        h_ptr + bb * stride_hb + sp * stride_hs,
+        stride_yn,
+        stride_hd,
+        stride_hn,
+        b_ptr,
+        stride_b,
+        c_ptr,
+        stride_cd,
+        stride_cn,
+        g_ptr,
+        stride_gd,
+        stride_gn,
+        cas_ptr,
+        stride_ai,
+        stride_aj,
+        stride_an,
+        D,
+        P,
+        BN,
+        BLOCK_M,
+        ACT,
+        HAS_BIAS,
+        SAVE_H,
+        ACC_DTYPE,
+    )
+
+
+def _prune(configs, named_args, **kwargs):
+    a = named_args
+    return select_configs(configs, a["ROWS"], a["N"], a["CIN"], kwargs["P"], a["x_ptr"].element_size())
+
+
+_heuristics = triton.heuristics({"EVEN_C": lambda a: a["CIN"] % a["BLOCK_K"] == 0})
+if autotuning():
+    _fwd_kernel = triton.autotune(
+        configs=ALL_CONFIGS,
+        key=["ROWS_KEY", "N", "CIN", "KD", "KH", "KW", "D", "SAVE_H", "HAS_BIAS"],
+        prune_configs_by={"early_config_prune": _prune},
+    )(_heuristics(_conv_fwd_kernel))
+else:
+    _fwd_kernel = _heuristics(_conv_fwd_kernel)
+
+
+def _heuristic_config(rows: int, n: int, cin: int, p: int, dtype: torch.dtype) -> dict:
+    """Fixed config when not autotuning (interpreter, or PAI_FAST_TRITON_AUTOTUNE=0)."""
+    if interpreting():
+        bn = min(max(1, next_pow2(n)), 32)
+        return dict(
+            BLOCK_M=min(128, max(16, next_pow2(rows))),
+            BLOCK_C=max(16, p * bn),
+            BLOCK_K=min(32, max(16, next_pow2(cin))),
+            GROUP_M=8,
+            num_warps=4,
+            num_stages=1,
+        )
+    if dtype == torch.float64:
+        return dict(BLOCK_M=64, BLOCK_C=64, BLOCK_K=16, GROUP_M=8, num_warps=4, num_stages=2)
+    bk = 64 if dtype in (torch.float16, torch.bfloat16) and cin >= 64 else 32
+    if rows >= 4096 and n * p >= 512:
+        bc = 256 if dtype != torch.float32 else 128
+        return dict(BLOCK_M=128, BLOCK_C=bc, BLOCK_K=bk, GROUP_M=8, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=64, BLOCK_C=max(64, min(128, p * 16)), BLOCK_K=bk, GROUP_M=8, num_warps=4, num_stages=3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _tuple3(v, nd: int, name: str, fill: int) -> tuple[int, int, int]:
+    v = tuple(int(t) for t in v)
+    if len(v) != nd:
+        raise ValueError(f"conv: {name} must have {nd} entries for a Conv{nd}d, got {v}")
+    return (fill,) * (3 - nd) + v
+
+
+def _out_size(i: int, k: int, s: int, p: int, d: int) -> int:
+    return (i + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _check_conv(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation):
+    act = check_common("conv_fwd", x, weight, activation)
+    nd = weight.dim() - 2
+    if nd not in (1, 2, 3):
+        raise ValueError(f"conv_fwd: weight must be [Cout, Cin, *k] with 1..3 spatial dims, got {list(weight.shape)}")
+    if x.dim() != nd + 2:
+        raise ValueError(f"conv_fwd: x must be batched [B, Cin, *spatial] ({nd + 2}-D), got {list(x.shape)}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"conv_fwd: groups=1 only: x has {x.shape[1]} channels, weight expects {weight.shape[1]} (groups > 1 "
+            "runs on the torch backend)"
+        )
+    n = weight.shape[0]
+    if dendrite_weight.dim() != weight.dim() + 1 or tuple(dendrite_weight.shape[1:]) != tuple(weight.shape):
+        raise ValueError(
+            f"conv_fwd: dendrite_weight must be [D, {', '.join(map(str, weight.shape))}], got "
+            f"{list(dendrite_weight.shape)}"
+        )
+    if dendrite_weight.dtype != x.dtype:
+        raise TypeError(f"conv_fwd: dendrite_weight dtype must be {x.dtype}, got {dendrite_weight.dtype}")
+    d = dendrite_weight.shape[0]
+    if tuple(gate.shape) != (d, n) or tuple(cascade.shape) != (d, d, n):
+        raise ValueError(
+            f"conv_fwd: gate must be [{d}, {n}] and cascade [{d}, {d}, {n}], got {list(gate.shape)} and "
+            f"{list(cascade.shape)}"
+        )
+    if (bias is None) != (dendrite_bias is None):
+        raise ValueError("conv_fwd: dendrite_bias must be given exactly when bias is given")
+    if bias is not None and (tuple(bias.shape) != (n,) or tuple(dendrite_bias.shape) != (d, n)):
+        raise ValueError(
+            f"conv_fwd: bias must be [{n}] and dendrite_bias [{d}, {n}], got {list(bias.shape)} and "
+            f"{list(dendrite_bias.shape)}"
+        )
+    st = _tuple3(stride, nd, "stride", 1)
+    pd = _tuple3(padding, nd, "padding", 0)
+    dl = _tuple3(dilation, nd, "dilation", 1)
+    if min(st) < 1 or min(dl) < 1 or min(pd) < 0:
+        raise ValueError(f"conv_fwd: stride and dilation must be >= 1 and padding >= 0, got {st}, {dl}, {pd}")
+    ks = (1,) * (3 - nd) + tuple(weight.shape[2:])
+    ins = (1,) * (3 - nd) + tuple(x.shape[2:])
+    outs = tuple(_out_size(ins[i], ks[i], st[i], pd[i], dl[i]) for i in range(3))
+    if min(outs) < 1:
+        raise ValueError(
+            f"conv_fwd: output size {outs[3 - nd :]} is too small (input {tuple(x.shape[2:])}, kernel "
+            f"{tuple(weight.shape[2:])}, stride {st[3 - nd :]}, padding {pd[3 - nd :]}, dilation {dl[3 - nd :]})"
+        )
+    return act, nd, n, d, st, pd, dl, ks, ins, outs
+
+
+def _x_strides(x: torch.Tensor, nd: int) -> tuple[int, ...]:
+    """(b, c, d, h, w) strides of x viewed as a Conv3d input."""
+    s = x.stride()
+    return (s[0], s[1]) + (0,) * (3 - nd) + tuple(s[2:])
+
+
+def _w_strides(w: torch.Tensor, nd: int) -> tuple[int, ...]:
+    """(n, c, kd, kh, kw) strides of a [Cout, Cin, *k] weight viewed as 3-D."""
+    s = w.stride()
+    return (s[0], s[1]) + (0,) * (3 - nd) + tuple(s[2:])
+
+
+def _channels_last(t: torch.Tensor, cdim: int) -> torch.Tensor:
+    """Same values and shape, channel dim ``cdim`` made the innermost (stride 1) dimension in memory."""
+    return t.movedim(cdim, -1).contiguous().movedim(-1, cdim)
+
+
+def conv_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dendrite_weight: torch.Tensor,
+    dendrite_bias: torch.Tensor | None,
+    gate: torch.Tensor,
+    cascade: torch.Tensor,
+    stride: tuple,
+    padding: tuple,
+    dilation: tuple,
+    activation: str,
+    save_for_backward: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y [B, Cout, *out] and h [B, D, Cout, *out] (or empty(0) when not saving), both contiguous, x's dtype."""
+    act, nd, n, d, st, pd, dl, ks, ins, outs = _check_conv(
+        x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation
+    )
+    bsz, cin = x.shape[0], x.shape[1]
+    out_sp = outs[3 - nd :]
+    y = torch.empty((bsz, n, *out_sp), device=x.device, dtype=x.dtype)
+    h = (
+        torch.empty((bsz, d, n, *out_sp), device=x.device, dtype=x.dtype)
+        if save_for_backward
+        else torch.empty(0, device=x.device, dtype=x.dtype)
+    )
+    os_ = outs[0] * outs[1] * outs[2]
+    rows = bsz * os_
+    if rows == 0 or n == 0:
+        return y, h
+    if x.is_cuda and cin > 1:
+        # The reduction walks channels innermost: with channel stride 1 both operand tiles are contiguous runs that
+        # the pipeliner fetches with cp.async (checked on sm_90). NCHW inputs / OIHW weights pay one transposing copy
+        # here (for x about a fifth of a 3x3 conv's time at 64 channels); feed channels_last to skip it.
+        if x.stride(1) != 1:
+            x = _channels_last(x, 1)
+        if weight.stride(1) != 1:
+            weight = _channels_last(weight, 1)
+        if d > 0 and dendrite_weight.stride(2) != 1:
+            dendrite_weight = _channels_last(dendrite_weight, 2)
+    ws = _w_strides(weight, nd)
+    if d > 0 and _w_strides(dendrite_weight[0], nd)[1:] != ws[1:]:
+        weight, dendrite_weight = weight.contiguous(), dendrite_weight.contiguous()
+        ws = _w_strides(weight, nd)
+    p = next_pow2(1 + d)
+    has_bias = bias is not None
+    v_t = dendrite_weight if d > 0 else weight
+    vs = dendrite_weight.stride()[:2] if d > 0 else (0, 0)
+    cs = dendrite_bias.stride() if has_bias else (0, 0)
+    hs = (h.stride(0), 1, h.stride(1), h.stride(2)) if save_for_backward else (0, 0, 0, 0)
+    args = (
+        x, weight, v_t, bias if has_bias else y, dendrite_bias if has_bias else y, gate, cascade, y, h,
+        rows, n, cin, os_, outs[1], outs[2], ins[0], ins[1], ins[2], min(next_pow2(rows), 65536),
+        *_x_strides(x, nd),
+        ws[0], vs[0], vs[1], *ws[1:],
+        *st, *pd, *dl,
+        bias.stride(0) if has_bias else 0, cs[0], cs[1],
+        gate.stride(0), gate.stride(1),
+        cascade.stride(0), cascade.stride(1), cascade.stride(2),
+        y.stride(0), 1, y.stride(1),
+        *hs,
+    )  # fmt: skip
+    meta = dict(
+        KD=ks[0],
+        KH=ks[1],
+        KW=ks[2],
+        D=d,
+        P=p,
+        ACT=act,
+        HAS_BIAS=has_bias,
+        SAVE_H=bool(save_for_backward) and d > 0,
+        ACC_DTYPE=acc_dtype(x.dtype),
+        DOT_PRECISION=dot_precision(x.dtype),
+    )
+
+    def grid(meta_):
+        return (triton.cdiv(rows, meta_["BLOCK_M"]) * triton.cdiv(n, meta_["BLOCK_C"] // p),)
+
+    if autotuning():
+        _fwd_kernel[grid](*args, **meta)
+    else:
+        cfg = _heuristic_config(rows, n, cin, p, x.dtype)
+        _fwd_kernel[grid(cfg)](*args, **meta, **cfg)
+    return y, h
+
+
+def _merged_strides(t: torch.Tensor, lead: int) -> tuple[int, ...] | None:
+    """Strides of t [*lead dims, *spatial] with the spatial dims merged into one (None if they do not merge)."""
+    sizes, strides = t.shape[lead:], t.stride()[lead:]
+    merged = 1  # stride of the merged spatial index
+    expect = None
+    for size, stride in reversed(list(zip(sizes, strides))):
+        if size == 1:
+            continue
+        if expect is None:
+            merged = stride
+        elif stride != expect:
+            return None
+        expect = stride * size
+    return tuple(t.stride()[:lead]) + (merged,)
+
+
+def _stacked_weight(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor:
+    """Wcat [(1+D)Cout, Cin, *k]: a zero-copy view when W and V sit back to back in one storage, else a copy."""
+    d = dendrite_weight.shape[0]
+    shape = ((1 + d) * weight.shape[0], *weight.shape[1:])
+    if (
+        weight.is_contiguous()
+        and dendrite_weight.is_contiguous()
+        and weight.untyped_storage().data_ptr() == dendrite_weight.untyped_storage().data_ptr()
+        and dendrite_weight.storage_offset() == weight.storage_offset() + weight.numel()
+    ):
+        return weight.as_strided(shape, torch.empty(shape, device="meta").stride())
+    return torch.cat([weight.unsqueeze(0), dendrite_weight], 0).reshape(shape)
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """t with exactly the strides torch.empty_like(ref) has (what the op's fake kernel promises)."""
+    if t.stride() == ref.stride() or ref.numel() <= 1:
+        return t
+    out = torch.empty_like(ref)
+    if out.stride() == t.stride():
+        return t
+    out.copy_(t)
+    return out
+
+
+def conv_bwd(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    dendrite_weight: torch.Tensor,
+    gate: torch.Tensor,
+    cascade: torch.Tensor,
+    h: torch.Tensor,
+    stride: tuple,
+    padding: tuple,
+    dilation: tuple,
+    activation: str,
+    has_bias: bool,
+) -> tuple[torch.Tensor, ...]:
+    """(dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade); see the module docstring."""
+    act = check_common("conv_bwd", x, weight, activation)
+    nd = weight.dim() - 2
+    n, d = weight.shape[0], dendrite_weight.shape[0]
+    bsz = x.shape[0]
+    out_sp = tuple(grad_y.shape[2:])
+    if grad_y.dim() != nd + 2 or tuple(grad_y.shape[:2]) != (bsz, n):
+        raise ValueError(f"conv_bwd: grad_y must be [{bsz}, {n}, *out], got {list(grad_y.shape)}")
+    if d > 0 and tuple(h.shape) != (bsz, d, n, *out_sp):
+        raise ValueError(
+            f"conv_bwd: h must be [{bsz}, {d}, {n}, *out] (forward run with save_for_backward), got {list(h.shape)}"
+        )
+    dev, dt = x.device, x.dtype
+    acc_t = torch_acc_dtype(dt)
+    grad_y = grad_y.to(dt)
+    os_ = 1
+    for s in out_sp:
+        os_ *= s
+    rows = bsz * os_
+    if rows == 0 or n == 0:
+        return (
+            torch.zeros_like(x),
+            torch.zeros_like(weight),
+            torch.zeros((n,), device=dev, dtype=weight.dtype),
+            torch.zeros_like(dendrite_weight),
+            torch.zeros((d, n), device=dev, dtype=gate.dtype),
+            torch.zeros_like(gate),
+            torch.zeros_like(cascade),
+        )
+    if d == 0:
+        dz = grad_y
+        db = grad_y.sum([0, *range(2, nd + 2)], dtype=acc_t)
+        ddb = dg = torch.zeros((0, n), device=dev, dtype=acc_t)
+        dcas = torch.zeros((0, 0, n), device=dev, dtype=acc_t)
+        wcat = weight
+    else:
+        gs = _merged_strides(grad_y, 2)
+        if gs is None:
+            grad_y = grad_y.contiguous()
+            gs = _merged_strides(grad_y, 2)
+        hs = _merged_strides(h, 3)
+        if hs is None:
+            h = h.contiguous()
+            hs = _merged_strides(h, 3)
+        dz = torch.empty((bsz, (1 + d) * n, *out_sp), device=dev, dtype=dt)
+        db, ddb, dg, dcas = dz_and_reductions(
+            (grad_y, gs[0], gs[2], gs[1]),
+            (h, hs[0], hs[3], hs[1], hs[2]),
+            (dz, dz.stride(0), 1, n * os_, os_),
+            gate,
+            cascade,
+            rows,
+            n,
+            os_,
+            act,
+        )
+        wcat = _stacked_weight(weight, dendrite_weight)
+    dx, dwcat, _ = torch.ops.aten.convolution_backward(
+        dz, x, wcat, None, list(stride), list(padding), list(dilation), False, [0] * nd, 1, [True, True, False]
+    )
+    dw = dwcat[:n]
+    ddw = dwcat[n:].view(d, *weight.shape)
+    return (
+        _like(dx, x),
+        _like(dw, weight),
+        db.to(weight.dtype),
+        _like(ddw, dendrite_weight),
+        ddb.to(gate.dtype),
+        dg.to(gate.dtype),
+        dcas.to(cascade.dtype),
+    )

@@ -1,0 +1,437 @@
+"""Fused dendritic Linear: Triton forward kernel and launcher, backward launcher.
+
+Math (CONTRACT.md, spec §2.3), x [M, K], W [N, K], V [D, N, K], G [D, N], B [D, D, N] (entries j < i used):
+
+    z_0 = x W^T + b          u_i = x V_i^T + c_i
+    s_i = u_i + sum_{j<i} B[i, j] a_j          a_i = act(s_i)          y = z_0 + sum_i G[i] a_i
+
+Backward, with dy = dL/dy and the saved a_i (h [M, D, N]):
+
+    dz_0 = dy
+    for i = D-1 .. 0:   da_i = G[i] dy + sum_{k>i} B[k, i] ds_k        ds_i = da_i act'(a_i)
+    dG[i] = sum_m dy a_i     dB[k, i] = sum_m ds_k a_i (i < k)     db = sum_m dy     dc_i = sum_m ds_i
+    dX = dZcat Wcat          dWcat = dZcat^T X          (dZcat = [dz_0, ds_0, ..], Wcat = [W; V_0; ..])
+
+Forward: ONE kernel. Every program owns a [BLOCK_M, BN] tile of y. Its K-loop loads one x tile [BLOCK_M, BLOCK_K]
+and one stacked weight tile [P * BN, BLOCK_K] whose row block d is W (d = 0) or V_{d-1} (1 <= d <= D, masked
+beyond: P = next_pow2(1 + D)), and issues ONE tl.dot into a [BLOCK_M, P * BN] accumulator: the MMA is as wide as a
+plain GEMM tile (P * BN = 128..256 columns), so the mainloop runs like a GEMM of width (1+D)N. The epilogue
+(_common._dendritic_epilogue) adds the biases and runs the cascade, activation and gated sum in registers. It
+writes y, and h = the a_i in x's dtype only when saving for backward: in inference no (1+D)MN intermediate
+reaches memory. Cost of the padding: when 1 + D is not a power of two the masked row blocks still cost MMA work
+(D = 2 runs like D = 3, D = 4..6 like D = 7).
+
+Backward: ONE elementwise Triton kernel (_common._dendritic_dz_kernel) writes dZcat [M, (1+D)N] in x's dtype and
+per-program partial sums of db, dc, dG, dB (summed in torch: deterministic), then cuBLAS: dWcat = dZcat^T X is
+one GEMM written straight into the buffer that dweight / ddendrite_weight view; dX = dZcat Wcat is one GEMM when
+weight and dendrite_weight are adjacent in one storage (a module that allocates them as one buffer), else two
+(dz_0 W + dZ_dend V_flat, no copy of the weights).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    ALL_CONFIGS,
+    _dendritic_epilogue,
+    acc_dtype,
+    autotuning,
+    check_common,
+    dot_precision,
+    dz_and_reductions,
+    interpreting,
+    next_pow2,
+    select_configs,
+    torch_acc_dtype,
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# Reference (float64 oracle lives in pai_fast.reference; this is the same math, kept beside the kernel)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def linear_ref(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation="sigmoid"):
+    """Plain-torch dendritic Linear (loops over dendrites); differentiable, any dtype."""
+    act = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu, "identity": lambda t: t}[activation]
+    y = torch.nn.functional.linear(x, weight, bias)
+    acts = []
+    for i in range(dendrite_weight.shape[0]):
+        s = torch.nn.functional.linear(x, dendrite_weight[i], None if dendrite_bias is None else dendrite_bias[i])
+        for j in range(i):
+            s = s + cascade[i, j] * acts[j]
+        acts.append(act(s))
+        y = y + gate[i] * acts[i]
+    return y
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Forward kernel
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _linear_fwd_kernel(
+    x_ptr,
+    w_ptr,
+    v_ptr,
+    b_ptr,
+    c_ptr,
+    g_ptr,
+    cas_ptr,
+    y_ptr,
+    h_ptr,
+    M,
+    N,
+    K,
+    M_KEY,  # bucketed M, only for the autotune key
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_vd,
+    stride_vn,
+    stride_wk,  # K stride shared by weight and dendrite_weight (the launcher makes it so)
+    stride_b,
+    stride_cd,
+    stride_cn,
+    stride_gd,
+    stride_gn,
+    stride_ai,
+    stride_aj,
+    stride_an,
+    stride_ym,
+    stride_yn,
+    stride_hm,
+    stride_hd,
+    stride_hn,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SAVE_H: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # stacked tile width P * BN
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    BN: tl.constexpr = BLOCK_C // P
+    # Grouped tile order: GROUP_M row tiles walk the N tiles together, so their weight tiles stay in L2.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BN)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Rows / channels past the end wrap around (their results are never stored), so the loads need no row mask.
+    rows_in = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M).to(tl.int64)
+    x_ptrs = x_ptr + rows_in[:, None] * stride_xm + offs_k[None, :] * stride_xk
+
+    offs_c = tl.arange(0, BLOCK_C)
+    branch = offs_c // BN
+    chan = ((pid_n * BN + offs_c % BN) % N).to(tl.int64)
+    if D == 0:
+        w_rows = w_ptr + chan * stride_wn
+    else:
+        dend = tl.maximum(branch - 1, 0).to(tl.int64)
+        w_rows = tl.where(branch == 0, w_ptr + chan * stride_wn, v_ptr + dend * stride_vd + chan * stride_vn)
+    w_ptrs = w_rows[:, None] + offs_k[None, :] * stride_wk
+    PADDED: tl.constexpr = P != D + 1
+    c_mask = branch <= D
+
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC_DTYPE)
+    for kk in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(x_ptrs)
+            if PADDED:
+                b = tl.load(w_ptrs, mask=c_mask[:, None], other=0.0)
+            else:
+                b = tl.load(w_ptrs)
+        else:
+            k_mask = offs_k < K - kk * BLOCK_K
+            a = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
+            b = tl.load(w_ptrs, mask=c_mask[:, None] & k_mask[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    rows = offs_m.to(tl.int64)
+    _dendritic_epilogue(
+        acc,
+        offs_n,
+        offs_n < N,
+        offs_m < M,
+        y_ptr + rows * stride_ym,
+        h_ptr + rows * stride_hm,
+        stride_yn,
+        stride_hd,
+        stride_hn,
+        b_ptr,
+        stride_b,
+        c_ptr,
+        stride_cd,
+        stride_cn,
+        g_ptr,
+        stride_gd,
+        stride_gn,
+        cas_ptr,
+        stride_ai,
+        stride_aj,
+        stride_an,
+        D,
+        P,
+        BN,
+        BLOCK_M,
+        ACT,
+        HAS_BIAS,
+        SAVE_H,
+        ACC_DTYPE,
+    )
+
+
+def _prune(configs, named_args, **kwargs):
+    a = named_args
+    return select_configs(configs, a["M"], a["N"], a["K"], kwargs["P"], a["x_ptr"].element_size())
+
+
+_heuristics = triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})
+if autotuning():
+    _fwd_kernel = triton.autotune(
+        configs=ALL_CONFIGS,
+        key=["M_KEY", "N", "K", "D", "SAVE_H", "HAS_BIAS"],
+        prune_configs_by={"early_config_prune": _prune},
+    )(_heuristics(_linear_fwd_kernel))
+else:
+    _fwd_kernel = _heuristics(_linear_fwd_kernel)
+
+
+def _heuristic_config(m: int, n: int, k: int, p: int, dtype: torch.dtype) -> dict:
+    """Fixed config when not autotuning (interpreter, or PAI_FAST_TRITON_AUTOTUNE=0)."""
+    if interpreting():
+        # Interpreter cost ~ number of programs: few, large tiles.
+        bn = min(max(1, next_pow2(n)), 32)
+        return dict(
+            BLOCK_M=min(64, max(16, next_pow2(m))),
+            BLOCK_C=max(16, p * bn),
+            BLOCK_K=32,
+            GROUP_M=8,
+            num_warps=4,
+            num_stages=1,
+        )
+    if dtype == torch.float64:
+        return dict(BLOCK_M=64, BLOCK_C=64, BLOCK_K=16, GROUP_M=8, num_warps=4, num_stages=2)
+    if m >= 1024 and n * p >= 1024:
+        if dtype == torch.float32:  # 4-byte tiles: a 128 x 256 fp32 tile spills (ptxas, sm_90)
+            return dict(BLOCK_M=128, BLOCK_C=128, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3)
+        return dict(BLOCK_M=128, BLOCK_C=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=64, BLOCK_C=max(64, min(128, p * 16)), BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_linear(x2d, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation):
+    act = check_common("linear_fwd", x2d, weight, activation)
+    if x2d.dim() != 2:
+        raise ValueError(f"linear_fwd: x2d must be 2-D [M, K], got shape {list(x2d.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != x2d.shape[1]:
+        raise ValueError(f"linear_fwd: weight must be [N, {x2d.shape[1]}], got {list(weight.shape)}")
+    n, k = weight.shape
+    d = dendrite_weight.shape[0] if dendrite_weight.dim() == 3 else -1
+    if dendrite_weight.dim() != 3 or tuple(dendrite_weight.shape[1:]) != (n, k):
+        raise ValueError(f"linear_fwd: dendrite_weight must be [D, {n}, {k}], got {list(dendrite_weight.shape)}")
+    if dendrite_weight.dtype != x2d.dtype:
+        raise TypeError(f"linear_fwd: dendrite_weight dtype must be {x2d.dtype}, got {dendrite_weight.dtype}")
+    if tuple(gate.shape) != (d, n):
+        raise ValueError(f"linear_fwd: gate must be [{d}, {n}], got {list(gate.shape)}")
+    if tuple(cascade.shape) != (d, d, n):
+        raise ValueError(f"linear_fwd: cascade must be [{d}, {d}, {n}], got {list(cascade.shape)}")
+    if (bias is None) != (dendrite_bias is None):
+        raise ValueError("linear_fwd: dendrite_bias must be given exactly when bias is given")
+    if bias is not None and (tuple(bias.shape) != (n,) or tuple(dendrite_bias.shape) != (d, n)):
+        raise ValueError(
+            f"linear_fwd: bias must be [{n}] and dendrite_bias [{d}, {n}], got {list(bias.shape)} and "
+            f"{list(dendrite_bias.shape)}"
+        )
+    return act, n, k, d
+
+
+def _shared_k_stride(weight: torch.Tensor, dendrite_weight: torch.Tensor):
+    """The kernel walks K with one stride for W and V: true for any contiguous weights; otherwise copy."""
+    if dendrite_weight.shape[0] == 0 or weight.stride(1) == dendrite_weight.stride(2):
+        return weight, dendrite_weight
+    return weight.contiguous(), dendrite_weight.contiguous()
+
+
+def linear_fwd(
+    x2d: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dendrite_weight: torch.Tensor,
+    dendrite_bias: torch.Tensor | None,
+    gate: torch.Tensor,
+    cascade: torch.Tensor,
+    activation: str,
+    save_for_backward: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y [M, N] in x's dtype, and h [M, D, N] (the a_i in x's dtype) when save_for_backward else empty(0)."""
+    act, n, k, d = _check_linear(x2d, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation)
+    m = x2d.shape[0]
+    y = torch.empty((m, n), device=x2d.device, dtype=x2d.dtype)
+    h = (
+        torch.empty((m, d, n), device=x2d.device, dtype=x2d.dtype)
+        if save_for_backward
+        else torch.empty(0, device=x2d.device, dtype=x2d.dtype)
+    )
+    if m == 0 or n == 0:
+        return y, h
+    weight, dendrite_weight = _shared_k_stride(weight, dendrite_weight)
+    p = next_pow2(1 + d)
+    has_bias = bias is not None
+    b_t = bias if has_bias else y
+    c_t = dendrite_bias if has_bias else y
+    v_t = dendrite_weight if d > 0 else weight
+    hs = h.stride() if save_for_backward else (0, 0, 0)
+    vs = dendrite_weight.stride() if d > 0 else (0, 0, 0)
+    cs = dendrite_bias.stride() if has_bias else (0, 0)
+    args = (
+        x2d, weight, v_t, b_t, c_t, gate, cascade, y, h,
+        m, n, k, min(next_pow2(m), 8192),
+        x2d.stride(0), x2d.stride(1),
+        weight.stride(0), vs[0], vs[1], weight.stride(1),
+        bias.stride(0) if has_bias else 0, cs[0], cs[1],
+        gate.stride(0), gate.stride(1),
+        cascade.stride(0), cascade.stride(1), cascade.stride(2),
+        y.stride(0), y.stride(1),
+        hs[0], hs[1], hs[2],
+    )  # fmt: skip
+    meta = dict(
+        D=d,
+        P=p,
+        ACT=act,
+        HAS_BIAS=has_bias,
+        SAVE_H=bool(save_for_backward) and d > 0,
+        ACC_DTYPE=acc_dtype(x2d.dtype),
+        DOT_PRECISION=dot_precision(x2d.dtype),
+    )
+
+    def grid(meta_):
+        return (triton.cdiv(m, meta_["BLOCK_M"]) * triton.cdiv(n, meta_["BLOCK_C"] // p),)
+
+    if autotuning():
+        _fwd_kernel[grid](*args, **meta)
+    else:
+        cfg = _heuristic_config(m, n, k, p, x2d.dtype)
+        _fwd_kernel[grid(cfg)](*args, **meta, **cfg)
+    return y, h
+
+
+def _stacked_view(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor | None:
+    """Wcat [(1+D)N, K] as a zero-copy view when W and V sit back to back in one contiguous storage."""
+    n, k = weight.shape
+    d = dendrite_weight.shape[0]
+    if not (weight.is_contiguous() and dendrite_weight.is_contiguous()):
+        return None
+    if weight.untyped_storage().data_ptr() != dendrite_weight.untyped_storage().data_ptr():
+        return None
+    if dendrite_weight.storage_offset() != weight.storage_offset() + n * k:
+        return None
+    return weight.as_strided(((1 + d) * n, k), (k, 1))
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """t with exactly the strides torch.empty_like(ref) has (what the op's fake kernel promises)."""
+    if t.stride() == ref.stride() or ref.numel() <= 1:
+        return t
+    out = torch.empty_like(ref)
+    if out.stride() == t.stride():
+        return t
+    out.copy_(t)
+    return out
+
+
+def linear_bwd(
+    grad_y: torch.Tensor,
+    x2d: torch.Tensor,
+    weight: torch.Tensor,
+    dendrite_weight: torch.Tensor,
+    gate: torch.Tensor,
+    cascade: torch.Tensor,
+    h: torch.Tensor,
+    activation: str,
+    has_bias: bool,
+) -> tuple[torch.Tensor, ...]:
+    """(dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade); see the module docstring."""
+    act = check_common("linear_bwd", x2d, weight, activation)
+    m, k = x2d.shape
+    n = weight.shape[0]
+    d = dendrite_weight.shape[0]
+    if tuple(grad_y.shape) != (m, n):
+        raise ValueError(f"linear_bwd: grad_y must be [{m}, {n}], got {list(grad_y.shape)}")
+    if d > 0 and tuple(h.shape) != (m, d, n):
+        raise ValueError(
+            f"linear_bwd: h must be [{m}, {d}, {n}] (forward run with save_for_backward), got {list(h.shape)}"
+        )
+    dev, dt = x2d.device, x2d.dtype
+    grad_y = grad_y.to(dt)
+    if m == 0 or n == 0:
+        return (
+            torch.zeros_like(x2d),
+            torch.zeros_like(weight),
+            torch.zeros((n,), device=dev, dtype=weight.dtype),
+            torch.zeros_like(dendrite_weight),
+            torch.zeros((d, n), device=dev, dtype=gate.dtype),
+            torch.zeros_like(gate),
+            torch.zeros_like(cascade),
+        )
+    if d == 0:
+        # No dendrites: dZcat is dy itself; nothing to fuse.
+        dz = grad_y
+        db = grad_y.sum(0, dtype=torch_acc_dtype(dt))
+        ddb = dg = torch.zeros((0, n), device=dev, dtype=torch_acc_dtype(dt))
+        dcas = torch.zeros((0, 0, n), device=dev, dtype=torch_acc_dtype(dt))
+    else:
+        dz = torch.empty((m, (1 + d) * n), device=dev, dtype=dt)
+        db, ddb, dg, dcas = dz_and_reductions(
+            (grad_y, grad_y.stride(0), 0, grad_y.stride(1)),
+            (h, h.stride(0), 0, h.stride(1), h.stride(2)),
+            (dz, dz.stride(0), 0, n * dz.stride(1), dz.stride(1)),
+            gate,
+            cascade,
+            m,
+            n,
+            1,
+            act,
+        )
+    # dWcat = dZcat^T X, written once into the buffer that both weight gradients view.
+    dwcat = torch.mm(dz.t(), x2d)
+    dw = dwcat[:n]
+    ddw = dwcat[n:].view(d, n, k)
+    wcat = _stacked_view(weight, dendrite_weight) if d > 0 else weight
+    if wcat is not None:
+        dx = torch.mm(dz, wcat)
+    else:
+        dx = torch.mm(dz[:, :n], weight)
+        dx.addmm_(dz[:, n:], dendrite_weight.reshape(d * n, k))
+    return (
+        _like(dx, x2d),
+        _like(dw, weight),
+        db.to(weight.dtype),
+        _like(ddw, dendrite_weight),
+        ddb.to(gate.dtype),
+        dg.to(gate.dtype),
+        dcas.to(cascade.dtype),
+    )
