@@ -1,0 +1,769 @@
+// Host side of the C interface (include/pai_fast/dendritic.h): argument checks with messages that name
+// the argument, what was expected and what came; the mapping of Linear and Conv1d/2d/3d onto one
+// geometry; launch planning (tile counts, split-K, workspace layout) from shapes only, so results are
+// reproducible; and dispatch over dtypes. Nothing here synchronises with the device.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "pai_fast/dendritic.h"
+
+#ifndef PF_CUDA_ARCHS
+#define PF_CUDA_ARCHS "unknown"
+#endif
+#ifndef PF_NVCC_VERSION
+#define PF_NVCC_VERSION "unknown"
+#endif
+
+namespace {
+
+thread_local std::string g_error;
+
+struct Fail {
+  pf_status status;
+};
+
+[[noreturn]] void fail(pf_status s, const std::string& msg) {
+  g_error = msg;
+  throw Fail{s};
+}
+
+std::string shape_str(const pf_tensor* t) {
+  std::string s = "[";
+  for (int i = 0; i < t->ndim; ++i) s += (i ? ", " : "") + std::to_string(t->sizes[i]);
+  return s + "]";
+}
+
+std::string vec_str(const std::vector<int64_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+int64_t numel(const pf_tensor* t) {
+  int64_t n = 1;
+  for (int i = 0; i < t->ndim; ++i) n *= t->sizes[i];
+  return n;
+}
+
+struct Checker {
+  const char* fn;
+
+  void shape(const char* name, const pf_tensor* t, const std::vector<int64_t>& expect) const {
+    if (t == nullptr)
+      fail(PF_ERROR_INVALID_ARGUMENT,
+           std::string(fn) + ": argument '" + name + "' is NULL, expected shape " + vec_str(expect));
+    if (t->ndim < 0 || t->ndim > PF_MAX_DIMS)
+      fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) + ": argument '" + name + "': ndim must be in [0, " +
+                                          std::to_string(PF_MAX_DIMS) + "], got " + std::to_string(t->ndim));
+    bool ok = t->ndim == static_cast<int>(expect.size());
+    for (size_t i = 0; ok && i < expect.size(); ++i) ok = t->sizes[i] == expect[i];
+    if (!ok)
+      fail(PF_ERROR_INVALID_ARGUMENT,
+           std::string(fn) + ": argument '" + name + "': expected shape " + vec_str(expect) + ", got " + shape_str(t));
+    data(name, t);
+  }
+
+  void data(const char* name, const pf_tensor* t) const {
+    if (t->data == nullptr && numel(t) > 0)
+      fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) + ": argument '" + name + "' has a NULL data pointer but " +
+                                          std::to_string(numel(t)) + " elements");
+  }
+
+  void ndim(const char* name, const pf_tensor* t, int expect) const {
+    if (t == nullptr) fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) + ": argument '" + name + "' is NULL");
+    if (t->ndim != expect)
+      fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) + ": argument '" + name + "': expected " +
+                                          std::to_string(expect) + " dims, got " + std::to_string(t->ndim) +
+                                          " (shape " + shape_str(t) + ")");
+    for (int i = 0; i < t->ndim; ++i)
+      if (t->sizes[i] < 0)
+        fail(PF_ERROR_INVALID_ARGUMENT,
+             std::string(fn) + ": argument '" + name + "' has a negative size " + shape_str(t));
+  }
+
+  void contiguous(const char* name, const pf_tensor* t) const {
+    int64_t expect = 1;
+    for (int i = t->ndim - 1; i >= 0; --i) {
+      if (t->sizes[i] != 1 && t->strides[i] != expect)
+        fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) + ": output '" + name + "' must be contiguous (shape " +
+                                            shape_str(t) + ", stride of dim " + std::to_string(i) + " is " +
+                                            std::to_string(t->strides[i]) + ", expected " + std::to_string(expect) +
+                                            ")");
+      expect *= t->sizes[i];
+    }
+  }
+
+  // Stride of dims [first, last] collapsed into one (they must be "viewable" as one dim).
+  int64_t flat_stride(const char* name, const pf_tensor* t, int first, int last) const {
+    for (int d = first; d <= last; ++d)
+      if (t->sizes[d] == 0) return 0;  // no elements: any stride will do
+    int64_t s = 0, expect = 0;
+    bool any = false;
+    for (int d = last; d >= first; --d) {
+      if (t->sizes[d] == 1) continue;
+      if (!any) {
+        s = t->strides[d];
+        expect = s * t->sizes[d];
+        any = true;
+      } else {
+        if (t->strides[d] != expect)
+          fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) + ": argument '" + name + "' (shape " + shape_str(t) +
+                                              "): dims " + std::to_string(first) + ".." + std::to_string(last) +
+                                              " must be flattenable into one dim, but the stride of dim " +
+                                              std::to_string(d) + " is " + std::to_string(t->strides[d]) +
+                                              ", expected " + std::to_string(expect) + " (make it contiguous)");
+        expect *= t->sizes[d];
+      }
+    }
+    return s;
+  }
+};
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// PAI_FAST_CUDA_SCALAR_LOADS=1 turns the 16-byte vector load paths off (tests cover both paths).
+bool vector_loads_enabled() {
+  const char* e = std::getenv("PAI_FAST_CUDA_SCALAR_LOADS");
+  return e == nullptr || e[0] == '\0' || e[0] == '0';
+}
+
+size_t dtype_size(pf_dtype d) {
+  switch (d) {
+    case PF_FLOAT32:
+      return 4;
+    case PF_FLOAT16:
+    case PF_BFLOAT16:
+      return 2;
+    case PF_FLOAT64:
+      return 8;
+  }
+  return 0;
+}
+
+void check_common(const char* fn, pf_dtype dtype, pf_activation act) {
+  if (dtype_size(dtype) == 0)
+    fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) + ": dtype must be PF_FLOAT32/16/BFLOAT16/FLOAT64, got " +
+                                        std::to_string(static_cast<int>(dtype)));
+  if (act < PF_ACT_IDENTITY || act > PF_ACT_RELU)
+    fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) +
+                                        ": activation must be 0..3 (identity, sigmoid, tanh, relu), got " +
+                                        std::to_string(static_cast<int>(act)));
+}
+
+void check_cuda(const char* fn, const char* what, cudaError_t e) {
+  if (e != cudaSuccess)
+    fail(PF_ERROR_CUDA,
+         std::string(fn) + ": " + what + " failed: " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+#ifndef PF_EMULATE
+  e = cudaGetLastError();
+  if (e != cudaSuccess)
+    fail(PF_ERROR_CUDA, std::string(fn) + ": launching " + what + " failed: " + cudaGetErrorName(e) + " (" +
+                            cudaGetErrorString(e) + ")");
+#endif
+}
+
+template <class F>
+pf_status guarded(F&& f) {
+  g_error.clear();
+  try {
+    f();
+  } catch (const Fail& e) {
+    return e.status;
+  } catch (const std::exception& e) {
+    g_error = std::string("pai_fast: internal error: ") + e.what();
+    return PF_ERROR_INVALID_ARGUMENT;
+  }
+  return PF_SUCCESS;
+}
+
+// ------------------------------------------------------------------ problem description
+struct Problem {
+  const char* fn;
+  pf_dtype dtype;
+  int act;
+  int math;
+  int nd;  // 0 for Linear
+  pf::Geom g;
+  // strides of x as [B, Cin, ID, IH, IW] (missing spatial dims: 0)
+  int64_t sx[5];
+};
+
+int math_mode(pf_dtype dtype, int allow_tf32) {
+  return (dtype == PF_FLOAT32 && allow_tf32) ? pf::kMathTF32 : pf::kMathNative;
+}
+
+void finish_geom(pf::Geom& g) {
+  g.R = 1 + g.D;
+  g.IPIX = g.in[0] * g.in[1] * g.in[2];
+  g.OPIX = g.out[0] * g.out[1] * g.out[2];
+  g.KK = g.k[0] * g.k[1] * g.k[2];
+  g.KC = g.Cin * g.KK;
+  g.P = g.B * g.OPIX;
+  g.PIN = g.B * g.IPIX;
+}
+
+void check_limits(const Problem& pr) {
+  const pf::Geom& g = pr.g;
+  if (g.D > PF_MAX_DENDRITES)
+    fail(PF_ERROR_UNSUPPORTED, std::string(pr.fn) + ": at most " + std::to_string(PF_MAX_DENDRITES) +
+                                   " dendrites are supported by the fused kernels, got D=" + std::to_string(g.D));
+  for (int i = 0; i < 3; ++i)
+    if (g.in[i] >= (1 << 28) || g.k[i] * g.dil[i] >= (1 << 28) || g.pad[i] >= (1 << 28))
+      fail(PF_ERROR_UNSUPPORTED, std::string(pr.fn) + ": spatial sizes, paddings and dilated kernels must be < 2^28");
+}
+
+Problem linear_problem(const char* fn, pf_dtype dtype, pf_activation act, int allow_tf32, const pf_tensor* x,
+                       const pf_tensor* weight, const pf_tensor* dendrite_weight) {
+  Checker ck{fn};
+  check_common(fn, dtype, act);
+  Problem pr{};
+  pr.fn = fn;
+  pr.dtype = dtype;
+  pr.act = static_cast<int>(act);
+  pr.math = math_mode(dtype, allow_tf32);
+  pr.nd = 0;
+  ck.ndim("x", x, 2);
+  ck.ndim("weight", weight, 2);
+  const int64_t M = x->sizes[0], K = x->sizes[1], N = weight->sizes[0];
+  ck.shape("x", x, {M, K});
+  ck.shape("weight", weight, {N, K});
+  int64_t D = 0;
+  if (dendrite_weight != nullptr) {
+    ck.ndim("dendrite_weight", dendrite_weight, 3);
+    D = dendrite_weight->sizes[0];
+    ck.shape("dendrite_weight", dendrite_weight, {D, N, K});
+  }
+  pf::Geom& g = pr.g;
+  g.B = M;
+  g.Cin = K;
+  g.Cout = N;
+  g.D = D;
+  for (int i = 0; i < 3; ++i) {
+    g.in[i] = g.out[i] = g.k[i] = g.st[i] = g.dil[i] = 1;
+    g.pad[i] = 0;
+  }
+  finish_geom(g);
+  pr.sx[0] = x->strides[0];
+  pr.sx[1] = x->strides[1];
+  pr.sx[2] = pr.sx[3] = pr.sx[4] = 0;
+  check_limits(pr);
+  return pr;
+}
+
+Problem conv_problem(const char* fn, pf_dtype dtype, pf_activation act, int allow_tf32, const pf_conv_geometry* geo,
+                     const pf_tensor* x, const pf_tensor* weight, const pf_tensor* dendrite_weight) {
+  Checker ck{fn};
+  check_common(fn, dtype, act);
+  if (geo == nullptr) fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) + ": argument 'geometry' is NULL");
+  const int nd = geo->nd;
+  if (nd < 1 || nd > 3)
+    fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) + ": geometry.nd must be 1, 2 or 3, got " + std::to_string(nd));
+  Problem pr{};
+  pr.fn = fn;
+  pr.dtype = dtype;
+  pr.act = static_cast<int>(act);
+  pr.math = math_mode(dtype, allow_tf32);
+  pr.nd = nd;
+  ck.ndim("x", x, 2 + nd);
+  ck.ndim("weight", weight, 2 + nd);
+  pf::Geom& g = pr.g;
+  g.B = x->sizes[0];
+  g.Cin = x->sizes[1];
+  g.Cout = weight->sizes[0];
+  if (weight->sizes[1] != g.Cin)
+    fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) + ": argument 'weight' " + shape_str(weight) + " must have " +
+                                        std::to_string(g.Cin) + " input channels (x is " + shape_str(x) +
+                                        "); groups != 1 is not supported");
+  for (int i = 0; i < 3; ++i) {
+    g.in[i] = g.out[i] = g.k[i] = g.st[i] = g.dil[i] = 1;
+    g.pad[i] = 0;
+    pr.sx[2 + i] = 0;
+  }
+  pr.sx[0] = x->strides[0];
+  pr.sx[1] = x->strides[1];
+  for (int i = 0; i < nd; ++i) {
+    const int j = 3 - nd + i;
+    g.in[j] = x->sizes[2 + i];
+    g.k[j] = weight->sizes[2 + i];
+    g.st[j] = geo->stride[i];
+    g.pad[j] = geo->padding[i];
+    g.dil[j] = geo->dilation[i];
+    pr.sx[2 + j] = x->strides[2 + i];
+    if (g.st[j] < 1 || g.dil[j] < 1 || g.pad[j] < 0 || g.k[j] < 1)
+      fail(PF_ERROR_INVALID_ARGUMENT,
+           std::string(fn) + ": spatial dim " + std::to_string(i) +
+               ": need stride >= 1, dilation >= 1, padding >= 0 and kernel size >= 1; got stride " +
+               std::to_string(g.st[j]) + ", dilation " + std::to_string(g.dil[j]) + ", padding " +
+               std::to_string(g.pad[j]) + ", kernel " + std::to_string(g.k[j]));
+    const int64_t span = g.dil[j] * (g.k[j] - 1) + 1;
+    const int64_t o = (g.in[j] + 2 * g.pad[j] - span) / g.st[j] + 1;
+    if (g.in[j] + 2 * g.pad[j] < span || o < 1)
+      fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) + ": spatial dim " + std::to_string(i) + ": input size " +
+                                          std::to_string(g.in[j]) + " with padding " + std::to_string(g.pad[j]) +
+                                          " is smaller than the dilated kernel (" + std::to_string(span) + ")");
+    g.out[j] = o;
+  }
+  std::vector<int64_t> wshape(weight->sizes, weight->sizes + weight->ndim);
+  ck.shape("weight", weight, wshape);
+  std::vector<int64_t> xshape(x->sizes, x->sizes + x->ndim);
+  ck.shape("x", x, xshape);
+  g.D = 0;
+  if (dendrite_weight != nullptr) {
+    ck.ndim("dendrite_weight", dendrite_weight, 3 + nd);
+    g.D = dendrite_weight->sizes[0];
+    std::vector<int64_t> dws = {g.D};
+    dws.insert(dws.end(), wshape.begin(), wshape.end());
+    ck.shape("dendrite_weight", dendrite_weight, dws);
+  }
+  finish_geom(g);
+  check_limits(pr);
+  return pr;
+}
+
+std::vector<int64_t> out_shape(const Problem& pr, bool with_d) {
+  const pf::Geom& g = pr.g;
+  std::vector<int64_t> s = {g.B};
+  if (with_d) s.push_back(g.D);
+  s.push_back(g.Cout);
+  for (int i = 0; i < pr.nd; ++i) s.push_back(g.out[3 - pr.nd + i]);
+  return s;
+}
+
+// Weight [Cout, ...] viewed as [Cout, KC] (lead = leading dims before Cout, 0 or 1).
+void weight_strides(const Checker& ck, const char* name, const pf_tensor* w, int lead, int64_t* sn, int64_t* sk) {
+  *sn = w->strides[lead];
+  *sk = w->ndim > lead + 2 ? ck.flat_stride(name, w, lead + 1, w->ndim - 1) : w->strides[lead + 1];
+}
+
+// [B, (D,) C, *sp] viewed as [B, (D,) C, OPIX].
+int64_t pix_stride(const Checker& ck, const char* name, const pf_tensor* t, int first_sp) {
+  if (t->ndim <= first_sp) return 0;
+  return ck.flat_stride(name, t, first_sp, t->ndim - 1);
+}
+
+struct Params3 {  // bias, gate, cascade views
+  const void *bias = nullptr, *vbias = nullptr, *gate = nullptr, *casc = nullptr;
+  int64_t sb = 0, svbd = 0, svbn = 0, sgd = 0, sgn = 0, sci = 0, scj = 0, scn = 0;
+};
+
+void check_gate_cascade(const Checker& ck, const Problem& pr, const pf_tensor* gate, const pf_tensor* cascade,
+                        Params3& q) {
+  const int64_t D = pr.g.D, N = pr.g.Cout;
+  if (D == 0) return;
+  ck.shape("gate", gate, {D, N});
+  ck.shape("cascade", cascade, {D, D, N});
+  q.gate = gate->data;
+  q.sgd = gate->strides[0];
+  q.sgn = gate->strides[1];
+  q.casc = cascade->data;
+  q.sci = cascade->strides[0];
+  q.scj = cascade->strides[1];
+  q.scn = cascade->strides[2];
+}
+
+template <class F>
+cudaError_t dispatch(pf_dtype dtype, F&& f) {
+  switch (dtype) {
+    case PF_FLOAT32:
+      return f(float{});
+    case PF_FLOAT16:
+      return f(__half{});
+    case PF_BFLOAT16:
+      return f(__nv_bfloat16{});
+    case PF_FLOAT64:
+      return f(double{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+// ------------------------------------------------------------------ forward
+void run_forward(const Problem& pr, const pf_tensor* x, const pf_tensor* weight, const pf_tensor* bias,
+                 const pf_tensor* dendrite_weight, const pf_tensor* dendrite_bias, const pf_tensor* gate,
+                 const pf_tensor* cascade, const pf_tensor* y, const pf_tensor* h, cudaStream_t stream) {
+  const Checker ck{pr.fn};
+  const pf::Geom& g = pr.g;
+  const int lead_sp = pr.nd == 0 ? 0 : 2;  // first spatial dim of y
+  pf::FwdParams p{};
+  p.g = g;
+  p.x = x->data;
+  for (int i = 0; i < 5; ++i) p.sx[i] = pr.sx[i];
+  p.w = weight->data;
+  weight_strides(ck, "weight", weight, 0, &p.swn, &p.swk);
+  if (g.D > 0) {
+    p.v = dendrite_weight->data;
+    p.svd = dendrite_weight->strides[0];
+    weight_strides(ck, "dendrite_weight", dendrite_weight, 1, &p.svn, &p.svk);
+  }
+  if (bias != nullptr) {
+    ck.shape("bias", bias, {g.Cout});
+    p.bias = bias->data;
+    p.sb = bias->strides[0];
+  }
+  if (g.D > 0) {
+    if ((bias == nullptr) != (dendrite_bias == nullptr))
+      fail(PF_ERROR_INVALID_ARGUMENT,
+           std::string(pr.fn) + ": 'dendrite_bias' must be given exactly when 'bias' is (bias is " +
+               (bias ? "given" : "NULL") + ", dendrite_bias is " + (dendrite_bias ? "given" : "NULL") + ")");
+    if (dendrite_bias != nullptr) {
+      ck.shape("dendrite_bias", dendrite_bias, {g.D, g.Cout});
+      p.vbias = dendrite_bias->data;
+      p.svbd = dendrite_bias->strides[0];
+      p.svbn = dendrite_bias->strides[1];
+    }
+  }
+  Params3 q;
+  check_gate_cascade(ck, pr, gate, cascade, q);
+  p.gate = q.gate;
+  p.sgd = q.sgd;
+  p.sgn = q.sgn;
+  p.casc = q.casc;
+  p.sci = q.sci;
+  p.scj = q.scj;
+  p.scn = q.scn;
+  ck.shape("y", y, out_shape(pr, false));
+  p.y = y->data;
+  p.syb = y->strides[0];
+  p.syc = y->strides[1];
+  p.syp = pix_stride(ck, "y", y, lead_sp);
+  if (h != nullptr && g.D > 0) {
+    ck.shape("h", h, out_shape(pr, true));
+    p.h = h->data;
+    p.shb = h->strides[0];
+    p.shd = h->strides[1];
+    p.shc = h->strides[2];
+    p.shp = pix_stride(ck, "h", h, lead_sp + 1);
+  }
+  p.act = pr.act;
+  p.bno = static_cast<int>(pf::kTileBN / g.R);
+  p.n_tiles = static_cast<int>((g.Cout + p.bno - 1) / p.bno);
+  if ((g.Cout + p.bno - 1) / p.bno > 0x7fffffff)
+    fail(PF_ERROR_UNSUPPORTED, std::string(pr.fn) + ": too many output channels");
+  // Coalescing: neighbouring threads walk x's contiguous dim (k for row-major Linear and channels-last,
+  // the pixel for NCHW), the weight rows along k, and y along its contiguous dim.
+  p.a_row_fast = pr.nd == 0 ? (pr.sx[1] != 1 && pr.sx[0] == 1) : (pr.sx[4] == 1 && g.out[2] > 1);
+  p.b_row_fast = p.swk != 1 && p.swn == 1;
+  p.epi_row_fast = p.syc != 1;
+  // 16-byte vector loads: x rows (Linear) and weight rows (also Conv: weights flattened [Cout, KC]).
+  const int64_t vw = 16 / static_cast<int64_t>(dtype_size(pr.dtype));
+  const bool vec = vector_loads_enabled();
+  const bool w_rows_vec = p.swk == 1 && p.swn % vw == 0 && aligned16(p.w) && g.KC % vw == 0 &&
+                          (g.D == 0 || (p.svk == 1 && p.svn % vw == 0 && p.svd % vw == 0 && aligned16(p.v)));
+  p.a_vec = vec && pr.nd == 0 && pr.sx[1] == 1 && pr.sx[0] % vw == 0 && g.KC % vw == 0 && aligned16(p.x);
+  p.b_vec = vec && w_rows_vec;
+  if (g.P == 0 || g.Cout == 0) return;
+  const cudaError_t e = dispatch(pr.dtype, [&](auto tag) { return pf::launch_fwd<decltype(tag)>(p, pr.math, stream); });
+  check_cuda(pr.fn, "the forward kernel", e);
+}
+
+// ------------------------------------------------------------------ backward
+struct BwdPlan {
+  int lanes = 1;
+  int64_t rows_per_chunk = 1;
+  int nchunks = 0, nslots = 0, np = 1;
+  int dg_splits = 1, dg_ktps = 1, dg_mt = 0, dg_nt = 0;
+  int wg_splits = 1, wg_ktps = 1, wg_mt = 0, wg_nt = 0;
+  size_t off_dz = 0, off_part = 0, off_scratch = 0, off_ws = 0, total = 0;
+};
+
+size_t align_up(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
+
+void plan_split(int64_t tiles, int64_t ktiles, int64_t out_elems, size_t acc, int* splits, int* ktps) {
+  int64_t sp = 1;
+  if (tiles > 0 && tiles < 132 && ktiles >= 16) {
+    sp = std::min<int64_t>({(264 + tiles - 1) / tiles, ktiles / 8, 64});
+    while (sp > 1 && static_cast<double>(sp) * out_elems * acc > 512.0 * (1 << 20)) --sp;
+    sp = std::max<int64_t>(sp, 1);
+  }
+  const int64_t per = ktiles > 0 ? (ktiles + sp - 1) / sp : 1;
+  *ktps = static_cast<int>(per);
+  *splits = ktiles > 0 ? static_cast<int>((ktiles + per - 1) / per) : 1;
+}
+
+BwdPlan plan_backward(const Problem& pr, int64_t dy_pix_stride) {
+  const pf::Geom& g = pr.g;
+  BwdPlan pl;
+  const size_t ts = dtype_size(pr.dtype);
+  const size_t as = pr.dtype == PF_FLOAT64 ? 8 : 4;
+  pl.np = static_cast<int>(1 + 2 * g.D + g.D * (g.D - 1) / 2);
+  // dZ kernel: pixel-fast lanes when neighbouring pixels are neighbours in memory (NCHW), else
+  // channel-fast. About 64K threads, each with >= 4 rows.
+  pl.lanes = (g.OPIX > 1 && dy_pix_stride == 1) ? 32 : 1;
+  const int64_t cpb = pf::kDzThreads / pl.lanes;
+  const int64_t grid_y = (g.Cout + cpb - 1) / cpb;
+  if (grid_y > 65535) fail(PF_ERROR_UNSUPPORTED, std::string(pr.fn) + ": too many output channels for the dZ kernel");
+  if (g.P > 0 && g.Cout > 0) {
+    int64_t nch = std::max<int64_t>(1, 512 / std::max<int64_t>(grid_y, 1));
+    nch = std::min<int64_t>(nch, std::max<int64_t>(1, (g.P + 4 * pl.lanes - 1) / (4 * pl.lanes)));
+    pl.rows_per_chunk = (g.P + nch - 1) / nch;
+    pl.nchunks = static_cast<int>((g.P + pl.rows_per_chunk - 1) / pl.rows_per_chunk);
+    pl.nslots = pl.nchunks * pl.lanes;
+  }
+  // GEMMs
+  const int bm = pf::tile_bm(pr.dtype, pr.math), bk = pf::tile_bk(pr.dtype, pr.math), bn = pf::kTileBN;
+  const int64_t dg_mt = (g.PIN + bm - 1) / bm, dg_nt = (g.Cin + bn - 1) / bn;
+  const int64_t wg_mt = (g.R * g.Cout + bm - 1) / bm, wg_nt = (g.KC + bn - 1) / bn;
+  if (dg_mt * dg_nt > 0x7fffffffLL || wg_mt * wg_nt > 0x7fffffffLL)
+    fail(PF_ERROR_UNSUPPORTED, std::string(pr.fn) + ": problem too large for one launch");
+  pl.dg_mt = static_cast<int>(dg_mt);
+  pl.dg_nt = static_cast<int>(dg_nt);
+  pl.wg_mt = static_cast<int>(wg_mt);
+  pl.wg_nt = static_cast<int>(wg_nt);
+  plan_split(dg_mt * dg_nt, (g.R * g.Cout * g.KK + bk - 1) / bk, g.PIN * g.Cin, as, &pl.dg_splits, &pl.dg_ktps);
+  plan_split(wg_mt * wg_nt, (g.P + bk - 1) / bk, g.R * g.Cout * g.KC, as, &pl.wg_splits, &pl.wg_ktps);
+  // workspace
+  size_t off = 0;
+  pl.off_dz = off;
+  off = align_up(off + static_cast<size_t>(g.B * g.R * g.Cout * g.OPIX) * ts);
+  pl.off_part = off;
+  off = align_up(off + static_cast<size_t>(pl.nslots) * pl.np * g.Cout * as);
+  pl.off_scratch = off;
+  if (g.D > pf::kMaxFusedD) off = align_up(off + static_cast<size_t>(pl.nslots) * g.Cout * g.D * as);
+  pl.off_ws = off;
+  size_t ws = 0;
+  if (pl.dg_splits > 1) ws = std::max(ws, static_cast<size_t>(pl.dg_splits) * g.PIN * g.Cin * as);
+  if (pl.wg_splits > 1) ws = std::max(ws, static_cast<size_t>(pl.wg_splits) * g.R * g.Cout * g.KC * as);
+  off = align_up(off + ws);
+  pl.total = std::max<size_t>(off, 256);
+  return pl;
+}
+
+void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x, const pf_tensor* weight,
+                  const pf_tensor* dendrite_weight, const pf_tensor* gate, const pf_tensor* cascade, const pf_tensor* h,
+                  const pf_tensor* dx, const pf_tensor* dweight, const pf_tensor* dbias,
+                  const pf_tensor* ddendrite_weight, const pf_tensor* ddendrite_bias, const pf_tensor* dgate,
+                  const pf_tensor* dcascade, void* workspace, size_t* workspace_bytes, cudaStream_t stream) {
+  const Checker ck{pr.fn};
+  const pf::Geom& g = pr.g;
+  const int lead_sp = pr.nd == 0 ? 0 : 2;
+  ck.shape("grad_y", grad_y, out_shape(pr, false));
+  const int64_t sdyp = pix_stride(ck, "grad_y", grad_y, lead_sp);
+  Params3 q;
+  check_gate_cascade(ck, pr, gate, cascade, q);
+  int64_t shp = 0;
+  if (g.D > 0) {
+    ck.shape("h", h, out_shape(pr, true));
+    shp = pix_stride(ck, "h", h, lead_sp + 1);
+  }
+  // outputs
+  std::vector<int64_t> xs(x->sizes, x->sizes + x->ndim), ws(weight->sizes, weight->sizes + weight->ndim);
+  ck.shape("dx", dx, xs);
+  ck.shape("dweight", dweight, ws);
+  ck.contiguous("dweight", dweight);
+  if (dbias != nullptr) {
+    ck.shape("dbias", dbias, {g.Cout});
+    ck.contiguous("dbias", dbias);
+  }
+  if (g.D > 0) {
+    std::vector<int64_t> dws = {g.D};
+    dws.insert(dws.end(), ws.begin(), ws.end());
+    ck.shape("ddendrite_weight", ddendrite_weight, dws);
+    ck.contiguous("ddendrite_weight", ddendrite_weight);
+    if (ddendrite_bias != nullptr) {
+      ck.shape("ddendrite_bias", ddendrite_bias, {g.D, g.Cout});
+      ck.contiguous("ddendrite_bias", ddendrite_bias);
+    }
+    ck.shape("dgate", dgate, {g.D, g.Cout});
+    ck.contiguous("dgate", dgate);
+    ck.shape("dcascade", dcascade, {g.D, g.D, g.Cout});
+    ck.contiguous("dcascade", dcascade);
+  }
+  if (workspace_bytes == nullptr)
+    fail(PF_ERROR_INVALID_ARGUMENT, std::string(pr.fn) + ": argument 'workspace_bytes' is NULL");
+  const BwdPlan pl = plan_backward(pr, sdyp);
+  if (workspace == nullptr) {
+    *workspace_bytes = pl.total;
+    return;
+  }
+  if (*workspace_bytes < pl.total)
+    fail(PF_ERROR_WORKSPACE, std::string(pr.fn) + ": workspace of " + std::to_string(*workspace_bytes) +
+                                 " bytes is too small, need " + std::to_string(pl.total));
+  char* wsp = static_cast<char*>(workspace);
+  void* dz = wsp + pl.off_dz;
+
+  // 1. dZcat + partial sums, 2. fixed-order reduction into dbias/dgate/dc/dcascade
+  pf::DzParams dp{};
+  dp.g = g;
+  dp.dy = grad_y->data;
+  dp.sdyb = grad_y->strides[0];
+  dp.sdyc = grad_y->strides[1];
+  dp.sdyp = sdyp;
+  if (g.D > 0) {
+    dp.h = h->data;
+    dp.shb = h->strides[0];
+    dp.shd = h->strides[1];
+    dp.shc = h->strides[2];
+    dp.shp = shp;
+  }
+  dp.gate = q.gate;
+  dp.sgd = q.sgd;
+  dp.sgn = q.sgn;
+  dp.casc = q.casc;
+  dp.sci = q.sci;
+  dp.scj = q.scj;
+  dp.scn = q.scn;
+  dp.dz = dz;
+  dp.part = wsp + pl.off_part;
+  dp.scratch = wsp + pl.off_scratch;
+  dp.act = pr.act;
+  dp.lanes = pl.lanes;
+  dp.rows_per_chunk = pl.rows_per_chunk;
+  dp.nchunks = pl.nchunks;
+  dp.np = pl.np;
+  check_cuda(pr.fn, "the dZ kernel",
+             dispatch(pr.dtype, [&](auto tag) { return pf::launch_dz<decltype(tag)>(dp, stream); }));
+
+  pf::ReduceParams rp{};
+  rp.part = dp.part;
+  rp.nslots = pl.nslots;
+  rp.np = pl.np;
+  rp.C = g.Cout;
+  rp.D = g.D;
+  rp.dbias = dbias ? dbias->data : nullptr;
+  if (g.D > 0) {
+    rp.dgate = dgate->data;
+    rp.dvbias = ddendrite_bias ? ddendrite_bias->data : nullptr;
+    rp.dcasc = dcascade->data;
+  }
+  check_cuda(pr.fn, "the reduction kernel",
+             dispatch(pr.dtype, [&](auto tag) { return pf::launch_reduce<decltype(tag)>(rp, stream); }));
+
+  // 3. dX = dZcat . Wcat
+  pf::DgradParams gp{};
+  gp.g = g;
+  gp.dz = dz;
+  gp.w = weight->data;
+  weight_strides(ck, "weight", weight, 0, &gp.swn, &gp.swk);
+  if (g.D > 0) {
+    gp.v = dendrite_weight->data;
+    gp.svd = dendrite_weight->strides[0];
+    weight_strides(ck, "dendrite_weight", dendrite_weight, 1, &gp.svn, &gp.svk);
+  }
+  gp.dx = dx->data;
+  gp.sdx[0] = dx->strides[0];
+  gp.sdx[1] = dx->strides[1];
+  gp.sdx[2] = gp.sdx[3] = gp.sdx[4] = 0;
+  for (int i = 0; i < pr.nd; ++i) gp.sdx[2 + 3 - pr.nd + i] = dx->strides[2 + i];
+  gp.ws = wsp + pl.off_ws;
+  gp.splits = pl.dg_splits;
+  gp.k_tiles_per_split = pl.dg_ktps;
+  gp.m_tiles = pl.dg_mt;
+  gp.n_tiles = pl.dg_nt;
+  gp.a_row_fast = g.OPIX > 1;
+  gp.b_row_fast = g.KK == 1 && gp.swk == 1;
+  gp.epi_row_fast = gp.sdx[1] != 1;
+  const int64_t vw = 16 / static_cast<int64_t>(dtype_size(pr.dtype));
+  const bool vec = vector_loads_enabled() && pr.nd == 0;
+  const int64_t RN = g.R * g.Cout;
+  gp.a_vec = vec && RN % vw == 0;
+  gp.b_vec = vec && gp.swk == 1 && gp.swn % vw == 0 && aligned16(gp.w) && g.Cin % vw == 0 &&
+             (g.D == 0 || (gp.svk == 1 && gp.svn % vw == 0 && gp.svd % vw == 0 && aligned16(gp.v)));
+  if (g.PIN > 0 && g.Cin > 0)
+    check_cuda(pr.fn, "the dX GEMM",
+               dispatch(pr.dtype, [&](auto tag) { return pf::launch_dgrad<decltype(tag)>(gp, pr.math, stream); }));
+
+  // 4. dWcat = dZcat^T . X
+  pf::WgradParams wp{};
+  wp.g = g;
+  wp.dz = dz;
+  wp.x = x->data;
+  for (int i = 0; i < 5; ++i) wp.sx[i] = pr.sx[i];
+  wp.dw = dweight->data;
+  wp.dv = g.D > 0 ? ddendrite_weight->data : nullptr;
+  wp.ws = wsp + pl.off_ws;
+  wp.splits = pl.wg_splits;
+  wp.k_tiles_per_split = pl.wg_ktps;
+  wp.m_tiles = pl.wg_mt;
+  wp.n_tiles = pl.wg_nt;
+  wp.a_row_fast = g.OPIX == 1;
+  wp.b_row_fast = pr.sx[1] == 1 && g.KK == 1;
+  wp.epi_row_fast = 0;
+  wp.a_vec = vec && RN % vw == 0;
+  wp.b_vec = vec && pr.sx[1] == 1 && pr.sx[0] % vw == 0 && g.KC % vw == 0 && aligned16(wp.x);
+  if (g.KC > 0 && g.Cout > 0)
+    check_cuda(pr.fn, "the dW GEMM",
+               dispatch(pr.dtype, [&](auto tag) { return pf::launch_wgrad<decltype(tag)>(wp, pr.math, stream); }));
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* pf_last_error(void) { return g_error.c_str(); }
+
+const char* pf_status_string(pf_status status) {
+  switch (status) {
+    case PF_SUCCESS:
+      return "success";
+    case PF_ERROR_INVALID_ARGUMENT:
+      return "invalid argument";
+    case PF_ERROR_UNSUPPORTED:
+      return "unsupported";
+    case PF_ERROR_CUDA:
+      return "CUDA error";
+    case PF_ERROR_WORKSPACE:
+      return "workspace too small";
+  }
+  return "unknown status";
+}
+
+const char* pf_build_info(void) {
+  return "archs=" PF_CUDA_ARCHS " nvcc=" PF_NVCC_VERSION " max_dendrites=127 fused_dz_max_d=8";
+}
+
+pf_status pf_linear_forward(pf_dtype dtype, pf_activation activation, int allow_tf32, const pf_tensor* x,
+                            const pf_tensor* weight, const pf_tensor* bias, const pf_tensor* dendrite_weight,
+                            const pf_tensor* dendrite_bias, const pf_tensor* gate, const pf_tensor* cascade,
+                            const pf_tensor* y, const pf_tensor* h, cudaStream_t stream) {
+  return guarded([&] {
+    const Problem pr = linear_problem("pf_linear_forward", dtype, activation, allow_tf32, x, weight, dendrite_weight);
+    run_forward(pr, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, y, h, stream);
+  });
+}
+
+pf_status pf_linear_backward(pf_dtype dtype, pf_activation activation, int allow_tf32, const pf_tensor* grad_y,
+                             const pf_tensor* x, const pf_tensor* weight, const pf_tensor* dendrite_weight,
+                             const pf_tensor* gate, const pf_tensor* cascade, const pf_tensor* h, const pf_tensor* dx,
+                             const pf_tensor* dweight, const pf_tensor* dbias, const pf_tensor* ddendrite_weight,
+                             const pf_tensor* ddendrite_bias, const pf_tensor* dgate, const pf_tensor* dcascade,
+                             void* workspace, size_t* workspace_bytes, cudaStream_t stream) {
+  return guarded([&] {
+    const Problem pr = linear_problem("pf_linear_backward", dtype, activation, allow_tf32, x, weight, dendrite_weight);
+    run_backward(pr, grad_y, x, weight, dendrite_weight, gate, cascade, h, dx, dweight, dbias, ddendrite_weight,
+                 ddendrite_bias, dgate, dcascade, workspace, workspace_bytes, stream);
+  });
+}
+
+pf_status pf_conv_forward(pf_dtype dtype, pf_activation activation, int allow_tf32, const pf_conv_geometry* geometry,
+                          const pf_tensor* x, const pf_tensor* weight, const pf_tensor* bias,
+                          const pf_tensor* dendrite_weight, const pf_tensor* dendrite_bias, const pf_tensor* gate,
+                          const pf_tensor* cascade, const pf_tensor* y, const pf_tensor* h, cudaStream_t stream) {
+  return guarded([&] {
+    const Problem pr =
+        conv_problem("pf_conv_forward", dtype, activation, allow_tf32, geometry, x, weight, dendrite_weight);
+    run_forward(pr, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, y, h, stream);
+  });
+}
+
+pf_status pf_conv_backward(pf_dtype dtype, pf_activation activation, int allow_tf32, const pf_conv_geometry* geometry,
+                           const pf_tensor* grad_y, const pf_tensor* x, const pf_tensor* weight,
+                           const pf_tensor* dendrite_weight, const pf_tensor* gate, const pf_tensor* cascade,
+                           const pf_tensor* h, const pf_tensor* dx, const pf_tensor* dweight, const pf_tensor* dbias,
+                           const pf_tensor* ddendrite_weight, const pf_tensor* ddendrite_bias, const pf_tensor* dgate,
+                           const pf_tensor* dcascade, void* workspace, size_t* workspace_bytes, cudaStream_t stream) {
+  return guarded([&] {
+    const Problem pr =
+        conv_problem("pf_conv_backward", dtype, activation, allow_tf32, geometry, x, weight, dendrite_weight);
+    run_backward(pr, grad_y, x, weight, dendrite_weight, gate, cascade, h, dx, dweight, dbias, ddendrite_weight,
+                 ddendrite_bias, dgate, dcascade, workspace, workspace_bytes, stream);
+  });
+}
+
+}  // extern "C"

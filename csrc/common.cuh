@@ -1,0 +1,118 @@
+// Device helpers shared by the kernel files: type conversion, activations, launch macro, and the few
+// intrinsics the kernels use, each with a CPU emulation (PF_EMULATE) so the same kernel source can be
+// run on a CPU by tests/test_cuda_emulated.py.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels.h"
+
+#ifdef PF_EMULATE
+#include <cmath>
+
+#include "emu/emu.h"
+#define PF_DEV inline
+#define PF_GLOBAL inline
+#define PF_SHARED static
+#define PF_LAUNCH_BOUNDS(n)
+#define PF_LAUNCH_BOUNDS2(n, m)
+#define PF_LAUNCH(kernel, grid, block, stream, ...) \
+  ((void)(stream), pf_emu::launch((grid), (block), [&] { kernel(__VA_ARGS__); }))
+#else
+#define PF_DEV __device__ __forceinline__
+#define PF_GLOBAL __global__
+#define PF_SHARED __shared__
+#define PF_LAUNCH_BOUNDS(n) __launch_bounds__(n)
+#define PF_LAUNCH_BOUNDS2(n, m) __launch_bounds__(n, m)
+#define PF_LAUNCH(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
+
+namespace pf {
+
+// Accumulator type: fp32, or fp64 for fp64 data.
+template <class T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+PF_DEV float to_acc(float v) { return v; }
+PF_DEV double to_acc(double v) { return v; }
+PF_DEV float to_acc(__half v) { return __half2float(v); }
+PF_DEV float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <class T>
+PF_DEV T from_acc(float v);
+template <>
+PF_DEV float from_acc<float>(float v) {
+  return v;
+}
+template <>
+PF_DEV __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+PF_DEV __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <class T>
+PF_DEV T from_acc(double v);
+template <>
+PF_DEV double from_acc<double>(double v) {
+  return v;
+}
+
+#ifdef PF_EMULATE
+PF_DEV float pf_exp(float v) { return std::exp(v); }
+PF_DEV double pf_exp(double v) { return std::exp(v); }
+PF_DEV float pf_tanh(float v) { return std::tanh(v); }
+PF_DEV double pf_tanh(double v) { return std::tanh(v); }
+#else
+PF_DEV float pf_exp(float v) { return expf(v); }
+PF_DEV double pf_exp(double v) { return exp(v); }
+PF_DEV float pf_tanh(float v) { return tanhf(v); }
+PF_DEV double pf_tanh(double v) { return tanh(v); }
+#endif
+
+// act in {0 identity, 1 sigmoid, 2 tanh, 3 relu} (pf_activation). `act` is uniform across a launch.
+template <class A>
+PF_DEV A act_fwd(A s, int act) {
+  switch (act) {
+    case 1:
+      return A(1) / (A(1) + pf_exp(-s));
+    case 2:
+      return pf_tanh(s);
+    case 3:
+      return s < A(0) ? A(0) : s;  // keeps NaN, like torch.relu
+    default:
+      return s;
+  }
+}
+
+// act'(s) written in terms of the activated output a = act(s), which is what the forward saves.
+template <class A>
+PF_DEV A act_grad(A a, int act) {
+  switch (act) {
+    case 1:
+      return a * (A(1) - a);
+    case 2:
+      return A(1) - a * a;
+    case 3:
+      return a > A(0) ? A(1) : A(0);
+    default:
+      return A(1);
+  }
+}
+
+template <class T>
+PF_DEV T load_g(const void* base, int64_t off) {
+  return static_cast<const T*>(base)[off];
+}
+
+}  // namespace pf

@@ -1,0 +1,456 @@
+"""The ``cuda`` backend: torch-side adapter over the torch-free CUDA kernels in csrc/ (module pai_fast._C).
+
+Math (spec §2.3), for D dendrites and act in {identity, sigmoid, tanh, relu}:
+
+    z_0 = x W^T + b ; u_i = x V_i^T + c_i ; s_i = u_i + sum_{j<i} B[i,j] a_j ; a_i = act(s_i)
+    y = z_0 + sum_i G[i] a_i
+    backward: dz_0 = dy ; da_i = G[i] dy + sum_{k>i} B[k,i] ds_k ; ds_i = da_i act'(a_i) ;
+              dG[i] = sum dy a_i ; dB[k,i] = sum ds_k a_i (i<k) ; db = sum dy ; dc_i = sum ds_i ;
+              dX = dZcat Wcat ; dWcat = dZcat^T X
+
+Forward is one kernel; backward is a dZ kernel (deterministic partial sums), a fixed-order reduction and two
+GEMMs (csrc/*.cu). This module allocates outputs with torch, then passes data pointers, sizes, strides and
+the current stream to pai_fast._C, which contains no torch code (one build serves any torch version).
+Reference: pai_fast.reference.dendritic_linear_ref / dendritic_conv_ref.
+
+The module imports without a GPU and without _C; ``supports`` then lists why it cannot run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+try:  # the extension is optional: pure-Python installs and CPU-only machines lack it
+    from . import _C  # type: ignore[attr-defined]
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as e:  # pragma: no cover - depends on the build
+    _C = None
+    _IMPORT_ERROR = f"{type(e).__name__}: {e}"
+
+__all__ = ["linear_fwd", "linear_bwd", "conv_fwd", "conv_bwd", "supports", "available", "build_info"]
+
+_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+# Same codes as pai_fast.activations.FUSED_CODES and csrc/include/pai_fast/dendritic.h.
+_ACTS = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
+MAX_DENDRITES = 127
+
+
+def available() -> bool:
+    """True when the compiled extension pai_fast._C imported."""
+    return _C is not None
+
+
+def build_info() -> dict:
+    """Build facts of pai_fast._C (archs, nvcc version, CUDA runtime/driver); raises if it is not built."""
+    return _lib().build_info()
+
+
+def _emulated() -> bool:
+    return bool(getattr(_C, "EMULATED", False))
+
+
+def _lib():
+    if _C is None:
+        raise RuntimeError(
+            f"pai_fast._C (the CUDA extension) is not available ({_IMPORT_ERROR}); "
+            "reinstall with nvcc on PATH and PAI_FAST_BUILD_CUDA=1, or use backend='torch'/'triton'"
+        )
+    return _C
+
+
+def _t(t: torch.Tensor | None):
+    """(data_ptr, sizes, strides) for _C, or None."""
+    return None if t is None else (t.data_ptr(), t.shape, t.stride())
+
+
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
+
+class _DeviceGuard:
+    """Make t's device current for the runtime calls of _C (cheap no-op when it already is)."""
+
+    __slots__ = ("_prev", "_idx")
+
+    def __init__(self, t: torch.Tensor):
+        self._idx = t.device.index if t.is_cuda else None
+        self._prev = None
+
+    def __enter__(self):
+        if self._idx is not None:
+            cur = torch.cuda.current_device()
+            if cur != self._idx:
+                self._prev = cur
+                torch.cuda.set_device(self._idx)
+        return self
+
+    def __exit__(self, *exc):
+        if self._prev is not None:
+            torch.cuda.set_device(self._prev)
+        return False
+
+
+def _dtype_code(x: torch.Tensor) -> int:
+    code = _DTYPES.get(x.dtype)
+    if code is None:
+        raise ValueError(f"x: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
+    return code
+
+
+def _act_code(activation: str) -> int:
+    code = _ACTS.get(activation) if isinstance(activation, str) else None
+    if code is None:
+        raise ValueError(f"activation: expected one of {sorted(_ACTS)}, got {activation!r}")
+    return code
+
+
+def _check_same(x: torch.Tensor, **tensors: torch.Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.dtype != x.dtype:
+            raise ValueError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name}: expected a tensor on {x.device} (the device of x), got {t.device}")
+
+
+def _allow_tf32(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+def _flat_spatial(t: torch.Tensor, first: int) -> torch.Tensor:
+    """t unchanged if dims first.. can be viewed as one (NCHW / channels_last / broadcast), else a copy."""
+    expect = None
+    for d in range(t.dim() - 1, first - 1, -1):
+        size = t.shape[d]
+        if size == 0:
+            return t
+        if size == 1:
+            continue
+        if expect is not None and t.stride(d) != expect:
+            return t.contiguous()
+        expect = t.stride(d) * size
+    return t
+
+
+def _flat_weight(w: torch.Tensor, lead: int) -> torch.Tensor:
+    """Conv weights must be viewable as [(D,) Cout, Cin*prod(k)]; parameters always are."""
+    return _flat_spatial(w, lead + 1)
+
+
+def _d_of(dendrite_weight: torch.Tensor | None) -> int:
+    return 0 if dendrite_weight is None else int(dendrite_weight.shape[0])
+
+
+def _dendrite_args(d: int, dendrite_weight, dendrite_bias, gate, cascade):
+    """D = 0 means no dendrite tensors at all for _C (their shapes may be [0, ...])."""
+    if d == 0:
+        return None, None, None, None
+    return dendrite_weight, dendrite_bias, gate, cascade
+
+
+def _grad_like(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(result shaped like t with t's layout as torch.empty_like gives it, contiguous buffer for _C)."""
+    out = torch.empty_like(t)
+    return out, (out if out.is_contiguous() else torch.empty(t.shape, dtype=t.dtype, device=t.device))
+
+
+def _finish(out: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    if buf is not out:
+        out.copy_(buf)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- Linear
+def linear_fwd(
+    x2d: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dendrite_weight: torch.Tensor,
+    dendrite_bias: torch.Tensor | None,
+    gate: torch.Tensor,
+    cascade: torch.Tensor,
+    activation: str,
+    save_for_backward: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y [M,N] and, when save_for_backward, h = activated dendrite outputs [M,D,N] (else an empty tensor)."""
+    lib = _lib()
+    dt, act = _dtype_code(x2d), _act_code(activation)
+    _check_same(
+        x2d,
+        weight=weight,
+        bias=bias,
+        dendrite_weight=dendrite_weight,
+        dendrite_bias=dendrite_bias,
+        gate=gate,
+        cascade=cascade,
+    )
+    m, n, d = x2d.shape[0], weight.shape[0], _d_of(dendrite_weight)
+    y = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
+    h = torch.empty((m, d, n) if save_for_backward else (0,), dtype=x2d.dtype, device=x2d.device)
+    v, vb, g, c = _dendrite_args(d, dendrite_weight, dendrite_bias, gate, cascade)
+    with _DeviceGuard(x2d):
+        lib.linear_forward(
+            dt,
+            act,
+            _allow_tf32(x2d),
+            _t(x2d),
+            _t(weight),
+            _t(bias),
+            _t(v),
+            _t(vb),
+            _t(g),
+            _t(c),
+            _t(y),
+            _t(h) if (save_for_backward and d > 0) else None,
+            _stream(x2d),
+        )
+    return y, h
+
+
+def linear_bwd(
+    grad_y: torch.Tensor,
+    x2d: torch.Tensor,
+    weight: torch.Tensor,
+    dendrite_weight: torch.Tensor,
+    gate: torch.Tensor,
+    cascade: torch.Tensor,
+    h: torch.Tensor,
+    activation: str,
+    has_bias: bool,
+) -> tuple[torch.Tensor, ...]:
+    """(dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade); bias grads are zeros if not has_bias."""
+    lib = _lib()
+    dt, act = _dtype_code(x2d), _act_code(activation)
+    _check_same(x2d, grad_y=grad_y, weight=weight, dendrite_weight=dendrite_weight, gate=gate, cascade=cascade)
+    d = _d_of(dendrite_weight)
+    if d > 0:
+        _check_same(x2d, h=h)
+    n = weight.shape[0]
+    dev, dty = x2d.device, x2d.dtype
+    dx = torch.empty_like(x2d)
+    dw, dw_buf = _grad_like(weight)
+    dbias = torch.empty(n, dtype=dty, device=dev) if has_bias else torch.zeros(n, dtype=dty, device=dev)
+    if d > 0:
+        ddw, ddw_buf = _grad_like(dendrite_weight)
+        dg, dg_buf = _grad_like(gate)
+        dc, dc_buf = _grad_like(cascade)
+    else:
+        ddw = ddw_buf = torch.empty_like(dendrite_weight)
+        dg = dg_buf = torch.empty_like(gate)
+        dc = dc_buf = torch.empty_like(cascade)
+    ddb = torch.empty((d, n), dtype=dty, device=dev) if has_bias else torch.zeros((d, n), dtype=dty, device=dev)
+    v, _, g, c = _dendrite_args(d, dendrite_weight, None, gate, cascade)
+    hh = h if d > 0 else None
+    args = [
+        dt,
+        act,
+        _allow_tf32(x2d),
+        _t(grad_y),
+        _t(x2d),
+        _t(weight),
+        _t(v),
+        _t(g),
+        _t(c),
+        _t(hh),
+        _t(dx),
+        _t(dw_buf),
+        _t(dbias) if has_bias else None,
+        _t(ddw_buf) if d > 0 else None,
+        _t(ddb) if (has_bias and d > 0) else None,
+        _t(dg_buf) if d > 0 else None,
+        _t(dc_buf) if d > 0 else None,
+    ]
+    with _DeviceGuard(x2d):
+        nbytes = lib.linear_backward(*args, None, 0, 0)
+        ws = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+        lib.linear_backward(*args, ws.data_ptr(), nbytes, _stream(x2d))
+    return dx, _finish(dw, dw_buf), dbias, _finish(ddw, ddw_buf), ddb, _finish(dg, dg_buf), _finish(dc, dc_buf)
+
+
+# ---------------------------------------------------------------------------------------------- Conv
+def _geom(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation) -> tuple[int, list, list, list]:
+    nd = weight.dim() - 2
+    if x.dim() != nd + 2:
+        raise ValueError(
+            f"x: expected a batched input with {nd + 2} dims [B, Cin, *spatial], got shape {list(x.shape)}"
+        )
+
+    def tup(v, name):
+        v = [v] * nd if isinstance(v, int) else list(v)
+        if len(v) != nd or not all(isinstance(i, int) for i in v):
+            raise ValueError(f"{name}: expected an int or {nd} ints, got {v!r}")
+        return v
+
+    return nd, tup(stride, "stride"), tup(padding, "padding"), tup(dilation, "dilation")
+
+
+def conv_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dendrite_weight: torch.Tensor,
+    dendrite_bias: torch.Tensor | None,
+    gate: torch.Tensor,
+    cascade: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    activation: str,
+    save_for_backward: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y [B,Cout,*out] and h [B,D,Cout,*out] (or an empty tensor) for a groups=1 conv with zero padding."""
+    lib = _lib()
+    dt, act = _dtype_code(x), _act_code(activation)
+    _check_same(
+        x,
+        weight=weight,
+        bias=bias,
+        dendrite_weight=dendrite_weight,
+        dendrite_bias=dendrite_bias,
+        gate=gate,
+        cascade=cascade,
+    )
+    nd, st, pad, dil = _geom(x, weight, stride, padding, dilation)
+    d = _d_of(dendrite_weight)
+    out_sp = [(x.shape[2 + i] + 2 * pad[i] - dil[i] * (weight.shape[2 + i] - 1) - 1) // st[i] + 1 for i in range(nd)]
+    if any(o < 1 for o in out_sp):
+        raise ValueError(
+            f"x: spatial size {list(x.shape[2:])} with padding {pad} is smaller than the dilated kernel "
+            f"{[dil[i] * (weight.shape[2 + i] - 1) + 1 for i in range(nd)]}"
+        )
+    b, cout = x.shape[0], weight.shape[0]
+    y = torch.empty((b, cout, *out_sp), dtype=x.dtype, device=x.device)
+    h = torch.empty((b, d, cout, *out_sp) if save_for_backward else (0,), dtype=x.dtype, device=x.device)
+    v, vb, g, c = _dendrite_args(d, dendrite_weight, dendrite_bias, gate, cascade)
+    with _DeviceGuard(x):
+        lib.conv_forward(
+            dt,
+            act,
+            _allow_tf32(x),
+            nd,
+            st,
+            pad,
+            dil,
+            _t(x),
+            _t(_flat_weight(weight, 0)),
+            _t(bias),
+            _t(None if v is None else _flat_weight(v, 1)),
+            _t(vb),
+            _t(g),
+            _t(c),
+            _t(y),
+            _t(h) if (save_for_backward and d > 0) else None,
+            _stream(x),
+        )
+    return y, h
+
+
+def conv_bwd(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    dendrite_weight: torch.Tensor,
+    gate: torch.Tensor,
+    cascade: torch.Tensor,
+    h: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    activation: str,
+    has_bias: bool,
+) -> tuple[torch.Tensor, ...]:
+    """The 7 gradients of conv_fwd's inputs, shaped and typed like them."""
+    lib = _lib()
+    dt, act = _dtype_code(x), _act_code(activation)
+    _check_same(x, grad_y=grad_y, weight=weight, dendrite_weight=dendrite_weight, gate=gate, cascade=cascade)
+    nd, st, pad, dil = _geom(x, weight, stride, padding, dilation)
+    d = _d_of(dendrite_weight)
+    if d > 0:
+        _check_same(x, h=h)
+    n = weight.shape[0]
+    dev, dty = x.device, x.dtype
+    dx = torch.empty_like(x)
+    dw, dw_buf = _grad_like(weight)
+    dbias = torch.empty(n, dtype=dty, device=dev) if has_bias else torch.zeros(n, dtype=dty, device=dev)
+    if d > 0:
+        ddw, ddw_buf = _grad_like(dendrite_weight)
+        dg, dg_buf = _grad_like(gate)
+        dc, dc_buf = _grad_like(cascade)
+    else:
+        ddw = ddw_buf = torch.empty_like(dendrite_weight)
+        dg = dg_buf = torch.empty_like(gate)
+        dc = dc_buf = torch.empty_like(cascade)
+    ddb = torch.empty((d, n), dtype=dty, device=dev) if has_bias else torch.zeros((d, n), dtype=dty, device=dev)
+    v, _, g, c = _dendrite_args(d, dendrite_weight, None, gate, cascade)
+    args = [
+        dt,
+        act,
+        _allow_tf32(x),
+        nd,
+        st,
+        pad,
+        dil,
+        _t(_flat_spatial(grad_y, 2)),
+        _t(x),
+        _t(_flat_weight(weight, 0)),
+        _t(None if v is None else _flat_weight(v, 1)),
+        _t(g),
+        _t(c),
+        _t(_flat_spatial(h, 3) if d > 0 else None),
+        _t(dx),
+        _t(dw_buf),
+        _t(dbias) if has_bias else None,
+        _t(ddw_buf) if d > 0 else None,
+        _t(ddb) if (has_bias and d > 0) else None,
+        _t(dg_buf) if d > 0 else None,
+        _t(dc_buf) if d > 0 else None,
+    ]
+    with _DeviceGuard(x):
+        nbytes = lib.conv_backward(*args, None, 0, 0)
+        ws = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+        lib.conv_backward(*args, ws.data_ptr(), nbytes, _stream(x))
+    return dx, _finish(dw, dw_buf), dbias, _finish(ddw, ddw_buf), ddb, _finish(dg, dg_buf), _finish(dc, dc_buf)
+
+
+# ---------------------------------------------------------------------------------------------- supports
+def supports(kind: str, x: torch.Tensor, weight: torch.Tensor, D: int, activation: str) -> list[str]:
+    """Reasons why this backend cannot run op ``kind`` ("linear" or "conv") on these inputs; [] = it can."""
+    reasons: list[str] = []
+    if _C is None:
+        reasons.append(f"the CUDA extension pai_fast._C is not available ({_IMPORT_ERROR})")
+    elif not _emulated() and _C.device_count() == 0:
+        reasons.append("pai_fast._C sees no CUDA GPU (no device or no driver)")
+    if kind not in ("linear", "conv", "conv1d", "conv2d", "conv3d"):
+        reasons.append(f"kind: expected 'linear' or 'conv', got {kind!r}")
+    if x.device.type != "cuda" and not _emulated():
+        reasons.append(f"needs CUDA tensors, got x on {x.device}")
+    if weight.device != x.device:
+        reasons.append(f"weight is on {weight.device}, x on {x.device}")
+    if x.dtype not in _DTYPES:
+        reasons.append(f"dtype must be float32, float16, bfloat16 or float64, got {x.dtype}")
+    if weight.dtype != x.dtype:
+        reasons.append(f"weight dtype {weight.dtype} differs from x dtype {x.dtype}")
+    if activation not in _ACTS:
+        reasons.append(f"activation must be one of {sorted(_ACTS)}, got {activation!r}")
+    if not 0 <= int(D) <= MAX_DENDRITES:
+        reasons.append(f"the fused CUDA kernels take 0..{MAX_DENDRITES} dendrites, got D={D}")
+    if kind.startswith("conv"):
+        nd = weight.dim() - 2
+        if not 1 <= nd <= 3:
+            reasons.append(f"conv weight must have 3..5 dims, got {weight.dim()}")
+        elif x.dim() != nd + 2:
+            reasons.append(f"conv input must be batched with {nd + 2} dims, got {x.dim()}")
+        elif x.shape[1] != weight.shape[1]:
+            reasons.append(f"groups must be 1 (x has {x.shape[1]} channels, weight expects {weight.shape[1]})")
+    elif kind == "linear" and (weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[-1]):
+        reasons.append(f"linear expects x [..., K] and weight [N, K], got {list(x.shape)} and {list(weight.shape)}")
+    if x.device.type == "cuda" and torch.cuda.is_available():
+        idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        cap = torch.cuda.get_device_capability(idx)
+        if cap < (8, 0):
+            reasons.append(f"needs compute capability >= 8.0 (sm_80), got {cap[0]}.{cap[1]}")
+    return reasons
