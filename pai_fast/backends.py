@@ -24,8 +24,9 @@ from .activations import FUSED_CODES
 
 BACKENDS = ("torch", "triton", "cuda")
 CHOICES = ("auto",) + BACKENDS
-# Fused backends in order of preference for `auto` (measured on H100: benchmarks/results/).
-AUTO_ORDER = ("triton", "cuda")
+# Fused backends in order of preference for `auto` (measured on H100: benchmarks/results/). The cuda backend is
+# explicit-only until its GPU test grid is green (see benchmarks/results/README.md).
+AUTO_ORDER = ("triton",)
 
 _selected: str | None = None
 _warned: set[str] = set()
