@@ -14,9 +14,8 @@ import importlib
 from . import functional, ops  # noqa: F401  (ops registers torch.ops.pai_fast.*)
 from ._version import __version__
 from .backends import BackendUnavailableError, get_backend, set_backend
-from .nn import DendriteMismatchError, DendriticConv1d, DendriticConv2d, DendriticConv3d, DendriticLinear
-
 from .backends import warm as _warm_backends
+from .nn import DendriteMismatchError, DendriticConv1d, DendriticConv2d, DendriticConv3d, DendriticLinear
 
 _warm_backends()
 

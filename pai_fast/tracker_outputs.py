@@ -53,13 +53,18 @@ import csv
 import io
 import math
 import os
+import pickle
+import struct
+import subprocess
+import sys
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from .checkpoint import atomic_write
+from ._atomic import atomic_write
 
 __all__ = ["OutputsWriteError", "RunOutputs", "best_arch_rows", "render_png", "write_csvs"]
 
@@ -436,6 +441,92 @@ def render_png(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Rendering in a child process
+
+# The child imports this file as ``pai_fast.tracker_outputs`` under a bare package object: no pai_fast/__init__,
+# so no torch (startup ~0.3 s). Requests and replies are length-prefixed pickles over pipes; the child's real
+# stdout is kept for replies and fd 1 is pointed at stderr so that stray prints cannot corrupt the protocol.
+_CHILD = """
+import os, sys, types
+package = types.ModuleType("pai_fast")
+package.__path__ = [sys.argv[1]]
+sys.modules["pai_fast"] = package
+from pai_fast.tracker_outputs import _serve
+_serve()
+"""
+
+
+def _read_exact(stream, n: int) -> bytes:
+    chunks, left = [], n
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _serve() -> None:
+    """The child's loop: one ``render_png`` per request until stdin closes."""
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    requests = sys.stdin.buffer
+    while True:
+        header = _read_exact(requests, 8)
+        if len(header) < 8:
+            return
+        h, path, kwargs = pickle.loads(_read_exact(requests, struct.unpack("<Q", header)[0]))
+        try:
+            render_png(h, path, **kwargs)
+            reply = b""
+        except Exception as exc:  # reported to the parent, which raises it from flush()
+            reply = f"{type(exc).__name__}: {exc}".encode()
+        replies.write(struct.pack("<Q", len(reply)) + reply)
+        replies.flush()
+
+
+class _RenderProcess:
+    """A long-lived child that renders PNGs: matplotlib then never competes with training for the GIL."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, here], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
+
+    def render(self, h: Mapping[str, Any], path: str, **kwargs: Any) -> None:
+        data = pickle.dumps((dict(h), path, kwargs), protocol=4)
+        try:
+            self.proc.stdin.write(struct.pack("<Q", len(data)) + data)
+            self.proc.stdin.flush()
+            header = _read_exact(self.proc.stdout, 8)
+        except (BrokenPipeError, OSError) as exc:
+            raise _RendererGone(f"the rendering process is gone ({exc})") from exc
+        if len(header) < 8:
+            raise _RendererGone(f"the rendering process exited with code {self.proc.poll()}")
+        reply = _read_exact(self.proc.stdout, struct.unpack("<Q", header)[0])
+        if reply:
+            raise RuntimeError(reply.decode(errors="replace"))
+
+    def close(self, timeout: float | None = None) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout)
+        except Exception:
+            self.proc.kill()
+
+
+class _RendererGone(RuntimeError):
+    pass
+
+
+def _can_spawn() -> bool:
+    return bool(sys.executable) and os.path.basename(sys.executable).startswith("python")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Background writer
 
 
@@ -452,6 +543,10 @@ class RunOutputs:
         writing_csvs: write the CSVs (default True; perforatedai writes none when ``making_graphs`` is False).
         drawing_pai, drawing_extra_graphs: perforatedai's ``drawing_pai`` / ``drawing_extra_graphs`` settings.
         background: False writes every file inside ``update`` (for debugging; slow with graphs on).
+        max_busy_fraction: the live files (``extra == ""``) are re-rendered at most this fraction of the time:
+            after a render of t seconds the next live render waits ``t * (1 / fraction - 1)`` (rendering holds
+            the GIL much of the time and would slow the training thread). Snapshots, ``flush`` and ``close`` are
+            never delayed.
         only_rank0: write nothing in processes whose ``RANK`` environment variable is not 0 (as perforatedai).
     """
 
@@ -466,7 +561,15 @@ class RunOutputs:
         drawing_extra_graphs: bool = True,
         background: bool = True,
         only_rank0: bool = True,
+        max_busy_fraction: float = 0.25,
+        renderer: str = "process",
     ) -> None:
+        if renderer not in ("process", "thread"):
+            raise ValueError(f"renderer: expected 'process' or 'thread', got {renderer!r}")
+        self.renderer = renderer
+        if not 0 < max_busy_fraction <= 1:
+            raise ValueError(f"max_busy_fraction: expected a value in (0, 1], got {max_busy_fraction}")
+        self.max_busy_fraction = float(max_busy_fraction)
         if not isinstance(save_name, str):
             raise TypeError(f"save_name: expected a str, got {type(save_name).__name__}")
         self.save_dir = os.fspath(save_dir)
@@ -488,6 +591,9 @@ class RunOutputs:
         self._thread: threading.Thread | None = None
         self._errors: list[str] = []
         self._pid = os.getpid()
+        self._proc: _RenderProcess | None = None  # started by the worker on its first PNG
+        self._urgent = 0  # flush()/close() callers waiting: write everything now
+        self._next_live = 0.0  # time.monotonic() before which the live files are not re-rendered
 
     # ------------------------------------------------------------------------------------------------ paths
     def png_path(self, extra: str = "") -> str:
@@ -504,13 +610,22 @@ class RunOutputs:
         if self.writing_csvs:
             write_csvs(h, self.save_dir, self.save_name + extra)
         if self.making_graphs:
-            render_png(
-                h,
-                self.png_path(extra),
+            kwargs = dict(
                 title=f"{self.save_name}{extra}",
                 drawing_pai=self.drawing_pai,
                 drawing_extra_graphs=self.drawing_extra_graphs,
             )
+            if self.background and self.renderer == "process" and _can_spawn():
+                try:
+                    if self._proc is None:
+                        self._proc = _RenderProcess()
+                    self._proc.render(h, self.png_path(extra), **kwargs)
+                    return
+                except (_RendererGone, OSError) as exc:
+                    self.renderer = "thread"
+                    self._proc = None
+                    warnings.warn(f"pai_fast: graphs are rendered in-process from now on: {exc}", stacklevel=1)
+            render_png(h, self.png_path(extra), **kwargs)
 
     def update(self, history: Mapping[str, Any], extra: str = "") -> None:
         """Queue the files for ``history`` (live files, or a snapshot with suffix ``extra``); returns at once."""
@@ -532,16 +647,27 @@ class RunOutputs:
                 self._thread.start()
             self._cond.notify_all()
 
+    def _ready(self) -> str | None:
+        """The first queued suffix that may be written now (called with the lock held)."""
+        hurry = self._urgent > 0 or self._stop or time.monotonic() >= self._next_live
+        return next((extra for extra in self._pending if extra != "" or hurry), None)
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stop:
-                    self._cond.wait()
-                if not self._pending:
-                    return  # stopped and drained
-                extra = next(iter(self._pending))
+                while True:
+                    if not self._pending:
+                        if self._stop:
+                            return  # stopped and drained
+                        self._cond.wait()
+                        continue
+                    extra = self._ready()
+                    if extra is not None:
+                        break
+                    self._cond.wait(timeout=max(self._next_live - time.monotonic(), 0.001))
                 h = self._pending.pop(extra)
                 self._busy = True
+            start = time.monotonic()
             try:
                 self._write(extra, h)
             except Exception as exc:  # keep the worker alive; flush() reports it
@@ -554,6 +680,9 @@ class RunOutputs:
             finally:
                 with self._cond:
                     self._busy = False
+                    if extra == "" and self.making_graphs:
+                        took = time.monotonic() - start
+                        self._next_live = time.monotonic() + took * (1.0 / self.max_busy_fraction - 1.0)
                     self._cond.notify_all()
 
     def _check_fork(self) -> None:
@@ -571,7 +700,12 @@ class RunOutputs:
         flush, TimeoutError after ``timeout`` seconds."""
         self._check_fork()
         with self._cond:
-            done = self._cond.wait_for(lambda: not self._pending and not self._busy, timeout=timeout)
+            self._urgent += 1
+            self._cond.notify_all()
+            try:
+                done = self._cond.wait_for(lambda: not self._pending and not self._busy, timeout=timeout)
+            finally:
+                self._urgent -= 1
             errors, self._errors = self._errors, []
         if not done:
             raise TimeoutError(f"RunOutputs.flush: files for {self.save_name!r} still pending after {timeout} s")
@@ -591,6 +725,9 @@ class RunOutputs:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        if self._proc is not None and (thread is None or not thread.is_alive()):
+            self._proc.close(timeout)
+            self._proc = None
 
     def __enter__(self) -> RunOutputs:
         return self

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -122,7 +123,7 @@ def test_rendering_happens_off_the_calling_thread(tmp_path, monkeypatch):
         real(*args, **kwargs)
 
     monkeypatch.setattr(to, "render_png", slow_render)
-    out = RunOutputs(tmp_path, "run")
+    out = RunOutputs(tmp_path, "run", renderer="thread")
     out.update(history())
     # update returned although the renderer is still blocked: the PNG cannot exist yet
     assert out.pending()
@@ -147,7 +148,7 @@ def test_latest_wins_and_snapshots_are_kept(tmp_path, monkeypatch):
             f.write(b"png")
 
     monkeypatch.setattr(to, "render_png", fake_render)
-    out = RunOutputs(tmp_path, "run")
+    out = RunOutputs(tmp_path, "run", renderer="thread")
     h = history(12)
     out.update(h)
     assert started.wait(60)  # the worker is busy with the first live figure
@@ -284,3 +285,53 @@ def test_snapshot_accepts_tensors_numpy_and_aliases():
         snapshot([1, 2])
     with pytest.raises(TypeError, match="extra"):
         RunOutputs("x", "y").update({}, extra=3)
+
+
+def test_png_rendered_in_a_child_process_without_torch(tmp_path):
+    out = RunOutputs(tmp_path, "run")  # renderer="process" is the default
+    out.update(history())
+    out.flush()
+    assert png_size(tmp_path / "run.png") == (2800, 1400)
+    proc = out._proc.proc
+    assert proc.poll() is None  # the child stays up for the next figure
+    child_modules = open(f"/proc/{proc.pid}/maps").read()
+    assert "libtorch" not in child_modules  # the child imports tracker_outputs without pai_fast/__init__ (torch)
+    out.update(history(5), extra="_snap")
+    out.close()
+    assert png_size(tmp_path / "run_snap.png") == (2800, 1400)
+    assert proc.poll() == 0  # closed cleanly with the outputs
+
+
+def test_renderer_process_death_falls_back_to_the_thread(tmp_path):
+    out = RunOutputs(tmp_path, "run")
+    out.update(history())
+    out.flush()
+    out._proc.proc.kill()
+    out._proc.proc.wait()
+    (tmp_path / "run.png").unlink()
+    with pytest.warns(UserWarning, match="rendered in-process"):
+        out.update(history(7))
+        out.flush()
+    assert out.renderer == "thread" and png_size(tmp_path / "run.png") == (2800, 1400)
+    out.close()
+
+
+def test_live_graph_rendering_is_throttled_but_flush_is_not(tmp_path, monkeypatch):
+    drawn = []
+
+    def fake_render(h, path, **kwargs):
+        drawn.append(len(h["accuracies"]))
+        time.sleep(0.05)
+        with open(path, "wb") as f:
+            f.write(b"png")
+
+    monkeypatch.setattr(to, "render_png", fake_render)
+    out = RunOutputs(tmp_path, "run", renderer="thread", max_busy_fraction=0.05)  # wait 19x the render time
+    h = history(12)
+    for n in range(1, 13):
+        out.update({**h, "accuracies": h["accuracies"][:n]})
+        time.sleep(0.02)
+    assert len(drawn) <= 2  # rendered once, then held back (0.05 s render -> ~0.95 s pause)
+    out.flush()
+    assert drawn[-1] == 12  # flush writes the newest state at once
+    out.close()
