@@ -5,8 +5,11 @@ dendritic_linear.py, dendritic_conv.py; _common.py holds the shared epilogue and
 
 Importing this package never fails for want of Triton: without it, ``supports`` returns the reason and every
 launcher raises ImportError naming it. Set TRITON_INTERPRET=1 BEFORE the first import to run the kernels on CPU
-tensors in Triton's interpreter (CI; fp32/fp64, small shapes). PAI_FAST_TRITON_AUTOTUNE=0 replaces autotuning by
-a fixed heuristic config (no benchmarking on first call).
+tensors in Triton's interpreter (CI; fp32/fp64, small shapes).
+
+On the GPU the forward kernels autotune on the first call of each shape bucket (a few candidates, see
+_common.CONFIG_POOLS). PAI_FAST_TRITON_AUTOTUNE=0 or set_autotune(False) switches to a fixed heuristic config (no
+benchmarking, so even the first call can be captured in a CUDA graph); use_config(cfg) forces one config (tests).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 
 import torch
 
-__all__ = ["linear_fwd", "linear_bwd", "conv_fwd", "conv_bwd", "supports", "IMPORT_ERROR"]
+__all__ = ["linear_fwd", "linear_bwd", "conv_fwd", "conv_bwd", "supports", "set_autotune", "use_config", "IMPORT_ERROR"]
 
 try:
     import triton  # noqa: F401
@@ -25,7 +28,7 @@ else:
     IMPORT_ERROR = None
 
 if IMPORT_ERROR is None:
-    from ._common import ACT_CODES, INTERPRET, MAX_D, SUPPORTED_DTYPES
+    from ._common import ACT_CODES, ALL_CONFIGS, INTERPRET, MAX_D, SUPPORTED_DTYPES, set_autotune, use_config
     from .dendritic_conv import conv_bwd, conv_fwd
     from .dendritic_linear import linear_bwd, linear_fwd
 else:
@@ -37,7 +40,8 @@ else:
     def _missing(*args, **kwargs):
         raise ImportError(f"pai_fast.kernels (the triton backend) cannot run: {IMPORT_ERROR}; pip install triton")
 
-    linear_fwd = linear_bwd = conv_fwd = conv_bwd = _missing
+    linear_fwd = linear_bwd = conv_fwd = conv_bwd = set_autotune = use_config = _missing
+    ALL_CONFIGS = []
 
 
 def supports(kind: str, x: torch.Tensor, weight: torch.Tensor, D: int, activation: str) -> list[str]:

@@ -27,6 +27,7 @@ reductions; the launcher sums the partials over a fixed program count in torch, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -40,10 +41,10 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_D = 31
 
 
-# Both are read ONCE, at import: triton.jit decides at decoration time whether a kernel is interpreted, and the
-# launchers must agree with how the kernels were decorated (autotuned or not) even if the environment changes later.
+# Read ONCE, at import: triton.jit decides at decoration time whether a kernel is interpreted, and the launchers
+# must agree with how the kernels were decorated even if the environment changes later.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-AUTOTUNE = not INTERPRET and os.environ.get("PAI_FAST_TRITON_AUTOTUNE", "1") != "0"
+_state = {"autotune": os.environ.get("PAI_FAST_TRITON_AUTOTUNE", "1") != "0", "config": None}
 
 
 def interpreting() -> bool:
@@ -52,9 +53,34 @@ def interpreting() -> bool:
 
 
 def autotuning() -> bool:
-    """Autotune on the GPU unless PAI_FAST_TRITON_AUTOTUNE=0 at import (then a fixed heuristic config: no
-    benchmarking on the first call, which also makes the first call capturable in a CUDA graph)."""
-    return AUTOTUNE
+    """Autotune the forward kernels on the GPU (default) unless PAI_FAST_TRITON_AUTOTUNE=0 at import or
+    set_autotune(False): then a fixed heuristic config (no benchmarking on the first call of a shape, so that call
+    can be captured in a CUDA graph). Never under the interpreter (autotune with > 1 config fails there)."""
+    return _state["autotune"] and not INTERPRET
+
+
+def set_autotune(enabled: bool) -> None:
+    """Turn first-call autotuning of the forward kernels on or off for this process."""
+    _state["autotune"] = bool(enabled)
+
+
+@contextlib.contextmanager
+def use_config(config: triton.Config | None):
+    """Force one launch config on the forward kernels inside the block (tests: check every autotune candidate)."""
+    old = _state["config"]
+    _state["config"] = config
+    try:
+        yield
+    finally:
+        _state["config"] = old
+
+
+def launch_config(heuristic) -> dict | None:
+    """The explicit config for a forward launch: a forced one, else None when autotuning, else heuristic()."""
+    forced = _state["config"]
+    if forced is not None:
+        return {**forced.kwargs, "num_warps": forced.num_warps, "num_stages": forced.num_stages}
+    return None if autotuning() else heuristic()
 
 
 def next_pow2(n: int) -> int:

@@ -37,11 +37,11 @@ from ._common import (
     ALL_CONFIGS,
     _dendritic_epilogue,
     acc_dtype,
-    autotuning,
     check_common,
     dot_precision,
     dz_and_reductions,
     interpreting,
+    launch_config,
     next_pow2,
     select_configs,
     torch_acc_dtype,
@@ -251,14 +251,15 @@ def _prune(configs, named_args, **kwargs):
 
 
 _heuristics = triton.heuristics({"EVEN_C": lambda a: a["CIN"] % a["BLOCK_K"] == 0})
-if autotuning():
-    _fwd_kernel = triton.autotune(
+_fwd_kernel = _heuristics(_conv_fwd_kernel)
+# The autotuned variant wraps the same JIT function (one compile cache); never built under the interpreter.
+_fwd_kernel_tuned = None
+if not interpreting():
+    _fwd_kernel_tuned = triton.autotune(
         configs=ALL_CONFIGS,
         key=["ROWS_KEY", "N", "CIN", "KD", "KH", "KW", "D", "SAVE_H", "HAS_BIAS"],
         prune_configs_by={"early_config_prune": _prune},
-    )(_heuristics(_conv_fwd_kernel))
-else:
-    _fwd_kernel = _heuristics(_conv_fwd_kernel)
+    )(_fwd_kernel)
 
 
 def _heuristic_config(rows: int, n: int, cin: int, p: int, dtype: torch.dtype) -> dict:
@@ -442,10 +443,10 @@ def conv_fwd(
     def grid(meta_):
         return (triton.cdiv(rows, meta_["BLOCK_M"]) * triton.cdiv(n, meta_["BLOCK_C"] // p),)
 
-    if autotuning():
-        _fwd_kernel[grid](*args, **meta)
+    cfg = launch_config(lambda: _heuristic_config(rows, n, cin, p, x.dtype))
+    if cfg is None:
+        _fwd_kernel_tuned[grid](*args, **meta)
     else:
-        cfg = _heuristic_config(rows, n, cin, p, x.dtype)
         _fwd_kernel[grid(cfg)](*args, **meta, **cfg)
     return y, h
 

@@ -143,7 +143,8 @@ def test_seed0_full_run(digits):
     assert tracker.total_epochs_run == len(history) >= tracker.num_epochs_run
     assert os.path.exists("PAI/PAI_config.json")  # the run's config is kept for the record
     # perforatedai's files (spec §6.1, §7.2), complete when the training_complete call returns.
-    names = ["PAI.png", "best_model.pt", "latest.pt", "switch_2.pt", "beforeSwitch_0.pt", "best_model_beforeSwitch_0.pt"]
+    names = ["PAI.png", "best_model.pt", "latest.pt", "switch_2.pt", "beforeSwitch_0.pt"]
+    names += ["best_model_beforeSwitch_0.pt"]
     names += [f"PAI{c}.csv" for c in ("Scores", "Times", "learning_rate", "switch_epochs", "param_counts")]
     for name in names:
         assert os.path.getsize(os.path.join("PAI", name)) > 0, name

@@ -1,0 +1,548 @@
+"""Triton backend (pai_fast.kernels), dendritic Linear: forward and backward against the float64 oracle
+(pai_fast.reference), fp64 gradcheck, edge shapes, strides, determinism, errors.
+
+How to run:
+  CPU / CI (Triton interpreter; the variable must be set BEFORE triton is imported, so set it on the command line):
+      TRITON_INTERPRET=1 pytest -m interpret tests/test_triton_linear.py tests/test_triton_conv.py
+  GPU machine (the `interpret` tests then run on CUDA too, plus the full dtype grid):
+      pytest -m "gpu or interpret" tests/test_triton_linear.py tests/test_triton_conv.py
+Without TRITON_INTERPRET=1 and without a GPU, every test here skips and says why.
+
+Accuracy rule (FlashAttention's): the kernel's error against float64 must stay within 2x (forward) / 3x (gradients)
+the error of the plain-torch reference computed in the same dtype, plus a small floor relative to the magnitude.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pai_fast.reference import dendritic_linear_ref
+
+from .helpers import dendrite_params, noncontig
+
+pytest.importorskip("triton", reason="the triton backend needs the triton package")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_CUDA = torch.cuda.is_available()
+ACTS = ["sigmoid", "tanh", "relu", "identity"]
+# Floors (atol, rtol-of-max|ref|) added to the ratio rule.
+FLOOR = {
+    torch.float64: (1e-11, 1e-10),
+    torch.float32: (1e-6, 1e-5),
+    torch.float16: (1e-3, 2e-3),
+    torch.bfloat16: (8e-3, 8e-3),
+}
+
+
+def load_kernels():
+    """pai_fast.kernels; from a source checkout (no package_dir install yet) load kernels/ under that name."""
+    try:
+        return importlib.import_module("pai_fast.kernels")
+    except ModuleNotFoundError as e:
+        if e.name != "pai_fast.kernels":
+            raise
+    root = Path(__file__).resolve().parents[1] / "kernels"
+    spec = importlib.util.spec_from_file_location(
+        "pai_fast.kernels", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["pai_fast.kernels"] = mod
+    spec.loader.exec_module(mod)
+    import pai_fast
+
+    pai_fast.kernels = mod
+    return mod
+
+
+K = load_kernels()
+
+if K.IMPORT_ERROR is not None:
+    DEVICE, SKIP_REASON = None, K.IMPORT_ERROR
+elif INTERPRET and not K.INTERPRET:
+    DEVICE, SKIP_REASON = (
+        None,
+        "pai_fast.kernels was imported before TRITON_INTERPRET=1 was set; set it on the command line",
+    )
+elif INTERPRET:
+    DEVICE, SKIP_REASON = "cpu", ""
+elif HAS_CUDA:
+    DEVICE, SKIP_REASON = "cuda", ""
+else:
+    DEVICE, SKIP_REASON = (
+        None,
+        (
+            "needs the Triton interpreter or a GPU: run `TRITON_INTERPRET=1 pytest -m interpret "
+            "tests/test_triton_*.py` (the variable must be set before triton is imported)"
+        ),
+    )
+
+interp = [pytest.mark.interpret, pytest.mark.skipif(DEVICE is None, reason=SKIP_REASON or "no device")]
+gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA or INTERPRET, reason="needs CUDA without TRITON_INTERPRET")]
+
+
+def apply(marks):
+    def deco(fn):
+        for m in marks:
+            fn = m(fn)
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def max_err(a: torch.Tensor, ref64: torch.Tensor) -> float:
+    if a.numel() == 0:
+        return 0.0
+    return (a.double() - ref64).abs().max().item()
+
+
+def check_rule(name, got, ref64, same, dtype, ratio):
+    """got (kernel) vs ref64, allowed ratio * error of `same` (torch in the same dtype) + floor."""
+    assert got.shape == ref64.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref64.shape)}"
+    assert torch.isfinite(got).all() == torch.isfinite(ref64).all(), f"{name}: non-finite values differ"
+    atol, rtol = FLOOR[dtype]
+    scale = ref64.abs().max().item() if ref64.numel() else 0.0
+    e_k = max_err(got, ref64)
+    e_t = max_err(same, ref64) if same is not None else 0.0
+    bound = ratio * e_t + atol + rtol * scale
+    assert e_k <= bound, (
+        f"{name}: kernel error {e_k:.3e} > {ratio}x torch-{dtype} error {e_t:.3e} "
+        f"+ floor ({atol:g} + {rtol:g}*{scale:.3g})"
+    )
+
+
+def make(m, k, n, d, dtype, device, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    params = dendrite_params((n, k), d, bias=bias, dtype=torch.float64, generator=g)
+    params = [None if p is None else p.to(device=device, dtype=dtype) for p in params]
+    return (x, *params)
+
+
+def linear_case(
+    device,
+    dtype,
+    m,
+    k,
+    n,
+    d,
+    act,
+    bias=True,
+    x_fn=None,
+    p_fn=None,
+    gy_fn=None,
+    backward=True,
+    ratio_fwd=2.0,
+    ratio_bwd=3.0,
+):
+    """Run the kernels on one case and check y, h and all seven gradients against float64 autograd."""
+    x, w, b, dw, db, gate, cas = make(m, k, n, d, dtype, device, bias)
+    if x_fn is not None:
+        x = x_fn(x)
+    if p_fn is not None:
+        w, dw, gate, cas = p_fn(w), p_fn(dw), p_fn(gate), p_fn(cas)
+    inputs = (x, w, b, dw, db, gate, cas)
+    y, h = K.linear_fwd(x, w, b, dw, db, gate, cas, act, backward)
+
+    ref_in = [None if t is None else t.detach().double().requires_grad_() for t in inputs]
+    same_in = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
+    y64 = dendritic_linear_ref(*ref_in, activation=act)
+    ysame = dendritic_linear_ref(*same_in, activation=act)
+    assert y.dtype == dtype and y.shape == (m, n) and y.is_contiguous()
+    check_rule("y", y, y64.detach(), ysame.detach(), dtype, ratio_fwd)
+    if not backward:
+        assert h.numel() == 0
+        return
+    assert h.shape == (m, d, n) and h.dtype == dtype
+
+    gy64 = torch.randn(m, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
+    gy = gy64.to(dtype)
+    if gy_fn is not None:
+        gy = gy_fn(gy)
+    torch.autograd.backward(y64, gy.double())
+    torch.autograd.backward(ysame, gy)
+    grads = K.linear_bwd(gy, x, w, dw, gate, cas, h, act, bias)
+    names = ["dx", "dweight", "dbias", "ddendrite_weight", "ddendrite_bias", "dgate", "dcascade"]
+    refs = [ref_in[i] for i in (0, 1, 2, 3, 4, 5, 6)]
+    sames = [same_in[i] for i in (0, 1, 2, 3, 4, 5, 6)]
+    for name, got, r, s_ in zip(names, grads, refs, sames):
+        if r is None:  # no bias: the kernel may return zeros
+            continue
+        assert got.dtype == s_.dtype, f"{name}: dtype {got.dtype} != {s_.dtype}"
+        check_rule(name, got, r.grad, s_.grad, dtype, ratio_bwd)
+    # Only j < i cascade entries are used: every other entry gets exactly zero gradient.
+    dcas = grads[6]
+    upper = torch.ones(d, d, dtype=torch.bool, device=dcas.device).triu()
+    assert (dcas[upper] == 0).all()
+    return y, h, grads
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Interpreter (CPU) tests; on a GPU machine they run on CUDA
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@apply(interp)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("d", [0, 1, 2, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_matches_fp64_oracle(dtype, d, act):
+    linear_case(DEVICE, dtype, 37, 45, 29, d, act)
+
+
+@apply(interp)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("d", [0, 3])
+@pytest.mark.parametrize("mkn", [(1, 1, 1), (1, 16, 3), (2, 127, 31), (64, 64, 64), (70, 40, 130), (33, 300, 17)])
+def test_linear_shapes(mkn, d, bias):
+    linear_case(DEVICE, torch.float32, *mkn, d, "sigmoid", bias=bias)
+
+
+@apply(interp)
+def test_linear_fp16_forward():
+    linear_case(DEVICE, torch.float16, 19, 48, 21, 2, "tanh", backward=False)
+
+
+@apply(interp)
+@pytest.mark.parametrize("d", [0, 2])
+def test_linear_batch_zero(d):
+    x, w, b, dw, db, g, c = make(0, 6, 5, d, torch.float32, DEVICE)
+    y, h = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
+    assert y.shape == (0, 5) and h.shape == (0, d, 5)
+    grads = K.linear_bwd(torch.empty(0, 5, device=DEVICE), x, w, dw, g, c, h, "sigmoid", True)
+    shapes = [(0, 6), (5, 6), (5,), (d, 5, 6), (d, 5), (d, 5), (d, d, 5)]
+    assert [tuple(t.shape) for t in grads] == shapes
+    assert all((t == 0).all() for t in grads)
+    y, h = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", False)
+    assert y.shape == (0, 5) and h.numel() == 0
+
+
+def _guarded(t: torch.Tensor, pad: int = 3) -> torch.Tensor:
+    """t as a strided slice of a bigger NaN-filled buffer: any read outside t's elements poisons the result."""
+    big = torch.full([s + 2 * pad for s in t.shape[:-1]] + [2 * t.shape[-1] + 2 * pad], float("nan"), dtype=t.dtype,
+                     device=t.device)  # fmt: skip
+    inner = big[tuple(slice(pad, pad + s) for s in t.shape[:-1]) + (slice(pad, pad + 2 * t.shape[-1], 2),)]
+    inner.copy_(t)
+    return inner
+
+
+@apply(interp)
+@pytest.mark.parametrize("d", [1, 3])
+def test_linear_noncontiguous_and_guard_bands(d):
+    # x: NaN-guarded strided slice; weights / gate / cascade non-contiguous; grad_y transposed storage.
+    linear_case(
+        DEVICE,
+        torch.float32,
+        21,
+        35,
+        19,
+        d,
+        "sigmoid",
+        x_fn=_guarded,
+        p_fn=noncontig,
+        gy_fn=lambda t: t.t().contiguous().t(),
+    )
+
+
+@apply(interp)
+def test_linear_transposed_x_and_mismatched_weight_strides():
+    def p_fn(t):
+        # weight [N, K] stored K-major, dendrite_weight contiguous: the K strides differ (launcher must cope).
+        return t.t().contiguous().t() if t.dim() == 2 and t.shape[1] == 23 else t
+
+    linear_case(DEVICE, torch.float32, 17, 23, 13, 2, "tanh", x_fn=lambda t: t.t().contiguous().t(), p_fn=p_fn)
+
+
+@apply(interp)
+def test_linear_inference_writes_no_h_and_same_y():
+    x, w, b, dw, db, g, c = make(25, 30, 22, 3, torch.float32, DEVICE)
+    y1, h1 = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
+    y0, h0 = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", False)
+    assert h0.numel() == 0
+    assert torch.equal(y0, y1)
+    # h holds the activated dendrite outputs a_i.
+    a = []
+    x64, w64, b64, dw64, db64, g64, c64 = [t.double() for t in (x, w, b, dw, db, g, c)]
+    for i in range(3):
+        s = x64 @ dw64[i].t() + db64[i]
+        for j in range(i):
+            s = s + c64[i, j] * a[j]
+        a.append(torch.sigmoid(s))
+    torch.testing.assert_close(h1.double(), torch.stack(a, 1), atol=1e-5, rtol=1e-5)
+
+
+@apply(interp)
+def test_linear_nan_stays_in_its_row():
+    x, w, b, dw, db, g, c = make(40, 24, 18, 2, torch.float32, DEVICE)
+    x[7, 3] = float("nan")
+    y, _ = K.linear_fwd(x, w, b, dw, db, g, c, "tanh", False)
+    assert torch.isnan(y[7]).all()
+    assert torch.isfinite(torch.cat([y[:7], y[8:]])).all()
+
+
+@apply(interp)
+def test_linear_backward_is_deterministic():
+    x, w, b, dw, db, g, c = make(150, 33, 45, 3, torch.float32, DEVICE)
+    _, h = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
+    gy = torch.randn(150, 45, device=DEVICE)
+    g1 = K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True)
+    g2 = K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True)
+    for a, b_ in zip(g1, g2):
+        assert torch.equal(a, b_)
+
+
+@apply(interp)
+def test_linear_weights_in_one_storage_use_the_stacked_view():
+    n, k, d = 14, 19, 3
+    x, w, b, dw, db, g, c = make(23, k, n, d, torch.float64, DEVICE)
+    buf = torch.cat([w.unsqueeze(0), dw]).contiguous()
+    w1, dw1 = buf[0], buf[1:]
+    assert K.dendritic_linear._stacked_view(w1, dw1) is not None
+    assert K.dendritic_linear._stacked_view(w, dw) is None
+    _, h = K.linear_fwd(x, w, b, dw, db, g, c, "tanh", True)
+    gy = torch.randn(23, n, dtype=torch.float64, device=DEVICE)
+    ga = K.linear_bwd(gy, x, w, dw, g, c, h, "tanh", True)
+    gb = K.linear_bwd(gy, x, w1, dw1, g, c, h, "tanh", True)
+    for a, b_ in zip(ga, gb):
+        torch.testing.assert_close(a, b_, atol=1e-12, rtol=1e-12)
+
+
+@apply(interp)
+@pytest.mark.parametrize("d", [12])
+def test_linear_beyond_eight_dendrites(d):
+    linear_case(DEVICE, torch.float64, 13, 17, 11, d, "sigmoid")
+
+
+class _KernelLinear(torch.autograd.Function):
+    """The launchers wrapped for gradcheck (what pai_fast.ops does, minus the op registration)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, dw, db, g, c, act):
+        y, h = K.linear_fwd(x, w, b, dw, db, g, c, act, True)
+        ctx.save_for_backward(x, w, dw, g, c, h)
+        ctx.act, ctx.has_bias = act, b is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w, dw, g, c, h = ctx.saved_tensors
+        dx, dW, dB, dDW, dDB, dG, dC = K.linear_bwd(gy, x, w, dw, g, c, h, ctx.act, ctx.has_bias)
+        if not ctx.has_bias:
+            dB = dDB = None
+        return dx, dW, dB, dDW, dDB, dG, dC, None
+
+
+@apply(interp)
+@pytest.mark.parametrize(
+    "d,act,bias",
+    [(0, "sigmoid", True), (1, "tanh", False), (2, "relu", True), (3, "sigmoid", True), (2, "identity", True)],
+)
+def test_linear_gradcheck_fp64(d, act, bias):
+    x, w, b, dw, db, g, c = make(3, 4, 3, d, torch.float64, DEVICE, bias=bias, seed=3)
+    inputs = [None if t is None else t.requires_grad_() for t in (x, w, b, dw, db, g, c)]
+    assert torch.autograd.gradcheck(
+        lambda *a: _KernelLinear.apply(*a, act), inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=d != 1
+    )
+
+
+@apply(interp)
+def test_linear_bad_inputs_name_the_argument():
+    x, w, b, dw, db, g, c = make(4, 6, 5, 2, torch.float32, DEVICE)
+    with pytest.raises(ValueError, match="activation"):
+        K.linear_fwd(x, w, b, dw, db, g, c, "gelu", False)
+    with pytest.raises(ValueError, match="weight must be"):
+        K.linear_fwd(x, w[:, :5], b, dw, db, g, c, "sigmoid", False)
+    with pytest.raises(ValueError, match="dendrite_weight must be"):
+        K.linear_fwd(x, w, b, dw[:, :4], db, g, c, "sigmoid", False)
+    with pytest.raises(ValueError, match="gate must be"):
+        K.linear_fwd(x, w, b, dw, db, g[:1], c, "sigmoid", False)
+    with pytest.raises(ValueError, match="cascade must be"):
+        K.linear_fwd(x, w, b, dw, db, g, c[:, :1], "sigmoid", False)
+    with pytest.raises(ValueError, match="dendrite_bias"):
+        K.linear_fwd(x, w, b, dw, None, g, c, "sigmoid", False)
+    with pytest.raises(TypeError, match="weight dtype"):
+        K.linear_fwd(x, w.double(), b, dw, db, g, c, "sigmoid", False)
+    with pytest.raises(ValueError, match="h must be"):
+        K.linear_bwd(torch.ones(4, 5, device=DEVICE), x, w, dw, g, c, torch.empty(0, device=DEVICE), "sigmoid", True)
+
+
+@apply(interp)
+def test_supports_reasons():
+    x = torch.randn(4, 6, device=DEVICE)
+    w = torch.randn(5, 6, device=DEVICE)
+    assert K.supports("linear", x, w, 3, "sigmoid") == []
+    assert any("activation" in r for r in K.supports("linear", x, w, 3, "gelu"))
+    assert any("D=40" in r for r in K.supports("linear", x, w, 40, "sigmoid"))
+    assert any("dtype" in r for r in K.supports("linear", x, w.double(), 1, "sigmoid"))
+    assert any("dtype" in r for r in K.supports("linear", x.int(), w.int(), 1, "sigmoid"))
+    assert any("kind" in r for r in K.supports("matmul", x, w, 1, "sigmoid"))
+    if INTERPRET:
+        assert any("bfloat16" in r for r in K.supports("linear", x.bfloat16(), w.bfloat16(), 1, "sigmoid"))
+
+
+@apply(interp)
+def test_through_the_pai_fast_op_layer():
+    """The registered op + autograd.Function (pai_fast.ops) with backend="triton" matches the torch backend."""
+    from pai_fast import functional as PF
+
+    x, w, b, dw, db, g, c = make(9, 12, 7, 2, torch.float64, DEVICE)
+    ps = [t.clone().requires_grad_() for t in (x, w, b, dw, db, g, c)]
+    qs = [t.clone().requires_grad_() for t in (x, w, b, dw, db, g, c)]
+    y1 = PF.dendritic_linear(*ps, activation="tanh", backend="triton")
+    y2 = PF.dendritic_linear(*qs, activation="tanh", backend="torch")
+    torch.testing.assert_close(y1, y2)
+    gy = torch.randn_like(y1)
+    y1.backward(gy)
+    y2.backward(gy)
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU tests (lead runs them on the H100/H200): full dtype grid, tf32, determinism, CUDA graphs
+# ---------------------------------------------------------------------------------------------------------------
+
+GPU_SHAPES = [(64, 784, 128), (1000, 513, 257), (4096, 512, 640)]
+
+
+@pytest.fixture
+def fixed_config():
+    """GPU grids run the heuristic config: autotuning every (shape, D, dtype) would compile ~4 kernels per case.
+    The autotune candidates get their own tests (test_gpu_*_every_config, test_gpu_*_autotuned)."""
+    state = sys.modules["pai_fast.kernels._common"]._state
+    old = state["autotune"]
+    K.set_autotune(False)
+    yield
+    K.set_autotune(old)
+
+
+@apply(gpu)
+@pytest.mark.usefixtures("fixed_config")
+@pytest.mark.parametrize("mkn", GPU_SHAPES)
+@pytest.mark.parametrize("d", [0, 1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gpu_linear_grid(dtype, d, mkn):
+    linear_case("cuda", dtype, *mkn, d, "sigmoid")
+
+
+@apply(gpu)
+@pytest.mark.usefixtures("fixed_config")
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_linear_activations(dtype, act):
+    linear_case("cuda", dtype, 512, 384, 320, 3, act)
+
+
+@apply(gpu)
+@pytest.mark.usefixtures("fixed_config")
+@pytest.mark.parametrize("d", [2, 5, 12])
+def test_gpu_linear_odd_dendrite_counts(d):
+    linear_case("cuda", torch.bfloat16, 300, 200, 100, d, "tanh")
+
+
+@apply(gpu)
+@pytest.mark.usefixtures("fixed_config")
+def test_gpu_linear_noncontiguous_and_inference():
+    linear_case("cuda", torch.bfloat16, 333, 257, 129, 3, "sigmoid", x_fn=_guarded, p_fn=noncontig)
+    linear_case("cuda", torch.bfloat16, 333, 256, 128, 3, "sigmoid", backward=False)
+
+
+@apply(gpu)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_linear_every_config(dtype):
+    """Every autotune candidate of the dtype's pools, forced one by one (ragged M, N to exercise the masks)."""
+    common = sys.modules["pai_fast.kernels._common"]
+    es = torch.empty(0, dtype=dtype).element_size()
+    pool = common.CONFIG_POOLS[(True, es)] + common.CONFIG_POOLS[(False, es)]
+    for cfg in pool:
+        with K.use_config(cfg):
+            linear_case("cuda", dtype, 1000, 512, 200, 3, "sigmoid")
+
+
+@apply(gpu)
+@pytest.mark.parametrize("d", [1, 3])
+def test_gpu_linear_autotuned(d):
+    state = sys.modules["pai_fast.kernels._common"]._state
+    old = state["autotune"]
+    K.set_autotune(True)
+    try:
+        linear_case("cuda", torch.bfloat16, 2048, 1024, 512, d, "sigmoid")
+    finally:
+        K.set_autotune(old)
+
+
+@apply(gpu)
+@pytest.mark.usefixtures("fixed_config")
+def test_gpu_linear_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        # torch's fp32 reference uses TF32 GEMMs here too, so the ratio rule compares like with like.
+        linear_case("cuda", torch.float32, 1024, 1024, 512, 3, "sigmoid")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@apply(gpu)
+@pytest.mark.usefixtures("fixed_config")
+def test_gpu_linear_deterministic():
+    x, w, b, dw, db, g, c = make(4096, 512, 512, 3, torch.bfloat16, "cuda")
+    _, h = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
+    gy = torch.randn(4096, 512, device="cuda", dtype=torch.bfloat16)
+    first = K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True)
+    for _ in range(20):
+        again = K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True)
+        assert all(torch.equal(a, b_) for a, b_ in zip(first, again))
+        y2, h2 = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
+        assert torch.equal(h2, h)
+
+
+@apply(gpu)
+def test_gpu_linear_cuda_graph():
+    x, w, b, dw, db, g, c = make(256, 784, 128, 3, torch.bfloat16, "cuda")
+    gy = torch.randn(256, 128, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        y, h = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
+        return (y, *K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True))
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):  # autotuning and compilation happen here, outside the capture
+            eager = step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(eager[0], out[0])  # the fused forward is bitwise reproducible
+    for a, b_ in zip(eager[1:], out[1:]):  # cuBLAS may pick another algorithm under capture
+        torch.testing.assert_close(a, b_)
+
+
+@apply(interp)
+def test_autotune_candidates_fit():
+    """The GPU autotune pools: never empty, shared memory within an H100's budget, sized by problem and dtype."""
+    common = sys.modules["pai_fast.kernels._common"]
+    for rows, n, k, p in [(64, 128, 784, 4), (8192, 4096, 4096, 4), (8192, 4096, 4096, 16), (3, 5, 1, 1)]:
+        for es in (2, 4, 8):
+            chosen = common.select_configs(common.ALL_CONFIGS, rows, n, k, p, es)
+            assert chosen and len(chosen) <= 4
+            for c in chosen:
+                smem = c.num_stages * (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_C"]) * c.kwargs["BLOCK_K"] * es
+                assert smem <= 200 * 1024
+    big = common.select_configs(common.ALL_CONFIGS, 8192, 4096, 4096, 4, 2)
+    assert any(c.kwargs["BLOCK_C"] == 256 and c.num_warps == 8 for c in big)
