@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, test, benchmark. Full results go under $OUT; a short table is printed last.
-#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [sanitize] [export]   (default: build test bench)
+#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [sanitize] [export]   (default: build test bench)
 # Carry .whl/ (perforatedai's cp312 wheel) for the differential/baseline parts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,11 @@ if has test; then
   rc=$?
   tail -25 "$OUT/gpu_tests.log"
   summary+=("gpu tests rc=$rc in $(( $(date +%s) - t0 ))s: $(tail -1 "$OUT/gpu_tests.log")")
+fi
+
+if has profile; then
+  timeout 200 python3 benchmarks/profile_kernels.py >"$OUT/profile.txt" 2>&1
+  summary+=("profile rc=$? (profile.txt)")
 fi
 
 if has sanitize && [ -f benchmarks/sanitize.sh ]; then
