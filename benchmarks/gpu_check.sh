@@ -16,6 +16,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 
+# A fresh machine has nothing installed: build whenever the package (kernels + extension) is not importable.
+if ! has build && ! python3 -c "import pai_fast.kernels, pai_fast._C" >/dev/null 2>&1; then
+  stages="build $stages"
+fi
 if has build; then
   t0=$(date +%s)
   python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1

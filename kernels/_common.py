@@ -389,17 +389,24 @@ def dz_and_reductions(
     d = gate.shape[0]
     acc_t = torch_acc_dtype(dy_t.dtype)
     pd = next_pow2(max(d, 1))
-    # Register budget (checked with ptxas for sm_90, bf16): the [BLOCK_M, PD, BLOCK_N] tiles of a and da plus the
-    # [PD, PD, BLOCK_N] cascade-gradient accumulator. D <= 8 compiles without spills; larger D spills (correct, slower).
-    block_n = min(64 if pd <= 4 else max(8, 256 // pd), next_pow2(n))
-    budget = 4096 if interpreting() else (2048 if pd <= 2 else 1024)
-    block_m = max(1, min(64, budget // (pd * block_n)))
-    num_warps = 4
+    if interpreting():
+        # The interpreter pays per loop iteration: few, wide row blocks.
+        block_n = min(64, next_pow2(n))
+        block_m = max(1, min(64, 4096 // (pd * block_n)))
+        num_warps = 4
+    else:
+        # One row per iteration: every reduction over rows is then a per-thread running sum (no cross-thread
+        # reduction inside the loop, which made D > 1 latency-bound), and each thread keeps its columns' [PD] and
+        # [PD, PD] partials in registers (ptxas, sm_90, bf16: no spills for D <= 8). Rows are spread over many
+        # programs for memory-level parallelism instead.
+        block_m = 1
+        block_n = min(256 if pd <= 4 else 128, next_pow2(n))
+        num_warps = max(1, min(4, block_n // 64))
     num_m = triton.cdiv(rows, block_m)
     num_n = triton.cdiv(n, block_n)
     # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
-    # every GPU; 512 programs fill an H100 several times over.
-    split = max(1, min(num_m, triton.cdiv(512, num_n)))
+    # every GPU; ~2048 programs fill an H100 many times over. The [split, D, D, N] partials stay under 8M floats.
+    split = max(1, min(num_m, triton.cdiv(2048, num_n), (8 << 20) // max(1, d * d * n)))
     dev = dy_t.device
     part_db = torch.empty((split, n), device=dev, dtype=acc_t)
     part_dg = torch.empty((split, d, n), device=dev, dtype=acc_t)
