@@ -44,7 +44,7 @@ MAX_D = 31
 # Read ONCE, at import: triton.jit decides at decoration time whether a kernel is interpreted, and the launchers
 # must agree with how the kernels were decorated even if the environment changes later.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_state = {"autotune": os.environ.get("PAI_FAST_TRITON_AUTOTUNE", "1") != "0", "config": None}
+_state = {"autotune": os.environ.get("PAI_FAST_TRITON_AUTOTUNE", "1") != "0", "config": None, "dz_rows_kernel": False}
 
 
 def interpreting() -> bool:
@@ -371,6 +371,107 @@ def _dendritic_dz_kernel(
             tl.store(part_dcas_ptr + pid_m * D * D * N + kin, acc_dcas, mask=kin_mask)
 
 
+@triton.jit
+def _dendritic_dz_rows_kernel(
+    dy_ptr,
+    h_ptr,
+    g_ptr,
+    cas_ptr,
+    dz_ptr,
+    part_db_ptr,  # [SPLIT, N]
+    part_dg_ptr,  # [SPLIT, D, N]
+    part_dc_ptr,  # [SPLIT, D, N]
+    part_dcas_ptr,  # [SPLIT, D, D, N]
+    ROWS,
+    N,
+    S,
+    stride_dyb,
+    stride_dys,
+    stride_dyn,
+    stride_hb,
+    stride_hs,
+    stride_hd,
+    stride_hn,
+    stride_gd,
+    stride_gn,
+    stride_ai,
+    stride_aj,
+    stride_an,
+    stride_zb,
+    stride_zs,
+    stride_zd,
+    stride_zn,
+    D: tl.constexpr,
+    PD: tl.constexpr,
+    ACT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """The GPU dZ kernel: dendrites outer (i = D-1 .. 0, unrolled), rows inner, one row per step.
+
+    Every tensor is [BLOCK_N] or [PD, BLOCK_N] with the PD axis inside each thread, so no reduction crosses
+    threads inside the row loop (the [rows, PD, N] formulation did, and was latency-bound for D > 1). Pass i
+    reads the ds_k (k > i) that earlier passes wrote to dZ to push them back through the cascade:
+        da_i = g_i * dy + sum_{k>i} B[k, i] ds_k,   ds_i = da_i * act'(a_i),
+        dB[k, i] += sum_rows ds_k a_i,   dg_i += sum_rows dy a_i,   ddb_i += sum_rows ds_i.
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    split = tl.num_programs(0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    p = tl.arange(0, PD)
+    acc_db = tl.zeros((BLOCK_N,), ACC_DTYPE)
+    for r in range(pid_m, ROWS, split):
+        bb = r // S
+        ss = r - bb * S
+        dy_row = dy_ptr + bb.to(tl.int64) * stride_dyb + ss * stride_dys
+        dy = tl.load(dy_row + offs_n * stride_dyn, mask=n_mask, other=0.0)
+        z_row = dz_ptr + bb.to(tl.int64) * stride_zb + ss * stride_zs
+        tl.store(z_row + offs_n * stride_zn, dy, mask=n_mask)
+        acc_db += dy.to(ACC_DTYPE)
+    tl.store(part_db_ptr + pid_m * N + offs_n, acc_db, mask=n_mask)
+    for ii in tl.static_range(D):
+        i = D - 1 - ii
+        g_i = tl.load(g_ptr + i * stride_gd + offs_n * stride_gn, mask=n_mask, other=0.0).to(ACC_DTYPE)
+        later = (p > i)[:, None] & (p < D)[:, None] & n_mask[None, :]
+        # B[k, i] for every later dendrite k (zero elsewhere)
+        b_col = tl.load(
+            cas_ptr + p[:, None] * stride_ai + i * stride_aj + offs_n[None, :] * stride_an, mask=later, other=0.0
+        ).to(ACC_DTYPE)
+        acc_dg = tl.zeros((BLOCK_N,), ACC_DTYPE)
+        acc_dc = tl.zeros((BLOCK_N,), ACC_DTYPE)
+        acc_cas = tl.zeros((PD, BLOCK_N), ACC_DTYPE)
+        # Pass i reads ds_k that other threads of this program may have written in pass k.
+        tl.debug_barrier()
+        for r in range(pid_m, ROWS, split):
+            bb = r // S
+            ss = r - bb * S
+            dy_row = dy_ptr + bb.to(tl.int64) * stride_dyb + ss * stride_dys
+            dy = tl.load(dy_row + offs_n * stride_dyn, mask=n_mask, other=0.0).to(ACC_DTYPE)
+            h_row = h_ptr + bb.to(tl.int64) * stride_hb + ss * stride_hs
+            a_i = tl.load(h_row + i * stride_hd + offs_n * stride_hn, mask=n_mask, other=0.0).to(ACC_DTYPE)
+            z_row = dz_ptr + bb.to(tl.int64) * stride_zb + ss * stride_zs
+            da = g_i * dy
+            if i < D - 1:
+                ds_k = tl.load(
+                    z_row + (p[:, None] + 1) * stride_zd + offs_n[None, :] * stride_zn, mask=later, other=0.0
+                ).to(ACC_DTYPE)
+                da += tl.sum(b_col * ds_k, axis=0)
+                acc_cas += ds_k * a_i[None, :]
+            ds_i = da * _act_grad(a_i, ACT)
+            tl.store(z_row + (i + 1) * stride_zd + offs_n * stride_zn, ds_i.to(dz_ptr.dtype.element_ty), mask=n_mask)
+            acc_dc += ds_i
+            acc_dg += dy * a_i
+        tl.store(part_dg_ptr + (pid_m * D + i) * N + offs_n, acc_dg, mask=n_mask)
+        tl.store(part_dc_ptr + (pid_m * D + i) * N + offs_n, acc_dc, mask=n_mask)
+        if i < D - 1:
+            # dB[k, i] for k > i
+            tl.store(
+                part_dcas_ptr + pid_m * D * D * N + p[:, None] * (D * N) + i * N + offs_n[None, :], acc_cas, mask=later
+            )
+
+
 def dz_and_reductions(
     dy: tuple[torch.Tensor, int, int, int],
     h: tuple[torch.Tensor, int, int, int, int],
@@ -389,19 +490,21 @@ def dz_and_reductions(
     d = gate.shape[0]
     acc_t = torch_acc_dtype(dy_t.dtype)
     pd = next_pow2(max(d, 1))
-    if interpreting():
-        # The interpreter pays per loop iteration: few, wide row blocks.
+    rows_kernel = not interpreting() or _state.get("dz_rows_kernel", False)
+    if rows_kernel:
+        # The GPU kernel (_dendritic_dz_rows_kernel): [PD, BLOCK_N] tiles with PD inside each thread.
+        # A load of [PD, BLOCK_N] puts 16 bytes per thread along N; BLOCK_N = 32 * vec * num_warps keeps every
+        # warp along N (PD then stays inside each thread: ptxas shows no shuffles in the row loop).
+        block_m = 1
+        vec = max(1, 16 // dy_t.element_size())
+        num_warps = 4 if pd <= 4 else 2
+        block_n = min(32 * vec * num_warps, max(32, next_pow2(n)))
+        num_warps = max(1, min(num_warps, block_n // (32 * vec)))
+    else:
+        # The interpreter pays per loop iteration: the [rows, PD, N]-tile kernel, few wide row blocks.
         block_n = min(64, next_pow2(n))
         block_m = max(1, min(64, 4096 // (pd * block_n)))
         num_warps = 4
-    else:
-        # One row per iteration: every reduction over rows is then a per-thread running sum (no cross-thread
-        # reduction inside the loop, which made D > 1 latency-bound), and each thread keeps its columns' [PD] and
-        # [PD, PD] partials in registers (ptxas, sm_90, bf16: no spills for D <= 8). Rows are spread over many
-        # programs for memory-level parallelism instead.
-        block_m = 1
-        block_n = min(256 if pd <= 4 else 128, next_pow2(n))
-        num_warps = max(1, min(4, block_n // 64))
     num_m = triton.cdiv(rows, block_m)
     num_n = triton.cdiv(n, block_n)
     # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
@@ -412,34 +515,12 @@ def dz_and_reductions(
     part_dg = torch.empty((split, d, n), device=dev, dtype=acc_t)
     part_dc = torch.empty((split, d, n), device=dev, dtype=acc_t)
     part_dcas = torch.zeros((split, d, d, n), device=dev, dtype=acc_t) if d > 1 else part_dc
-    _dendritic_dz_kernel[(split, num_n)](
-        dy_t,
-        h[0],
-        gate,
-        cascade,
-        dz[0],
-        part_db,
-        part_dg,
-        part_dc,
-        part_dcas,
-        rows,
-        n,
-        s,
-        *dy[1:],
-        *h[1:],
-        gate.stride(0),
-        gate.stride(1),
-        cascade.stride(0),
-        cascade.stride(1),
-        cascade.stride(2),
-        *dz[1:],
-        D=d,
-        PD=pd,
-        ACT=act,
-        ACC_DTYPE=acc_dtype(dy_t.dtype),
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        num_warps=num_warps,
-    )
+    args = (dy_t, h[0], gate, cascade, dz[0], part_db, part_dg, part_dc, part_dcas, rows, n, s, *dy[1:], *h[1:])
+    args += (gate.stride(0), gate.stride(1), cascade.stride(0), cascade.stride(1), cascade.stride(2), *dz[1:])
+    meta = dict(D=d, PD=pd, ACT=act, ACC_DTYPE=acc_dtype(dy_t.dtype), BLOCK_N=block_n, num_warps=num_warps)
+    if rows_kernel:
+        _dendritic_dz_rows_kernel[(split, num_n)](*args, **meta)
+    else:
+        _dendritic_dz_kernel[(split, num_n)](*args, BLOCK_M=block_m, **meta)
     dcas = part_dcas.sum(0) if d > 1 else torch.zeros((d, d, n), device=dev, dtype=acc_t)
     return part_db.sum(0), part_dc.sum(0), part_dg.sum(0), dcas

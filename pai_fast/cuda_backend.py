@@ -422,7 +422,7 @@ def supports(kind: str, x: torch.Tensor, weight: torch.Tensor, D: int, activatio
     reasons: list[str] = []
     if _C is None:
         reasons.append(f"the CUDA extension pai_fast._C is not available ({_IMPORT_ERROR})")
-    elif not _emulated() and _C.device_count() == 0:
+    elif not _emulated() and not torch.cuda.is_available():  # torch's query: traceable by torch.compile
         reasons.append("pai_fast._C sees no CUDA GPU (no device or no driver)")
     if kind not in ("linear", "conv", "conv1d", "conv2d", "conv3d"):
         reasons.append(f"kind: expected 'linear' or 'conv', got {kind!r}")
