@@ -108,13 +108,12 @@ def test_compile_fullgraph_fused_interpret():
 def test_opcheck_linear_gpu(name, d):
     _require(name, "cuda")
     x, p = _linear_case(d, "cuda", dtype=torch.float32, m=33, k=65, n=40)
-    utils = list(torch.library._OPCHECK_DEFAULT_UTILS) if hasattr(torch.library, "_OPCHECK_DEFAULT_UTILS") else None
-    utils = utils or ["test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"]
     if d == 0:
-        # torch's schema and autograd-registration checks clone every CUDA input with torch._dynamo.utils.clone_input, which computes a
-        # negative size for the [0, 0, N] cascade (two empty dims) and raises before our op runs.
-        utils.remove("test_schema")
-        utils.remove("test_autograd_registration")  # the same clone
+        # opcheck clones every input with torch._dynamo.utils.clone_input, whose CUDA path computes a negative
+        # size for a contiguous [0, 0, N] tensor (two empty dims) and raises before the op runs. The same empty
+        # cascade with strides (0, 0, 1) clones fine.
+        p[5] = torch.empty_strided((0, 0, p[0].shape[0]), (0, 0, 1), device="cuda")
+    utils = ["test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"]
     fwd = torch.ops.pai_fast.dendritic_linear_fwd.default
     torch.library.opcheck(fwd, (x, *p, "sigmoid", name, True), test_utils=utils)
     y, h = torch.ops.pai_fast.dendritic_linear_fwd(x, *p, "sigmoid", name, True)
