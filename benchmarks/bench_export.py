@@ -242,9 +242,12 @@ def environment(threads: int | None) -> dict:
     except Exception:
         pai_version = None
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
+        commit = (
+            os.environ.get("PAI_FAST_COMMIT")
+            or subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        )
     except Exception:
         commit = None
     return {

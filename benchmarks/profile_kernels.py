@@ -35,7 +35,7 @@ def main() -> None:
         cas = (torch.randn(d, d, n, device="cuda", dtype=dt, generator=g) * 0.1).requires_grad_()
         dy = torch.randn(m, n, device="cuda", dtype=dt, generator=g)
 
-        def step():
+        def step(x=x, w=w, b=b, dw=dw, db=db, gate=gate, cas=cas, dy=dy):
             y = PF.dendritic_linear(x, w, b, dw, db, gate, cas, activation="sigmoid", backend=args.backend)
             y.backward(dy)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import warnings
@@ -68,7 +69,8 @@ def environment() -> dict:
     except Exception:
         info["triton"] = None
     try:
-        info["commit"] = (
+        # The GPU machine gets a copy of the working tree whose .git may lag: the caller can pass the commit.
+        info["commit"] = os.environ.get("PAI_FAST_COMMIT") or (
             subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
             or None
         )

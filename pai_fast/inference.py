@@ -110,13 +110,14 @@ class _FusedConv(_FusedLinear):
         )
 
 
-def _inference_layer(layer: nn.Module, path: str, backend: str | None) -> nn.Module:
+def _inference_layer(layer: nn.Module, path: str, backend: str | None, fused_convs: bool = True) -> nn.Module:
     name = activation_name(layer.activation)
     fused = int(layer.num_dendrites) > 0 and name in FUSED_CODES and backend != "torch"
     if fused and isinstance(layer, nn.Linear):
         return _FusedLinear(layer, backend)
     if (
         fused
+        and fused_convs
         and isinstance(layer, nn.modules.conv._ConvNd)
         and not layer.transposed
         and layer.groups == 1
@@ -126,11 +127,11 @@ def _inference_layer(layer: nn.Module, path: str, backend: str | None) -> nn.Mod
     return fold_layer(layer, path)  # the best plain-torch form (cuBLAS/cuDNN over the stacked weight)
 
 
-def _inference_copy(model: nn.Module, backend: str | None) -> nn.Module:
+def _inference_copy(model: nn.Module, backend: str | None, fused_convs: bool = True) -> nn.Module:
     memo: dict[int, Any] = {}
     for path, m in model.named_modules():
         if isinstance(m, DendriteMixin) and id(m) not in memo:
-            memo[id(m)] = _inference_layer(m, path, backend)
+            memo[id(m)] = _inference_layer(m, path, backend, fused_convs)
     out = memo[id(model)] if id(model) in memo else copy.deepcopy(model, memo)
     out.eval()
     out.requires_grad_(False)
@@ -252,6 +253,7 @@ def optimize(
     clone_outputs: bool = True,
     max_graphs: int = 8,
     warmup: int = 3,
+    fused_convs: bool = False,
 ) -> nn.Module:
     """A callable module for fast inference of ``model`` on the device of its parameters.
 
@@ -267,6 +269,9 @@ def optimize(
             valid until the next call.
         max_graphs: graphs kept for different input shapes; further shapes run eagerly.
         warmup: eager runs before each capture.
+        fused_convs: run dendritic convs through the fused conv op too. Off by default: on an H100 cuDNN's conv
+            over the stacked weight (the folded form) is 3-9x faster than the fused Triton conv
+            (benchmarks/results/h100_conv_bf16.json), and inside a CUDA graph the extra epilogue ops cost little.
 
     Returns:
         On a CUDA device a ``CUDAGraphInference`` module; on a CPU ``pai_fast.fold(model)``.
@@ -285,7 +290,7 @@ def optimize(
     if device.type != "cuda":
         folded = fold(model)
         return folded.to(dtype) if dtype is not None else folded
-    module = _inference_copy(model, backend)
+    module = _inference_copy(model, backend, fused_convs)
     if dtype is not None:
         module = module.to(dtype)
     wrapped = CUDAGraphInference(module, device, dtype, cuda_graph, clone_outputs, max_graphs, warmup)

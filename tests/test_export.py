@@ -498,14 +498,15 @@ def _gpu_models():
 @pytest.mark.parametrize("name", ["mlp", "convnet", "custom_act"])
 @pytest.mark.parametrize("d", [0, 1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_optimize_gpu_cuda_graph_matches_eager(name, d, dtype):
+@pytest.mark.parametrize("fused_convs", [False, True])
+def test_optimize_gpu_cuda_graph_matches_eager(name, d, dtype, fused_convs):
     from pai_fast.inference import CUDAGraphInference, optimize
 
     make, shape = _gpu_models()[name]
     model = randomise_dendrites(make(d)).cuda().to(dtype)
     atol, rtol = TOL[dtype]
     example = torch.randn(8, *shape, device="cuda", dtype=dtype)
-    fast = optimize(model, (example,), dtype=dtype)
+    fast = optimize(model, (example,), dtype=dtype, fused_convs=fused_convs)
     assert isinstance(fast, CUDAGraphInference) and len(fast._graphs) == 1
     outs = []
     for _ in range(3):  # fresh data each call: the static input buffer is refilled every time
