@@ -345,3 +345,33 @@ def test_gpu_conv_deterministic():
         again = K.conv_bwd(gy, x, w, dw, g, c, h, *geo, "sigmoid", True)
         # dX / dW come from cuDNN; with torch.backends.cudnn.deterministic unset only the fused parts are pinned.
         assert all(torch.equal(a, b_) for a, b_ in list(zip(first, again))[2:])
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as hs
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    given = None
+
+
+if given is not None:
+
+    @apply(interp)
+    @settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(
+        nd=hs.integers(1, 2),
+        b=hs.integers(0, 2),
+        c=hs.integers(1, 4),
+        n=hs.integers(1, 5),
+        k=hs.integers(1, 3),
+        d=hs.integers(0, 4),
+        stride=hs.integers(1, 2),
+        padding=hs.integers(0, 1),
+        dilation=hs.integers(1, 2),
+        extra=hs.integers(0, 3),
+        act=hs.sampled_from(["sigmoid", "tanh", "relu", "identity"]),
+    )
+    def test_conv_fuzzed_shapes(nd, b, c, n, k, d, stride, padding, dilation, extra, act):
+        """Hypothesis-drawn Conv1d/2d geometries (batch 0 included) in float64."""
+        side = max(1, dilation * (k - 1) + 1 - 2 * padding) + extra  # at least one output position
+        conv_case(DEVICE, torch.float64, b, c, n, (side,) * nd, k, d, act, stride, padding, dilation)

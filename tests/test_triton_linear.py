@@ -557,3 +557,27 @@ def test_linear_gpu_dz_kernel_in_interpreter(d, monkeypatch):
     """The GPU's dZ kernel (dendrites outer, one row per step) under the interpreter, against float64 autograd."""
     monkeypatch.setitem(sys.modules["pai_fast.kernels._common"]._state, "dz_rows_kernel", True)
     linear_case(DEVICE, torch.float64, 7, 6, 9, d, "tanh")
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    given = None
+
+
+if given is not None:
+
+    @apply(interp)
+    @settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(
+        m=st.integers(0, 40),
+        k=st.integers(1, 40),
+        n=st.integers(1, 40),
+        d=st.integers(0, 9),
+        act=st.sampled_from(["sigmoid", "tanh", "relu", "identity"]),
+        bias=st.booleans(),
+    )
+    def test_linear_fuzzed_shapes(m, k, n, d, act, bias):
+        """Hypothesis-drawn shapes (batch 0 included, D beyond the fused register path) in float64."""
+        linear_case(DEVICE, torch.float64, m, k, n, d, act, bias=bias)
