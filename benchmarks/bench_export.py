@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pai_fast  # noqa: E402
-from pai_fast.export import export, fold  # noqa: E402
+from pai_fast.exporting import export, fold  # noqa: E402
 
 D = 3
 

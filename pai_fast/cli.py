@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "doctor":
         return doctor()
-    return _run_module(f"pai_fast.{args.command}", rest)
+    # pai_fast.export is the export *function* (pai_fast/__init__); its module is pai_fast.exporting.
+    module = {"export": "exporting"}.get(args.command, args.command)
+    return _run_module(f"pai_fast.{module}", rest)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,7 @@ On a CUDA GPU the returned module
   (``pai_fast::dendritic_linear_fwd`` / ``dendritic_conv_fwd`` with ``save_for_backward=False``: no autograd
   node, no saved dendrite activations) through the ``auto`` backend (Triton, else CUDA C++, else torch with one
   warning); layers the fused kernels do not cover (0 dendrites, custom activation callables, grouped or
-  string-padded convs) run their folded plain-torch form (pai_fast.export.fold_layer);
+  string-padded convs) run their folded plain-torch form (pai_fast.exporting.fold_layer);
 * captures the whole forward in a CUDA graph per input signature (shapes, dtypes) and replays it: each call
   copies the inputs into the graph's static input buffers, replays, and returns a clone of the static outputs
   (``clone_outputs=False`` returns the static buffers themselves, which the next call overwrites). The graph for
@@ -29,7 +29,7 @@ from torch.utils import _pytree as pytree
 
 from .activations import FUSED_CODES, activation_name
 from .backends import CHOICES
-from .export import _check_inputs, _check_model, fold, fold_layer
+from .exporting import _check_inputs, _check_model, fold, fold_layer
 from .functional import dendritic_conv1d, dendritic_conv2d, dendritic_conv3d, dendritic_linear
 from .nn import DendriteMixin
 

@@ -1,4 +1,4 @@
-"""pai_fast.export (fold, export to ONNX / pt2 / ExecuTorch, the ``pai-fast export`` CLI) and pai_fast.inference.
+"""pai_fast.exporting (fold, export to ONNX / pt2 / ExecuTorch, the ``pai-fast export`` CLI) and pai_fast.inference.
 
 CPU tests run in CI (ONNX export is slow, ~3 s a model: few ONNX cases, small models); tests of
 inference.optimize on a GPU are marked ``gpu``.
@@ -18,7 +18,7 @@ from torch import nn
 
 import pai_fast
 from pai_fast import DendriticConv1d, DendriticConv2d, DendriticConv3d, DendriticLinear
-from pai_fast.export import (
+from pai_fast.exporting import (
     ExportCheckError,
     ExportError,
     ExportResult,
@@ -268,7 +268,7 @@ def test_custom_activation_pt2_ok_onnx_clear_error(tmp_path):
 
 
 def test_check_failure_raises_with_error(tmp_path, monkeypatch):
-    import pai_fast.export as ex
+    import pai_fast.exporting as ex
 
     real = ex._runner
 
@@ -380,13 +380,16 @@ def test_cli_export_onnx_end_to_end(tmp_path, capsys):
     assert _max_err(torch.from_numpy(y), dendritic_mlp()(x)) <= 1e-5
 
 
-@pytest.mark.parametrize("kind", ["state_dict_pt", "state_dict_safetensors", "pai_fast_checkpoint", "perforatedai"])
+@pytest.mark.parametrize(
+    "kind", ["state_dict_pt", "state_dict_safetensors", "pai_fast_checkpoint", "pai_fast_plain_factory", "perforatedai"]
+)
 def test_cli_export_pt2_with_checkpoint(tmp_path, capsys, kind):
     act = "tanh" if kind == "state_dict_safetensors" else "sigmoid"
     trained = nn.Sequential(
         DendriticLinear(64, 16, dendrites=2, activation=act), nn.Tanh(), DendriticLinear(16, 10, dendrites=3)
     )
-    trained[2].activation = "tanh" if kind == "pai_fast_checkpoint" else act  # as in the factory's model
+    # as in the factory's model; a pai_fast checkpoint records each layer's activation (no --activation needed)
+    trained[2].activation = "tanh" if kind.startswith("pai_fast") else act
     randomise_dendrites(trained, seed=3)
     with torch.no_grad():
         for p in trained.parameters():
@@ -406,7 +409,8 @@ def test_cli_export_pt2_with_checkpoint(tmp_path, capsys, kind):
     else:
         pai_fast.save_checkpoint(trained, ckpt)
     out = str(tmp_path / "m.pt2")
-    # A plain nn.Linear model from the factory: the dendrites come from the checkpoint.
+    # A plain nn.Linear model from the factory: the dendrites (and, from a pai_fast checkpoint, their
+    # activations) come from the checkpoint.
     factory = f"{FIXTURES}:plain_mlp" if kind == "state_dict_pt" else "tests.fixtures_export:plain_mlp"
     if kind == "pai_fast_checkpoint":
         factory = "tests.fixtures_export:dendritic_mlp"  # other dendrite counts: the checkpoint resizes them
@@ -570,3 +574,15 @@ def test_inference_linear_routes_few_rows_long_k_to_torch(monkeypatch):
     with torch.no_grad():
         short(torch.randn(1, 64))
     assert seen == ["triton"]
+
+
+def test_top_level_fold_and_export_are_the_functions(tmp_path):
+    """pai_fast.fold / pai_fast.export are functions even after their module was imported (a submodule named
+    ``export`` would replace the attribute with itself)."""
+    import pai_fast.exporting  # noqa: F401
+    import pai_fast.inference  # noqa: F401  (imports the exporting module too)
+
+    assert callable(pai_fast.export) and callable(pai_fast.fold) and pai_fast.export is pai_fast.exporting.export
+    model = randomise_dendrites(mlp(1))
+    res = pai_fast.export(pai_fast.fold(model), (torch.randn(2, 64),), tmp_path / "m.pt2", format="pt2")
+    assert res.max_abs_error <= 1e-5

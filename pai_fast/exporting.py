@@ -30,6 +30,7 @@ import argparse
 import copy
 import importlib
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -818,9 +819,12 @@ _DENDRITIC_FOR = {nn.Linear: DendriticLinear, nn.Conv1d: DendriticConv1d, nn.Con
 _DENDRITIC_FOR[nn.Conv3d] = DendriticConv3d
 
 
-def _grow_to_state(model: nn.Module, sd: dict[str, torch.Tensor], activation: str) -> nn.Module:
-    """Resize (or make dendritic, with ``activation``) the layers named by ``*.dendrite_weight`` keys to the saved
-    dendrite counts. A plain state dict records no activation: pai_fast layers keep theirs."""
+def _grow_to_state(
+    model: nn.Module, sd: dict[str, torch.Tensor], activation: str, activations: dict[str, str] | None = None
+) -> nn.Module:
+    """Resize (or make dendritic, with ``activations[path]`` if recorded, else ``activation``) the layers named by
+    ``*.dendrite_weight`` keys to the saved dendrite counts. A plain state dict records no activation: pai_fast
+    layers keep theirs."""
     for key, t in sd.items():
         if not key.endswith("dendrite_weight"):
             continue
@@ -836,7 +840,7 @@ def _grow_to_state(model: nn.Module, sd: dict[str, torch.Tensor], activation: st
         cls = _DENDRITIC_FOR.get(type(layer))
         if cls is None:
             raise ValueError(f"--checkpoint: key {key!r} holds dendrites for a {type(layer).__name__}")
-        new = cls.from_module(layer, dendrites=d, activation=activation)
+        new = cls.from_module(layer, dendrites=d, activation=(activations or {}).get(prefix, activation))
         if prefix:
             parent_name, _, child = prefix.rpartition(".")
             setattr(model.get_submodule(parent_name), child, new)
@@ -872,6 +876,10 @@ def _load_weights(model: nn.Module, path: str, activation: str = "sigmoid") -> n
     if "pai_fast.format_version" in metadata or (perforatedai and has_pai_fast_layers):
         from .checkpoint import load_checkpoint
 
+        if "pai_fast.format_version" in metadata:
+            # A model built by a plain factory: make the checkpoint's dendritic layers dendritic first.
+            acts = json.loads(metadata.get("pai_fast.activations") or "{}")
+            model = _grow_to_state(model, sd, activation, acts)
         load_checkpoint(model, path)
         return model
     if perforatedai:
