@@ -76,3 +76,20 @@ def test_doctor_runs(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "backend" in out and "available" in out
+
+
+def test_auto_order_by_shape_class():
+    """auto tries the CUDA C++ backend first on small (launch-bound) Linear layers, Triton first otherwise."""
+    from pai_fast import backends
+
+    small = torch.empty(256, 1024, device="meta")
+    large = torch.empty(8192, 4096, device="meta")
+    assert backends.auto_order("linear", small, torch.empty(1024, 1024, device="meta"), 3) == ("cuda", "triton")
+    assert backends.auto_order("linear", large, torch.empty(4096, 4096, device="meta"), 1) == ("triton",)
+    seq = torch.empty(4, 64, 1024, device="meta")  # [B, T, F]: rows = B * T
+    assert backends.auto_order("linear", seq, torch.empty(1024, 1024, device="meta"), 3) == ("cuda", "triton")
+    assert backends.auto_order("linear", torch.empty(0, 8, device="meta"), torch.empty(4, 8, device="meta"), 1)[0] == (
+        "cuda"
+    )
+    conv_x = torch.empty(1, 3, 8, 8, device="meta")
+    assert backends.auto_order("conv", conv_x, torch.empty(4, 3, 3, 3, device="meta"), 1) == ("triton",)
