@@ -296,7 +296,6 @@ def test_executorch_round_trip(tmp_path):
         assert _max_err(method.execute([x])[0], model(x)) <= 1e-5
 
 
-@pytest.mark.slow
 def test_pt2_aoti_package(tmp_path):
     model = randomise_dendrites(mlp(2))
     path = str(tmp_path / "mlp_aoti.pt2")
