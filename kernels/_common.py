@@ -44,7 +44,7 @@ MAX_D = 31
 # Read ONCE, at import: triton.jit decides at decoration time whether a kernel is interpreted, and the launchers
 # must agree with how the kernels were decorated even if the environment changes later.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_state = {"autotune": os.environ.get("PAI_FAST_TRITON_AUTOTUNE", "1") != "0", "config": None, "dz_rows_kernel": False}
+_state = {"autotune": os.environ.get("PAI_FAST_TRITON_AUTOTUNE", "1") != "0", "config": None}
 
 
 def interpreting() -> bool:
@@ -277,113 +277,6 @@ def _dendritic_dz_kernel(
     part_dcas_ptr,  # [SPLIT, D, D, N]
     ROWS,
     N,
-    S,  # rows are (batch, position) pairs: row = b * S + s (S = 1 for Linear)
-    stride_dyb,
-    stride_dys,
-    stride_dyn,
-    stride_hb,
-    stride_hs,
-    stride_hd,
-    stride_hn,
-    stride_gd,
-    stride_gn,
-    stride_ai,
-    stride_aj,
-    stride_an,
-    stride_zb,
-    stride_zs,
-    stride_zd,  # offset between branch blocks of dZcat (N * channel stride)
-    stride_zn,
-    D: tl.constexpr,
-    PD: tl.constexpr,
-    ACT: tl.constexpr,
-    ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    split = tl.num_programs(0)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    p = tl.arange(0, PD)
-    p_ok = p < D
-    p3 = p[None, :, None]
-    pn_mask = p_ok[:, None] & n_mask[None, :]
-    if D > 0:
-        gate = tl.load(g_ptr + p[:, None] * stride_gd + offs_n[None, :] * stride_gn, mask=pn_mask, other=0.0)
-        gate = gate.to(ACC_DTYPE)
-    acc_db = tl.zeros((BLOCK_N,), ACC_DTYPE)
-    acc_dg = tl.zeros((PD, BLOCK_N), ACC_DTYPE)
-    acc_dc = tl.zeros((PD, BLOCK_N), ACC_DTYPE)
-    acc_dcas = tl.zeros((PD, PD, BLOCK_N), ACC_DTYPE)
-    num_blocks = tl.cdiv(ROWS, BLOCK_M)
-    # Each program owns a fixed, strided set of row blocks: the partial sums depend only on the shapes.
-    for mb in range(pid_m, num_blocks, split):
-        offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_mask = offs_m < ROWS
-        rows = offs_m.to(tl.int64)
-        bb = rows // S
-        ss = rows - bb * S
-        mn_mask = m_mask[:, None] & n_mask[None, :]
-        dy = tl.load(
-            dy_ptr + (bb * stride_dyb + ss * stride_dys)[:, None] + offs_n[None, :] * stride_dyn,
-            mask=mn_mask,
-            other=0.0,
-        ).to(ACC_DTYPE)
-        z_rows = dz_ptr + bb * stride_zb + ss * stride_zs
-        z_ptrs = z_rows[:, None] + offs_n[None, :] * stride_zn
-        tl.store(z_ptrs, dy.to(z_ptrs.dtype.element_ty), mask=mn_mask)
-        acc_db += tl.sum(dy, axis=0)
-        if D > 0:
-            h_rows = h_ptr + bb * stride_hb + ss * stride_hs
-            h_ptrs = h_rows[:, None, None] + p3 * stride_hd + offs_n[None, None, :] * stride_hn
-            a = tl.load(h_ptrs, mask=m_mask[:, None, None] & pn_mask[None, :, :], other=0.0).to(ACC_DTYPE)
-            acc_dg += tl.sum(dy[:, None, :] * a, axis=0)
-            da = gate[None, :, :] * dy[:, None, :]
-            for ii in tl.static_range(D):
-                i = D - 1 - ii
-                sel = p3 == i
-                da_i = tl.sum(tl.where(sel, da, 0.0), axis=1)
-                a_i = tl.sum(tl.where(sel, a, 0.0), axis=1)
-                ds_i = da_i * _act_grad(a_i, ACT)
-                tl.store(z_ptrs + (i + 1) * stride_zd, ds_i.to(z_ptrs.dtype.element_ty), mask=mn_mask)
-                acc_dc += tl.where(p[:, None] == i, tl.sum(ds_i, axis=0)[None, :], 0.0)
-                if i > 0:
-                    # dB[i, j] += sum_rows ds_i a_j (j < i), and push ds_i back: da_j += B[i, j] ds_i.
-                    contrib = tl.sum(ds_i[:, None, :] * a, axis=0)
-                    contrib = tl.where((p < i)[:, None], contrib, 0.0)
-                    acc_dcas += tl.where(p[:, None, None] == i, contrib[None, :, :], 0.0)
-                    b_row = tl.load(
-                        cas_ptr + i * stride_ai + p[:, None] * stride_aj + offs_n[None, :] * stride_an,
-                        mask=(p < i)[:, None] & n_mask[None, :],
-                        other=0.0,
-                    ).to(ACC_DTYPE)
-                    da += b_row[None, :, :] * ds_i[:, None, :]
-    tl.store(part_db_ptr + pid_m * N + offs_n, acc_db, mask=n_mask)
-    if D > 0:
-        pn_off = p[:, None] * N + offs_n[None, :]
-        tl.store(part_dg_ptr + pid_m * D * N + pn_off, acc_dg, mask=pn_mask)
-        tl.store(part_dc_ptr + pid_m * D * N + pn_off, acc_dc, mask=pn_mask)
-        if D > 1:
-            kin = p[:, None, None] * (D * N) + p[None, :, None] * N + offs_n[None, None, :]
-            kin_mask = p_ok[:, None, None] & pn_mask[None, :, :]
-            tl.store(part_dcas_ptr + pid_m * D * D * N + kin, acc_dcas, mask=kin_mask)
-
-
-@triton.jit
-def _dendritic_dz_rows_kernel(
-    dy_ptr,
-    h_ptr,
-    g_ptr,
-    cas_ptr,
-    dz_ptr,
-    part_db_ptr,  # [SPLIT, N]
-    part_dg_ptr,  # [SPLIT, D, N]
-    part_dc_ptr,  # [SPLIT, D, N]
-    part_dcas_ptr,  # [SPLIT, D, D, N]
-    ROWS,
-    N,
     S,
     stride_dyb,
     stride_dys,
@@ -407,7 +300,7 @@ def _dendritic_dz_rows_kernel(
     ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """The GPU dZ kernel: dendrites outer (i = D-1 .. 0, unrolled), rows inner, one row per step.
+    """The dZ kernel: dendrites outer (i = D-1 .. 0, unrolled), rows inner, one row per step.
 
     Every tensor is [BLOCK_N] or [PD, BLOCK_N] with the PD axis inside each thread, so no reduction crosses
     threads inside the row loop (the [rows, PD, N] formulation did, and was latency-bound for D > 1). Pass i
@@ -490,26 +383,16 @@ def dz_and_reductions(
     d = gate.shape[0]
     acc_t = torch_acc_dtype(dy_t.dtype)
     pd = next_pow2(max(d, 1))
-    rows_kernel = not interpreting() or _state.get("dz_rows_kernel", False)
-    if rows_kernel:
-        # The GPU kernel (_dendritic_dz_rows_kernel): [PD, BLOCK_N] tiles with PD inside each thread.
-        # A load of [PD, BLOCK_N] puts 16 bytes per thread along N; BLOCK_N = 32 * vec * num_warps keeps every
-        # warp along N (PD then stays inside each thread: ptxas shows no shuffles in the row loop).
-        block_m = 1
-        vec = max(1, 16 // dy_t.element_size())
-        num_warps = 4 if pd <= 4 else 2
-        block_n = min(32 * vec * num_warps, max(32, next_pow2(n)))
-        num_warps = max(1, min(num_warps, block_n // (32 * vec)))
-    else:
-        # The interpreter pays per loop iteration: the [rows, PD, N]-tile kernel, few wide row blocks.
-        block_n = min(64, next_pow2(n))
-        block_m = max(1, min(64, 4096 // (pd * block_n)))
-        num_warps = 4
-    num_m = triton.cdiv(rows, block_m)
+    # [PD, BLOCK_N] tiles with PD inside each thread: a load puts 16 bytes per thread along N, so BLOCK_N =
+    # 32 * vec * num_warps keeps every warp along N (ptxas: no shuffles in the row loop).
+    vec = max(1, 16 // dy_t.element_size())
+    num_warps = 4 if pd <= 4 else 2
+    block_n = min(32 * vec * num_warps, max(32, next_pow2(n)))
+    num_warps = max(1, min(num_warps, block_n // (32 * vec)))
     num_n = triton.cdiv(n, block_n)
     # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
     # every GPU; ~2048 programs fill an H100 many times over. The [split, D, D, N] partials stay under 8M floats.
-    split = max(1, min(num_m, triton.cdiv(2048, num_n), (8 << 20) // max(1, d * d * n)))
+    split = max(1, min(rows, triton.cdiv(2048, num_n), (8 << 20) // max(1, d * d * n)))
     dev = dy_t.device
     part_db = torch.empty((split, n), device=dev, dtype=acc_t)
     part_dg = torch.empty((split, d, n), device=dev, dtype=acc_t)
@@ -518,9 +401,6 @@ def dz_and_reductions(
     args = (dy_t, h[0], gate, cascade, dz[0], part_db, part_dg, part_dc, part_dcas, rows, n, s, *dy[1:], *h[1:])
     args += (gate.stride(0), gate.stride(1), cascade.stride(0), cascade.stride(1), cascade.stride(2), *dz[1:])
     meta = dict(D=d, PD=pd, ACT=act, ACC_DTYPE=acc_dtype(dy_t.dtype), BLOCK_N=block_n, num_warps=num_warps)
-    if rows_kernel:
-        _dendritic_dz_rows_kernel[(split, num_n)](*args, **meta)
-    else:
-        _dendritic_dz_kernel[(split, num_n)](*args, BLOCK_M=block_m, **meta)
+    _dendritic_dz_kernel[(split, num_n)](*args, **meta)
     dcas = part_dcas.sum(0) if d > 1 else torch.zeros((d, d, n), device=dev, dtype=acc_t)
     return part_db.sum(0), part_dc.sum(0), part_dg.sum(0), dcas

@@ -553,9 +553,8 @@ def test_autotune_candidates_fit():
 
 @apply(interp)
 @pytest.mark.parametrize("d", [0, 1, 3, 5])
-def test_linear_gpu_dz_kernel_in_interpreter(d, monkeypatch):
-    """The GPU's dZ kernel (dendrites outer, one row per step) under the interpreter, against float64 autograd."""
-    monkeypatch.setitem(sys.modules["pai_fast.kernels._common"]._state, "dz_rows_kernel", True)
+def test_linear_dz_kernel_float64(d):
+    """The dZ kernel (dendrites outer, one row per step) on odd sizes, against float64 autograd."""
     linear_case(DEVICE, torch.float64, 7, 6, 9, d, "tanh")
 
 
