@@ -158,6 +158,26 @@ def _grad_like(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, (out if out.is_contiguous() else torch.empty(t.shape, dtype=t.dtype, device=t.device))
 
 
+def _grad_buffers(x, weight, dendrite_weight, gate, cascade, d: int, has_bias: bool):
+    """Gradient outputs of a backward: (dx, dw, dw_buf, dbias, ddw, ddw_buf, ddb, dg, dg_buf, dc, dc_buf); the
+    *_buf tensors are what the kernels write (contiguous), copied into the strided results by _finish."""
+    n = weight.shape[0]
+    dev, dty = x.device, x.dtype
+    alloc = torch.empty if has_bias else torch.zeros  # the bias gradients are zeros without a bias
+    dw, dw_buf = _grad_like(weight)
+    if d > 0:
+        ddw, ddw_buf = _grad_like(dendrite_weight)
+        dg, dg_buf = _grad_like(gate)
+        dc, dc_buf = _grad_like(cascade)
+    else:
+        ddw = ddw_buf = torch.empty_like(dendrite_weight)
+        dg = dg_buf = torch.empty_like(gate)
+        dc = dc_buf = torch.empty_like(cascade)
+    dbias = alloc(n, dtype=dty, device=dev)
+    ddb = alloc((d, n), dtype=dty, device=dev)
+    return torch.empty_like(x), dw, dw_buf, dbias, ddw, ddw_buf, ddb, dg, dg_buf, dc, dc_buf
+
+
 def _finish(out: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
     if buf is not out:
         out.copy_(buf)
@@ -229,20 +249,9 @@ def linear_bwd(
     d = _d_of(dendrite_weight)
     if d > 0:
         _check_same(x2d, h=h)
-    n = weight.shape[0]
-    dev, dty = x2d.device, x2d.dtype
-    dx = torch.empty_like(x2d)
-    dw, dw_buf = _grad_like(weight)
-    dbias = torch.empty(n, dtype=dty, device=dev) if has_bias else torch.zeros(n, dtype=dty, device=dev)
-    if d > 0:
-        ddw, ddw_buf = _grad_like(dendrite_weight)
-        dg, dg_buf = _grad_like(gate)
-        dc, dc_buf = _grad_like(cascade)
-    else:
-        ddw = ddw_buf = torch.empty_like(dendrite_weight)
-        dg = dg_buf = torch.empty_like(gate)
-        dc = dc_buf = torch.empty_like(cascade)
-    ddb = torch.empty((d, n), dtype=dty, device=dev) if has_bias else torch.zeros((d, n), dtype=dty, device=dev)
+    dx, dw, dw_buf, dbias, ddw, ddw_buf, ddb, dg, dg_buf, dc, dc_buf = _grad_buffers(
+        x2d, weight, dendrite_weight, gate, cascade, d, has_bias
+    )
     v, _, g, c = _dendrite_args(d, dendrite_weight, None, gate, cascade)
     hh = h if d > 0 else None
     args = [
@@ -266,7 +275,7 @@ def linear_bwd(
     ]
     with _DeviceGuard(x2d):
         nbytes = lib.linear_backward(*args, None, 0, 0)
-        ws = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+        ws = torch.empty(nbytes, dtype=torch.uint8, device=dx.device)
         lib.linear_backward(*args, ws.data_ptr(), nbytes, _stream(x2d))
     return dx, _finish(dw, dw_buf), dbias, _finish(ddw, ddw_buf), ddb, _finish(dg, dg_buf), _finish(dc, dc_buf)
 
@@ -371,20 +380,9 @@ def conv_bwd(
     d = _d_of(dendrite_weight)
     if d > 0:
         _check_same(x, h=h)
-    n = weight.shape[0]
-    dev, dty = x.device, x.dtype
-    dx = torch.empty_like(x)
-    dw, dw_buf = _grad_like(weight)
-    dbias = torch.empty(n, dtype=dty, device=dev) if has_bias else torch.zeros(n, dtype=dty, device=dev)
-    if d > 0:
-        ddw, ddw_buf = _grad_like(dendrite_weight)
-        dg, dg_buf = _grad_like(gate)
-        dc, dc_buf = _grad_like(cascade)
-    else:
-        ddw = ddw_buf = torch.empty_like(dendrite_weight)
-        dg = dg_buf = torch.empty_like(gate)
-        dc = dc_buf = torch.empty_like(cascade)
-    ddb = torch.empty((d, n), dtype=dty, device=dev) if has_bias else torch.zeros((d, n), dtype=dty, device=dev)
+    dx, dw, dw_buf, dbias, ddw, ddw_buf, ddb, dg, dg_buf, dc, dc_buf = _grad_buffers(
+        x, weight, dendrite_weight, gate, cascade, d, has_bias
+    )
     v, _, g, c = _dendrite_args(d, dendrite_weight, None, gate, cascade)
     args = [
         dt,
@@ -411,7 +409,7 @@ def conv_bwd(
     ]
     with _DeviceGuard(x):
         nbytes = lib.conv_backward(*args, None, 0, 0)
-        ws = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+        ws = torch.empty(nbytes, dtype=torch.uint8, device=dx.device)
         lib.conv_backward(*args, ws.data_ptr(), nbytes, _stream(x))
     return dx, _finish(dw, dw_buf), dbias, _finish(ddw, ddw_buf), ddb, _finish(dg, dg_buf), _finish(dc, dc_buf)
 

@@ -6,29 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tracker import processors as _processors
 from ..tracker.errors import PAIConfigurationError
 from ..tracker.generic import PAISequential
-from ..tracker.processors import (
-    GRUCellProcessor,
-    GRUProcessor,
-    LSTMCellProcessor,
-    LSTMProcessor,
-    LSTMProcessorLastHidden,
-    MultiOutputProcessor,
-    PAIProcessor,
-)
+from ..tracker.processors import *  # noqa: F403 (perforatedai serves every processor from this module)
 
-__all__ = [
-    "GRUCellProcessor",
-    "GRUProcessor",
-    "LSTMCellProcessor",
-    "LSTMProcessor",
-    "LSTMProcessorLastHidden",
-    "MultiOutputProcessor",
-    "PAIProcessor",
-    "ResNetPAI",
-    "ResNetPAIPreFC",
-]
+__all__ = [*_processors.__all__, "ResNetPAI", "ResNetPAIPreFC"]
 
 
 def _blocks(layer: nn.Module, name: str) -> nn.Sequential:

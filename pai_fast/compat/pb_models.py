@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
+from ..tracker import processors as _processors
 from ..tracker.generic import PAISequential
-from ..tracker.processors import (
-    GRUCellProcessor,
-    GRUProcessor,
-    LSTMCellProcessor,
-    LSTMProcessor,
-    LSTMProcessorLastHidden,
-    MultiOutputProcessor,
-    PAIProcessor,
-)
+from ..tracker.processors import *  # noqa: F403 (the old module served every processor too)
+from ..tracker.processors import MultiOutputProcessor
 from .library_perforatedai import ResNetPAI, ResNetPAIPreFC
 
 PBSequential = PAISequential
@@ -21,13 +15,7 @@ ResNetPB = ResNetPAI
 ResNetPBPreFC = ResNetPAIPreFC
 
 __all__ = [
-    "GRUCellProcessor",
-    "GRUProcessor",
-    "LSTMCellProcessor",
-    "LSTMProcessor",
-    "LSTMProcessorLastHidden",
-    "MultiOutputProcessor",
-    "PAIProcessor",
+    *_processors.__all__,
     "PBSequential",
     "ResNetPB",
     "ResNetPBPreFC",

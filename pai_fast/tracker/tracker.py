@@ -867,6 +867,16 @@ class PAINeuronModuleTracker(CamelCaseTrackerAPI):
         self.save_graphs()
         return net
 
+    def _commit_sweep_rate(self, net: nn.Module, d: int, lr: float) -> None:
+        """End the LR sweep on the current trial: keep its state as PICKED and commit to its starting rate."""
+        mv = self.member_vars
+        skip = mv["current_n_learning_rate_initial_skip_steps"]
+        self.save_graphs(f"{_timestamp()}_PBCount_{d}_startSteps_{skip}PICKED")
+        self.save_snapshot(net, f"PBCount_{d}_startSteps_{skip}")
+        mv["committed_to_initial_rate"] = True
+        mv["last_max_learning_rate_steps"] = mv["current_step_count"]
+        mv["last_max_learning_rate_value"] = lr
+
     def _process_scheduler_update(self, net: nn.Module, score, since_switch: int):
         """Step the scheduler and run the learning-rate sweep after a dendrite addition (spec §5.7)."""
         mv = self.member_vars
@@ -940,22 +950,12 @@ class PAINeuronModuleTracker(CamelCaseTrackerAPI):
                         self.save_graphs(f"{_timestamp()}_PBCount_{d}_startSteps_{skip}")
                         self.save_snapshot(net, f"PBCount_{d}_startSteps_{skip}")
                         net = self.load_snapshot(net, f"PBCount_{d}_startSteps_{skip - 1}", switch_call=True)
-                        skip = mv["current_n_learning_rate_initial_skip_steps"]
-                        self.save_graphs(f"{_timestamp()}_PBCount_{d}_startSteps_{skip}PICKED")
-                        self.save_snapshot(net, f"PBCount_{d}_startSteps_{skip}")
-                        mv["committed_to_initial_rate"] = True
-                        mv["last_max_learning_rate_steps"] = mv["current_step_count"]
-                        mv["last_max_learning_rate_value"] = lr2
+                        self._commit_sweep_rate(net, d, lr2)
                         mv["current_best_validation_score"] = prior_best
                     elif at_last:
                         restructured = True
                         self.clear_optimizer_and_scheduler()
-                        skip = mv["current_n_learning_rate_initial_skip_steps"]
-                        self.save_graphs(f"{_timestamp()}_PBCount_{d}_startSteps_{skip}PICKED")
-                        self.save_snapshot(net, f"PBCount_{d}_startSteps_{skip}")
-                        mv["committed_to_initial_rate"] = True
-                        mv["last_max_learning_rate_steps"] = mv["current_step_count"]
-                        mv["last_max_learning_rate_value"] = lr2
+                        self._commit_sweep_rate(net, d, lr2)
                     mv["current_cycle_lr_max_scores"] = []
                 elif len(mv["current_cycle_lr_max_scores"]) == 2:  # pragma: no cover - unreachable in perforatedai
                     self._log(logging.ERROR, "LR sweep: two trial scores without a decision; continuing")
