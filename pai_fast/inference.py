@@ -35,7 +35,6 @@ from .nn import DendriteMixin
 
 __all__ = ["CUDAGraphInference", "optimize"]
 
-SMALL_ROWS, LONG_K = 64, 2048  # linear inputs with fewer rows and at least this K use the torch backend
 _CONV = {1: dendritic_conv1d, 2: dendritic_conv2d, 3: dendritic_conv3d}
 
 
@@ -59,10 +58,6 @@ class _FusedLinear(nn.Module):
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Few rows and a long K: the fused kernel has no split-K, so a handful of programs would each walk all of
-        # K; cuBLAS's GEMV-style kernels over the stacked weight (torch backend) are much faster there.
-        rows = x.numel() // max(1, x.shape[-1])
-        backend = "torch" if rows < SMALL_ROWS and x.shape[-1] >= LONG_K else self.backend
         return dendritic_linear(
             x,
             self.weight,
@@ -72,7 +67,7 @@ class _FusedLinear(nn.Module):
             self.dendrite_gate,
             self.dendrite_cascade,
             activation=self.activation,
-            backend=backend,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:

@@ -93,3 +93,16 @@ def test_auto_order_by_shape_class():
     )
     conv_x = torch.empty(1, 3, 8, 8, device="meta")
     assert backends.auto_order("conv", conv_x, torch.empty(4, 3, 3, 3, device="meta"), 1) == ("triton",)
+
+
+def test_auto_sends_few_rows_with_long_k_to_torch():
+    """Few rows with a long K (batch-1 inference of a wide layer) take the torch backend: no fused backend is
+    tried (so no fallback warning); from FEW_ROWS rows on, or with a shorter K, the fused order applies."""
+    from pai_fast import backends
+
+    w = torch.empty(128, backends.LONG_K, device="meta")
+    for rows in (1, backends.FEW_ROWS - 1):
+        assert backends.auto_order("linear", torch.empty(rows, backends.LONG_K, device="meta"), w, 3) == ()
+    assert backends.auto_order("linear", torch.empty(backends.FEW_ROWS, backends.LONG_K, device="meta"), w, 3)
+    short = torch.empty(1, backends.LONG_K - 1, device="meta")
+    assert backends.auto_order("linear", short, torch.empty(128, backends.LONG_K - 1, device="meta"), 3)

@@ -548,33 +548,6 @@ def test_optimize_gpu_no_graph_and_no_clone():
         assert not raw(x1).requires_grad
 
 
-def test_inference_linear_routes_few_rows_long_k_to_torch(monkeypatch):
-    """Few rows with a long K go to the torch backend (cuBLAS over the stacked weight; the fused kernel has no
-    split-K); everything else keeps the requested backend."""
-    import pai_fast.inference as inference
-
-    seen = []
-    real = inference.dendritic_linear
-
-    def spy(*args, backend=None, **kwargs):
-        seen.append(backend)
-        return real(*args, backend="torch", **kwargs)
-
-    monkeypatch.setattr(inference, "dendritic_linear", spy)
-    layer = randomise_dendrites(DendriticLinear(inference.LONG_K, 8, dendrites=2))
-    fused = inference._FusedLinear(layer, "triton")
-    with torch.no_grad():
-        for rows in (1, inference.SMALL_ROWS - 1, inference.SMALL_ROWS):
-            x = torch.randn(rows, inference.LONG_K)
-            assert _max_err(fused(x), layer(x)) <= FOLD_ATOL
-    assert seen == ["torch", "torch", "triton"]
-    short = inference._FusedLinear(randomise_dendrites(DendriticLinear(64, 8, dendrites=2)), "triton")
-    seen.clear()
-    with torch.no_grad():
-        short(torch.randn(1, 64))
-    assert seen == ["triton"]
-
-
 def test_top_level_fold_and_export_are_the_functions(tmp_path):
     """pai_fast.fold / pai_fast.export are functions even after their module was imported (a submodule named
     ``export`` would replace the attribute with itself)."""
