@@ -106,6 +106,11 @@ _SERIES = (
 _INT_SERIES = ("switch_epochs", "n_switch_epochs", "param_counts")
 
 
+def is_rank0() -> bool:
+    """Whether this process is rank 0 (or not distributed) by the ``RANK`` environment variable."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
 class OutputsWriteError(RuntimeError):
     """Writing a graph or CSV failed in the background (raised by ``flush``; the message names the file)."""
 
@@ -579,7 +584,7 @@ class RunOutputs:
         self.drawing_pai = bool(drawing_pai)
         self.drawing_extra_graphs = bool(drawing_extra_graphs)
         self.background = bool(background)
-        self.enabled = not (only_rank0 and os.environ.get("RANK", "0").strip() not in ("", "0"))
+        self.enabled = not only_rank0 or is_rank0()
         self._init_state()
         _live.add(self)
 

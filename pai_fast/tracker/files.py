@@ -102,7 +102,9 @@ class FileOutputs(TrackerOutputs):
             self._failed(target, exc)
 
     def on_copy(self, tracker: Any, src: str, dst: str) -> None:
-        if os.environ.get("RANK", "0").strip() not in ("", "0"):
+        from ..tracker_outputs import is_rank0
+
+        if not is_rank0():
             return  # perforatedai copies on rank 0 only
         source, target = self.path(tracker, src), self.path(tracker, dst)
         if not os.path.exists(source):
