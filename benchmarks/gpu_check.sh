@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, test, benchmark. Full results go under $OUT; a short table is printed last.
-#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [sanitize] [export]   (default: build test bench)
+#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [ctest] [sanitize] [export]
+#   (default: build test bench). probe: the TMA-forward and host-overhead probes; ctest: the standalone CMake build
+#   of csrc/ (no Python), its C++ test program under ctest and compute-sanitizer (memcheck/racecheck/synccheck/initcheck).
 # Carry .whl/ (perforatedai's cp312 wheel) for the differential/baseline parts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,15 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 
 if ! has build && ! python3 -c "import pai_fast.kernels, pai_fast._C" >/dev/null 2>&1; then
   stages="build $stages"
 fi
+if has ctest; then  # standalone CMake build in the background, beside the pip build
+  ( cmake -S . -B build -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90 -DPAI_FAST_PYTHON=OFF -DCMAKE_BUILD_TYPE=Release \
+      && cmake --build build -j8 ) >"$OUT/ctest_build.log" 2>&1 &
+  ctest_build_pid=$!
+fi
+if has probe; then  # the TMA probe needs no build (Triton only); run it beside the builds
+  timeout 300 python3 benchmarks/probe_fwd_tma.py --out "$OUT/probe_fwd_tma.json" >"$OUT/probe_fwd_tma.log" 2>&1 &
+  probe_pid=$!
+fi
 if has build; then
   t0=$(date +%s)
   python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
@@ -38,13 +49,34 @@ if has test; then
   summary+=("gpu tests rc=$rc in $(( $(date +%s) - t0 ))s: $(tail -1 "$OUT/gpu_tests.log")")
 fi
 
+if has probe; then
+  wait $probe_pid; summary+=("probe_fwd_tma rc=$? (probe_fwd_tma.log)")
+  timeout 200 python3 benchmarks/probe_host_overhead.py >"$OUT/probe_host.log" 2>&1
+  summary+=("probe_host rc=$? (probe_host.log)")
+fi
+
+if has ctest; then
+  wait $ctest_build_pid; rc=$?
+  summary+=("ctest build rc=$rc")
+  if [ $rc -eq 0 ]; then
+    ctest --test-dir build --output-on-failure >"$OUT/ctest.log" 2>&1
+    summary+=("ctest rc=$? ($(grep -E 'tests passed|tests failed' "$OUT/ctest.log"))")
+    for tool in memcheck racecheck synccheck initcheck; do
+      timeout 120 compute-sanitizer --tool $tool --error-exitcode 1 build/pai_fast_ctest >"$OUT/ctest_$tool.log" 2>&1
+      summary+=("ctest $tool rc=$? ($(grep -m1 'ERROR SUMMARY' "$OUT/ctest_$tool.log"))")
+    done
+  else
+    tail -30 "$OUT/ctest_build.log"
+  fi
+fi
+
 if has profile; then
   timeout 200 python3 benchmarks/profile_kernels.py >"$OUT/profile.txt" 2>&1
   summary+=("profile rc=$? (profile.txt)")
 fi
 
 if has sanitize && [ -f benchmarks/sanitize.sh ]; then
-  timeout 300 bash benchmarks/sanitize.sh >"$OUT/sanitize.log" 2>&1
+  timeout "${SANITIZE_TIMEOUT:-300}" bash benchmarks/sanitize.sh ${SANITIZE_TOOLS:-} >"$OUT/sanitize.log" 2>&1
   summary+=("sanitize rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitize.log") clean summaries)")
 fi
 
