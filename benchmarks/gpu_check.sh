@@ -63,7 +63,7 @@ if has ctest; then
     summary+=("ctest rc=$? ($(grep -E 'tests passed|tests failed' "$OUT/ctest.log"))")
     for tool in memcheck racecheck synccheck initcheck; do
       timeout 120 compute-sanitizer --tool $tool --error-exitcode 1 build/pai_fast_ctest >"$OUT/ctest_$tool.log" 2>&1
-      summary+=("ctest $tool rc=$? ($(grep -m1 'ERROR SUMMARY' "$OUT/ctest_$tool.log"))")
+      summary+=("ctest $tool rc=$? ($(grep -m1 -E '(ERROR|RACECHECK) SUMMARY' "$OUT/ctest_$tool.log"))")
     done
   else
     tail -30 "$OUT/ctest_build.log"
@@ -77,7 +77,7 @@ fi
 
 if has sanitize && [ -f benchmarks/sanitize.sh ]; then
   timeout "${SANITIZE_TIMEOUT:-300}" bash benchmarks/sanitize.sh ${SANITIZE_TOOLS:-} >"$OUT/sanitize.log" 2>&1
-  summary+=("sanitize rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitize.log") clean summaries)")
+  summary+=("sanitize rc=$? ($(grep -E '^== .*: (PASS|FAIL)' "$OUT/sanitize.log" | tr '\n' ' '))")
 fi
 
 if has quickbench; then
@@ -98,7 +98,11 @@ if has export && [ -f benchmarks/bench_export.py ]; then
   tail -10 "$OUT/export_gpu.log"
 fi
 
+for f in probe_fwd_tma.log probe_host.log; do [ -f "$OUT/$f" ] && { echo "---- $f"; grep -vE '^\s*$' "$OUT/$f" | cut -c1-160 | tail -70; }; done
 echo "================ summary ================"
-printf '%s\n' "${summary[@]}"
+printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
 [ -f "$OUT/bench.log" ] && grep -E "^(case|linear|conv)" "$OUT/bench.log" | cut -c1-150
+# The device tool returns at most 8 files: pack everything into one archive (plus the summary beside it).
+(cd "$OUT" && tar czf /tmp/pai_fast_results.tgz --exclude=summary.txt . && find . -mindepth 1 ! -name summary.txt -delete \
+  && mv /tmp/pai_fast_results.tgz results.tgz)
 exit 0

@@ -48,7 +48,12 @@ def main() -> None:
             y = PF.dendritic_linear(x, *ps, activation="sigmoid", backend=be)
             torch.autograd.grad(y, [x, *ps], dy)
 
+        def fwd(be=be):
+            with torch.no_grad():
+                PF.dendritic_linear(x, *ps, activation="sigmoid", backend=be)
+
         steps[be] = step
+        steps[be + "_fwd_nograd"] = fwd
 
     for name, fn in steps.items():
         for _ in range(20):
