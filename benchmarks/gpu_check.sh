@@ -82,7 +82,7 @@ fi
 
 if has quickbench; then
   timeout 400 python3 -m pai_fast bench --kinds linear --dtypes bfloat16 --dendrites 1,3 \
-    --shapes "256x1024->1024,8192x4096->4096" --out "$OUT/bench_quick" >"$OUT/bench_quick.log" 2>&1
+    --shapes "64x784->128,256x1024->1024,8192x4096->4096" --out "$OUT/bench_quick" >"$OUT/bench_quick.log" 2>&1
   summary+=("quickbench rc=$?")
   tail -12 "$OUT/bench_quick.log"
 fi

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 import torch
 import triton
 import triton.language as tl
+from pai_fast.kernels import _common as C
+from pai_fast.kernels import dendritic_linear as L
+from pai_fast.kernels._common import _dendritic_epilogue
 from triton.testing import do_bench
 from triton.tools.tensor_descriptor import TensorDescriptor
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from kernels import _common as C  # noqa: E402
-from kernels import dendritic_linear as L  # noqa: E402
-from kernels._common import _dendritic_epilogue  # noqa: E402
 
 
 @triton.jit

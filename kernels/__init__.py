@@ -1,6 +1,7 @@
 """pai_fast.kernels: the ``triton`` backend (fused Triton kernels for dendritic Linear and Conv layers).
 
-Launcher contract (CONTRACT.md): linear_fwd, linear_bwd, conv_fwd, conv_bwd, supports. One file per op:
+Launcher contract (CONTRACT.md): linear_fwd, linear_bwd, conv_fwd, conv_bwd, supports; the ops call the
+*_bwd_packed forms, which return the parameter gradients packed (pai_fast._layout). One file per op:
 dendritic_linear.py, dendritic_conv.py; _common.py holds the shared epilogue and the backward dZ kernel.
 
 Importing this package never fails for want of Triton: without it, ``supports`` returns the reason and every
@@ -18,7 +19,18 @@ import os
 
 import torch
 
-__all__ = ["linear_fwd", "linear_bwd", "conv_fwd", "conv_bwd", "supports", "set_autotune", "use_config", "IMPORT_ERROR"]
+__all__ = [
+    "linear_fwd",
+    "linear_bwd",
+    "linear_bwd_packed",
+    "conv_fwd",
+    "conv_bwd",
+    "conv_bwd_packed",
+    "supports",
+    "set_autotune",
+    "use_config",
+    "IMPORT_ERROR",
+]
 
 try:
     import triton  # noqa: F401
@@ -29,8 +41,8 @@ else:
 
 if IMPORT_ERROR is None:
     from ._common import ACT_CODES, ALL_CONFIGS, INTERPRET, MAX_D, SUPPORTED_DTYPES, set_autotune, use_config
-    from .dendritic_conv import conv_bwd, conv_fwd
-    from .dendritic_linear import linear_bwd, linear_fwd
+    from .dendritic_conv import conv_bwd, conv_bwd_packed, conv_fwd
+    from .dendritic_linear import linear_bwd, linear_bwd_packed, linear_fwd
 else:
     ACT_CODES = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
     MAX_D = 31
@@ -40,7 +52,8 @@ else:
     def _missing(*args, **kwargs):
         raise ImportError(f"pai_fast.kernels (the triton backend) cannot run: {IMPORT_ERROR}; pip install triton")
 
-    linear_fwd = linear_bwd = conv_fwd = conv_bwd = set_autotune = use_config = _missing
+    linear_fwd = linear_bwd = linear_bwd_packed = conv_fwd = conv_bwd = conv_bwd_packed = _missing
+    set_autotune = use_config = _missing
     ALL_CONFIGS = []
 
 

@@ -162,6 +162,21 @@ def select_configs(configs: list, rows: int, n: int, k: int, p: int, elem_size: 
 
 
 @triton.jit
+def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of this program in grouped order: GROUP_M row tiles walk the N tiles together, so their
+    weight tiles stay in L2."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BN)
+    num_pid_in_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // num_pid_in_group) * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
 def _act(s, ACT: tl.constexpr):
     """act(s) for the fused activations; tanh through exp of a non-positive argument (never overflows)."""
     if ACT == 1:
@@ -271,10 +286,7 @@ def _dendritic_dz_kernel(
     g_ptr,
     cas_ptr,
     dz_ptr,
-    part_db_ptr,  # [SPLIT, N]
-    part_dg_ptr,  # [SPLIT, D, N]
-    part_dc_ptr,  # [SPLIT, D, N]
-    part_dcas_ptr,  # [SPLIT, D, D, N]
+    part_ptr,  # [SPLIT, 1 + 2D + D*D, N]: rows db, ddb_i, dg_i, dB[k, i] (pai_fast._layout's dsmall)
     ROWS,
     N,
     S,
@@ -323,7 +335,8 @@ def _dendritic_dz_kernel(
         z_row = dz_ptr + bb.to(tl.int64) * stride_zb + ss * stride_zs
         tl.store(z_row + offs_n * stride_zn, dy, mask=n_mask)
         acc_db += dy.to(ACC_DTYPE)
-    tl.store(part_db_ptr + pid_m * N + offs_n, acc_db, mask=n_mask)
+    part_row = part_ptr + pid_m.to(tl.int64) * ((1 + 2 * D + D * D) * N)
+    tl.store(part_row + offs_n, acc_db, mask=n_mask)
     for ii in tl.static_range(D):
         i = D - 1 - ii
         g_i = tl.load(g_ptr + i * stride_gd + offs_n * stride_gn, mask=n_mask, other=0.0).to(ACC_DTYPE)
@@ -356,13 +369,11 @@ def _dendritic_dz_kernel(
             tl.store(z_row + (i + 1) * stride_zd + offs_n * stride_zn, ds_i.to(dz_ptr.dtype.element_ty), mask=n_mask)
             acc_dc += ds_i
             acc_dg += dy * a_i
-        tl.store(part_dg_ptr + (pid_m * D + i) * N + offs_n, acc_dg, mask=n_mask)
-        tl.store(part_dc_ptr + (pid_m * D + i) * N + offs_n, acc_dc, mask=n_mask)
-        if i < D - 1:
-            # dB[k, i] for k > i
-            tl.store(
-                part_dcas_ptr + pid_m * D * D * N + p[:, None] * (D * N) + i * N + offs_n[None, :], acc_cas, mask=later
-            )
+        tl.store(part_row + (1 + i) * N + offs_n, acc_dc, mask=n_mask)
+        tl.store(part_row + (1 + D + i) * N + offs_n, acc_dg, mask=n_mask)
+        # dB[k, i] for every k: zero where k <= i (acc_cas only gathers ds_k of later k), so no memset is needed.
+        cas_row = part_row + (1 + 2 * D + i) * N
+        tl.store(cas_row + p[:, None] * (D * N) + offs_n[None, :], acc_cas, mask=(p < D)[:, None] & n_mask[None, :])
 
 
 def dz_and_reductions(
@@ -375,10 +386,11 @@ def dz_and_reductions(
     n: int,
     s: int,
     act: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """Launch the dZ kernel. dy/h/dz are (tensor, *strides) with strides over (b, s, [d,] n) and dz's d-stride the
-    offset between branch blocks. Returns (dbias [N], ddendrite_bias [D, N], dgate [D, N], dcascade [D, D, N]) in
-    the accumulation dtype (fp64 for fp64 inputs, fp32 otherwise), summed over a fixed number of programs."""
+    offset between branch blocks. Returns the reductions packed as pai_fast._layout's dsmall [1 + 2D + D*D, N]
+    (dbias, ddendrite_bias, dgate, dcascade) in the accumulation dtype (fp64 for fp64 inputs, fp32 otherwise),
+    summed over a fixed number of programs: one buffer, one launch, one torch sum."""
     dy_t = dy[0]
     d = gate.shape[0]
     acc_t = torch_acc_dtype(dy_t.dtype)
@@ -390,17 +402,13 @@ def dz_and_reductions(
     block_n = min(32 * vec * num_warps, max(32, next_pow2(n)))
     num_warps = max(1, min(num_warps, block_n // (32 * vec)))
     num_n = triton.cdiv(n, block_n)
+    r = 1 + 2 * d + d * d
     # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
-    # every GPU; ~2048 programs fill an H100 many times over. The [split, D, D, N] partials stay under 8M floats.
-    split = max(1, min(rows, triton.cdiv(2048, num_n), (8 << 20) // max(1, d * d * n)))
-    dev = dy_t.device
-    part_db = torch.empty((split, n), device=dev, dtype=acc_t)
-    part_dg = torch.empty((split, d, n), device=dev, dtype=acc_t)
-    part_dc = torch.empty((split, d, n), device=dev, dtype=acc_t)
-    part_dcas = torch.zeros((split, d, d, n), device=dev, dtype=acc_t) if d > 1 else part_dc
-    args = (dy_t, h[0], gate, cascade, dz[0], part_db, part_dg, part_dc, part_dcas, rows, n, s, *dy[1:], *h[1:])
+    # every GPU; ~2048 programs fill an H100 many times over. The [split, R, N] partials stay under 8M floats.
+    split = max(1, min(rows, triton.cdiv(2048, num_n), (8 << 20) // max(1, r * n)))
+    part = torch.empty((split, r, n), device=dy_t.device, dtype=acc_t)
+    args = (dy_t, h[0], gate, cascade, dz[0], part, rows, n, s, *dy[1:], *h[1:])
     args += (gate.stride(0), gate.stride(1), cascade.stride(0), cascade.stride(1), cascade.stride(2), *dz[1:])
     meta = dict(D=d, PD=pd, ACT=act, ACC_DTYPE=acc_dtype(dy_t.dtype), BLOCK_N=block_n, num_warps=num_warps)
     _dendritic_dz_kernel[(split, num_n)](*args, **meta)
-    dcas = part_dcas.sum(0) if d > 1 else torch.zeros((d, d, n), device=dev, dtype=acc_t)
-    return part_db.sum(0), part_dc.sum(0), part_dg.sum(0), dcas
+    return part.sum(0)

@@ -33,9 +33,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .._layout import small_rows, stacked_view, unpack_grads
 from ._common import (
     ALL_CONFIGS,
     _dendritic_epilogue,
+    _grouped_tile,
     acc_dtype,
     check_common,
     dot_precision,
@@ -150,15 +152,7 @@ def _conv_fwd_kernel(
     GROUP_M: tl.constexpr,
 ):
     BN: tl.constexpr = BLOCK_C // P
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(ROWS, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BN)
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = _grouped_tile(ROWS, N, BLOCK_M, BN, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -469,15 +463,10 @@ def _merged_strides(t: torch.Tensor, lead: int) -> tuple[int, ...] | None:
 
 def _stacked_weight(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor:
     """Wcat [(1+D)Cout, Cin, *k]: a zero-copy view when W and V sit back to back in one storage, else a copy."""
-    d = dendrite_weight.shape[0]
-    shape = ((1 + d) * weight.shape[0], *weight.shape[1:])
-    if (
-        weight.is_contiguous()
-        and dendrite_weight.is_contiguous()
-        and weight.untyped_storage().data_ptr() == dendrite_weight.untyped_storage().data_ptr()
-        and dendrite_weight.storage_offset() == weight.storage_offset() + weight.numel()
-    ):
-        return weight.as_strided(shape, torch.empty(shape, device="meta").stride())
+    shape = ((1 + dendrite_weight.shape[0]) * weight.shape[0], *weight.shape[1:])
+    view = stacked_view(weight, dendrite_weight)
+    if view is not None:
+        return view.reshape(shape)
     return torch.cat([weight.unsqueeze(0), dendrite_weight], 0).reshape(shape)
 
 
@@ -492,7 +481,7 @@ def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def conv_bwd(
+def conv_bwd_packed(
     grad_y: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -505,8 +494,8 @@ def conv_bwd(
     dilation: tuple,
     activation: str,
     has_bias: bool,
-) -> tuple[torch.Tensor, ...]:
-    """(dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade); see the module docstring."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dwcat, dsmall), packed as pai_fast._layout says; see the module docstring."""
     act = check_common("conv_bwd", x, weight, activation)
     nd = weight.dim() - 2
     n, d = weight.shape[0], dendrite_weight.shape[0]
@@ -528,18 +517,12 @@ def conv_bwd(
     if rows == 0 or n == 0:
         return (
             torch.zeros_like(x),
-            torch.zeros_like(weight),
-            torch.zeros((n,), device=dev, dtype=weight.dtype),
-            torch.zeros_like(dendrite_weight),
-            torch.zeros((d, n), device=dev, dtype=gate.dtype),
-            torch.zeros_like(gate),
-            torch.zeros_like(cascade),
+            torch.zeros(((1 + d) * n, *weight.shape[1:]), device=dev, dtype=dt),
+            torch.zeros((small_rows(d), n), device=dev, dtype=gate.dtype),
         )
     if d == 0:
         dz = grad_y
-        db = grad_y.sum([0, *range(2, nd + 2)], dtype=acc_t)
-        ddb = dg = torch.zeros((0, n), device=dev, dtype=acc_t)
-        dcas = torch.zeros((0, 0, n), device=dev, dtype=acc_t)
+        red = grad_y.sum([0, *range(2, nd + 2)], dtype=acc_t)[None]
         wcat = weight
     else:
         gs = _merged_strides(grad_y, 2)
@@ -551,7 +534,7 @@ def conv_bwd(
             h = h.contiguous()
             hs = _merged_strides(h, 3)
         dz = torch.empty((bsz, (1 + d) * n, *out_sp), device=dev, dtype=dt)
-        db, ddb, dg, dcas = dz_and_reductions(
+        red = dz_and_reductions(
             (grad_y, gs[0], gs[2], gs[1]),
             (h, hs[0], hs[3], hs[1], hs[2]),
             (dz, dz.stride(0), 1, n * os_, os_),
@@ -566,14 +549,25 @@ def conv_bwd(
     dx, dwcat, _ = torch.ops.aten.convolution_backward(
         dz, x, wcat, None, list(stride), list(padding), list(dilation), False, [0] * nd, 1, [True, True, False]
     )
-    dw = dwcat[:n]
-    ddw = dwcat[n:].view(d, *weight.shape)
-    return (
-        _like(dx, x),
-        _like(dw, weight),
-        db.to(weight.dtype),
-        _like(ddw, dendrite_weight),
-        ddb.to(gate.dtype),
-        dg.to(gate.dtype),
-        dcas.to(cascade.dtype),
+    return _like(dx, x), dwcat.contiguous(), red.to(gate.dtype)
+
+
+def conv_bwd(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    dendrite_weight: torch.Tensor,
+    gate: torch.Tensor,
+    cascade: torch.Tensor,
+    h: torch.Tensor,
+    stride: tuple,
+    padding: tuple,
+    dilation: tuple,
+    activation: str,
+    has_bias: bool,
+) -> tuple[torch.Tensor, ...]:
+    """(dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade) as views of the packed gradients."""
+    packed = conv_bwd_packed(
+        grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, has_bias
     )
+    return unpack_grads(*packed, weight, dendrite_weight.shape[0])

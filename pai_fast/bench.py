@@ -86,14 +86,9 @@ def _linear_case(b, k, n, d, dtype, device):
         return (torch.randn(s, generator=g) * scale).to(device=device, dtype=dtype)
 
     x = r(b, k)
-    params = [
-        r(n, k, scale=k**-0.5),
-        r(n, scale=0.1),
-        r(d, n, k, scale=k**-0.5),
-        r(d, n, scale=0.1),
-        r(d, n),
-        r(d, d, n, scale=0.1),
-    ]
+    # weight and dendrite_weight as views of one buffer, as DendriticLinear keeps them (the TMA forward needs it)
+    wcat = r(1 + d, n, k, scale=k**-0.5)
+    params = [wcat[0], r(n, scale=0.1), wcat[1:], r(d, n, scale=0.1), r(d, n), r(d, d, n, scale=0.1)]
     return x, params
 
 

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ._layout import small_rows, split_small, split_weights, unpack_grads
+
 try:  # the extension is optional: pure-Python installs and CPU-only machines lack it
     from . import _C  # type: ignore[attr-defined]
 
@@ -30,7 +32,17 @@ except ImportError as e:  # pragma: no cover - depends on the build
     _C = None
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
-__all__ = ["linear_fwd", "linear_bwd", "conv_fwd", "conv_bwd", "supports", "available", "build_info"]
+__all__ = [
+    "linear_fwd",
+    "linear_bwd",
+    "linear_bwd_packed",
+    "conv_fwd",
+    "conv_bwd",
+    "conv_bwd_packed",
+    "supports",
+    "available",
+    "build_info",
+]
 
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 # Same codes as pai_fast.activations.FUSED_CODES and csrc/include/pai_fast/dendritic.h.
@@ -158,30 +170,34 @@ def _grad_like(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, (out if out.is_contiguous() else torch.empty(t.shape, dtype=t.dtype, device=t.device))
 
 
-def _grad_buffers(x, weight, dendrite_weight, gate, cascade, d: int, has_bias: bool):
-    """Gradient outputs of a backward: (dx, dw, dw_buf, dbias, ddw, ddw_buf, ddb, dg, dg_buf, dc, dc_buf); the
-    *_buf tensors are what the kernels write (contiguous), copied into the strided results by _finish."""
+def _grad_buffers(x, weight, gate, d: int, has_bias: bool):
+    """Gradient outputs of a backward: (dx, dwcat, dsmall) packed as pai_fast._layout says, and the views
+    the kernels write: (dw, ddw, dbias, ddb, dg, dc). The bias rows are zeros without a bias."""
     n = weight.shape[0]
-    dev, dty = x.device, x.dtype
-    alloc = torch.empty if has_bias else torch.zeros  # the bias gradients are zeros without a bias
-    dw, dw_buf = _grad_like(weight)
-    if d > 0:
-        ddw, ddw_buf = _grad_like(dendrite_weight)
-        dg, dg_buf = _grad_like(gate)
-        dc, dc_buf = _grad_like(cascade)
-    else:
-        ddw = ddw_buf = torch.empty_like(dendrite_weight)
-        dg = dg_buf = torch.empty_like(gate)
-        dc = dc_buf = torch.empty_like(cascade)
-    dbias = alloc(n, dtype=dty, device=dev)
-    ddb = alloc((d, n), dtype=dty, device=dev)
-    return torch.empty_like(x), dw, dw_buf, dbias, ddw, ddw_buf, ddb, dg, dg_buf, dc, dc_buf
+    dwcat = torch.empty(((1 + d) * n, *weight.shape[1:]), dtype=x.dtype, device=x.device)
+    dsmall = (torch.empty if has_bias else torch.zeros)((small_rows(d), n), dtype=gate.dtype, device=x.device)
+    dw, ddw = split_weights(dwcat, weight.shape, d)
+    return (torch.empty_like(x), dwcat, dsmall), (dw, ddw, *split_small(dsmall, d))
 
 
-def _finish(out: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
-    if buf is not out:
-        out.copy_(buf)
-    return out
+_WORKSPACE: dict[tuple, int] = {}
+
+
+def _run_with_workspace(fn, args: list, device: torch.device, stream: int) -> None:
+    """Call a _C backward with the workspace it asks for. The size depends only on shapes, strides, dtype and
+    alignment, so the asking call (a second trip through pybind) is made once per such key."""
+    key = (fn.__name__, device) + tuple(
+        (a[0] % 16, tuple(a[1]), tuple(a[2])) if isinstance(a, tuple) else (tuple(a) if isinstance(a, list) else a)
+        for a in args
+    )
+    nbytes = _WORKSPACE.get(key)
+    if nbytes is None:
+        nbytes = fn(*args, None, 0, 0)
+        if len(_WORKSPACE) > 4096:
+            _WORKSPACE.clear()
+        _WORKSPACE[key] = nbytes
+    ws = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    fn(*args, ws.data_ptr(), nbytes, stream)
 
 
 # ---------------------------------------------------------------------------------------------- Linear
@@ -231,7 +247,7 @@ def linear_fwd(
     return y, h
 
 
-def linear_bwd(
+def linear_bwd_packed(
     grad_y: torch.Tensor,
     x2d: torch.Tensor,
     weight: torch.Tensor,
@@ -241,19 +257,16 @@ def linear_bwd(
     h: torch.Tensor,
     activation: str,
     has_bias: bool,
-) -> tuple[torch.Tensor, ...]:
-    """(dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade); bias grads are zeros if not has_bias."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dwcat, dsmall) as pai_fast._layout packs them (what the pai_fast::dendritic_linear_bwd op returns)."""
     lib = _lib()
     dt, act = _dtype_code(x2d), _act_code(activation)
     _check_same(x2d, grad_y=grad_y, weight=weight, dendrite_weight=dendrite_weight, gate=gate, cascade=cascade)
     d = _d_of(dendrite_weight)
     if d > 0:
         _check_same(x2d, h=h)
-    dx, dw, dw_buf, dbias, ddw, ddw_buf, ddb, dg, dg_buf, dc, dc_buf = _grad_buffers(
-        x2d, weight, dendrite_weight, gate, cascade, d, has_bias
-    )
+    out, (dw, ddw, dbias, ddb, dg, dc) = _grad_buffers(x2d, weight, gate, d, has_bias)
     v, _, g, c = _dendrite_args(d, dendrite_weight, None, gate, cascade)
-    hh = h if d > 0 else None
     args = [
         dt,
         act,
@@ -264,20 +277,27 @@ def linear_bwd(
         _t(v),
         _t(g),
         _t(c),
-        _t(hh),
-        _t(dx),
-        _t(dw_buf),
+        _t(h if d > 0 else None),
+        _t(out[0]),
+        _t(dw),
         _t(dbias) if has_bias else None,
-        _t(ddw_buf) if d > 0 else None,
+        _t(ddw) if d > 0 else None,
         _t(ddb) if (has_bias and d > 0) else None,
-        _t(dg_buf) if d > 0 else None,
-        _t(dc_buf) if d > 0 else None,
+        _t(dg) if d > 0 else None,
+        _t(dc) if d > 0 else None,
     ]
     with _DeviceGuard(x2d):
-        nbytes = lib.linear_backward(*args, None, 0, 0)
-        ws = torch.empty(nbytes, dtype=torch.uint8, device=dx.device)
-        lib.linear_backward(*args, ws.data_ptr(), nbytes, _stream(x2d))
-    return dx, _finish(dw, dw_buf), dbias, _finish(ddw, ddw_buf), ddb, _finish(dg, dg_buf), _finish(dc, dc_buf)
+        _run_with_workspace(lib.linear_backward, args, x2d.device, _stream(x2d))
+    return out
+
+
+def linear_bwd(
+    grad_y, x2d, weight, dendrite_weight, gate, cascade, h, activation, has_bias
+) -> tuple[torch.Tensor, ...]:
+    """(dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade) as views of the packed gradients;
+    the bias gradients are zeros without a bias."""
+    packed = linear_bwd_packed(grad_y, x2d, weight, dendrite_weight, gate, cascade, h, activation, has_bias)
+    return unpack_grads(*packed, weight, _d_of(dendrite_weight))
 
 
 # ---------------------------------------------------------------------------------------------- Conv
@@ -358,7 +378,7 @@ def conv_fwd(
     return y, h
 
 
-def conv_bwd(
+def conv_bwd_packed(
     grad_y: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -371,8 +391,8 @@ def conv_bwd(
     dilation: Sequence[int],
     activation: str,
     has_bias: bool,
-) -> tuple[torch.Tensor, ...]:
-    """The 7 gradients of conv_fwd's inputs, shaped and typed like them."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dwcat, dsmall) as pai_fast._layout packs them (what the pai_fast::dendritic_conv_bwd op returns)."""
     lib = _lib()
     dt, act = _dtype_code(x), _act_code(activation)
     _check_same(x, grad_y=grad_y, weight=weight, dendrite_weight=dendrite_weight, gate=gate, cascade=cascade)
@@ -380,9 +400,7 @@ def conv_bwd(
     d = _d_of(dendrite_weight)
     if d > 0:
         _check_same(x, h=h)
-    dx, dw, dw_buf, dbias, ddw, ddw_buf, ddb, dg, dg_buf, dc, dc_buf = _grad_buffers(
-        x, weight, dendrite_weight, gate, cascade, d, has_bias
-    )
+    out, (dw, ddw, dbias, ddb, dg, dc) = _grad_buffers(x, weight, gate, d, has_bias)
     v, _, g, c = _dendrite_args(d, dendrite_weight, None, gate, cascade)
     args = [
         dt,
@@ -399,19 +417,28 @@ def conv_bwd(
         _t(g),
         _t(c),
         _t(_flat_spatial(h, 3) if d > 0 else None),
-        _t(dx),
-        _t(dw_buf),
+        _t(out[0]),
+        _t(dw),
         _t(dbias) if has_bias else None,
-        _t(ddw_buf) if d > 0 else None,
+        _t(ddw) if d > 0 else None,
         _t(ddb) if (has_bias and d > 0) else None,
-        _t(dg_buf) if d > 0 else None,
-        _t(dc_buf) if d > 0 else None,
+        _t(dg) if d > 0 else None,
+        _t(dc) if d > 0 else None,
     ]
     with _DeviceGuard(x):
-        nbytes = lib.conv_backward(*args, None, 0, 0)
-        ws = torch.empty(nbytes, dtype=torch.uint8, device=dx.device)
-        lib.conv_backward(*args, ws.data_ptr(), nbytes, _stream(x))
-    return dx, _finish(dw, dw_buf), dbias, _finish(ddw, ddw_buf), ddb, _finish(dg, dg_buf), _finish(dc, dc_buf)
+        _run_with_workspace(lib.conv_backward, args, x.device, _stream(x))
+    return out
+
+
+def conv_bwd(
+    grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, has_bias
+) -> tuple[torch.Tensor, ...]:
+    """The 7 gradients of conv_fwd's inputs as views of the packed ones; the bias gradients are zeros without a
+    bias."""
+    packed = conv_bwd_packed(
+        grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, has_bias
+    )
+    return unpack_grads(*packed, weight, _d_of(dendrite_weight))
 
 
 # ---------------------------------------------------------------------------------------------- supports

@@ -8,6 +8,9 @@ with no graph break and ``torch.export`` keeps the ops in the graph.
 Registration uses ``Library.define`` + ``impl`` rather than ``torch.library.custom_op``: the latter
 costs 15-25 µs of Python dispatch per call, which dominates small layers (background/ecosystem.md §1.4).
 
+The backward ops return (dx, dwcat, dsmall): the parameter gradients packed into two tensors
+(pai_fast._layout), split into views in the autograd backward.
+
 Saved for backward: x, the weights, gate, cascade and h = the activated dendrite outputs a_i [M, D, N]
 in the input dtype (never the forward GEMM's pre-activations: the backward recomputes nothing).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import backends
+from ._layout import small_rows, unpack_grads
 
 _lib = torch.library.Library("pai_fast", "DEF")  # noqa: TOR901 (the namespace is ours)
 _lib.define(
@@ -25,8 +29,7 @@ _lib.define(
 )
 _lib.define(
     "dendritic_linear_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor dendrite_weight, Tensor gate, "
-    "Tensor cascade, Tensor h, str activation, str backend, bool has_bias) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "Tensor cascade, Tensor h, str activation, str backend, bool has_bias) -> (Tensor, Tensor, Tensor)"
 )
 _lib.define(
     "dendritic_conv_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor dendrite_weight, Tensor? dendrite_bias, "
@@ -36,7 +39,7 @@ _lib.define(
 _lib.define(
     "dendritic_conv_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor dendrite_weight, Tensor gate, "
     "Tensor cascade, Tensor h, int[] stride, int[] padding, int[] dilation, str activation, str backend, "
-    "bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "bool has_bias) -> (Tensor, Tensor, Tensor)"
 )
 
 
@@ -46,26 +49,9 @@ def _linear_fwd(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, 
     )
 
 
-def _unalias(grads):
-    """Operator outputs must not share storage (the schema declares no aliasing): a backend that writes several
-    gradients into one buffer and returns views of it gets the later ones copied out here."""
-    seen: set[int] = set()
-    out = []
-    for g in grads:
-        ptr = g.untyped_storage().data_ptr()
-        if ptr in seen:
-            g = g.clone()
-            ptr = g.untyped_storage().data_ptr()
-        seen.add(ptr)
-        out.append(g)
-    return tuple(out)
-
-
 def _linear_bwd(grad_y, x, weight, dendrite_weight, gate, cascade, h, activation, backend, has_bias):
-    return _unalias(
-        backends.backend_module(backend).linear_bwd(
-            grad_y, x, weight, dendrite_weight, gate, cascade, h, activation, has_bias
-        )
+    return backends.backend_module(backend).linear_bwd_packed(
+        grad_y, x, weight, dendrite_weight, gate, cascade, h, activation, has_bias
     )
 
 
@@ -91,7 +77,7 @@ def _conv_fwd(
 def _conv_bwd(
     grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, backend, has_bias
 ):
-    return backends.backend_module(backend).conv_bwd(
+    return backends.backend_module(backend).conv_bwd_packed(
         grad_y,
         x,
         weight,
@@ -124,14 +110,16 @@ def _linear_fwd_fake(x, weight, bias, dendrite_weight, dendrite_bias, gate, casc
 
 @torch.library.register_fake("pai_fast::dendritic_linear_bwd")
 def _linear_bwd_fake(grad_y, x, weight, dendrite_weight, gate, cascade, h, activation, backend, has_bias):
+    return _packed_grads_fake(x, weight, dendrite_weight, gate)
+
+
+def _packed_grads_fake(x, weight, dendrite_weight, gate):
+    """(dx, dwcat, dsmall) of pai_fast._layout."""
+    n, d = weight.shape[0], dendrite_weight.shape[0]
     return (
         torch.empty_like(x),
-        torch.empty_like(weight),
-        weight.new_empty(weight.shape[:1]),
-        torch.empty_like(dendrite_weight),
-        gate.new_empty(gate.shape),
-        torch.empty_like(gate),
-        torch.empty_like(cascade),
+        x.new_empty(((1 + d) * n, *weight.shape[1:])),
+        gate.new_empty((small_rows(d), n)),
     )
 
 
@@ -154,15 +142,7 @@ def _conv_fwd_fake(
 def _conv_bwd_fake(
     grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, backend, has_bias
 ):
-    return (
-        torch.empty_like(x),
-        torch.empty_like(weight),
-        weight.new_empty(weight.shape[:1]),
-        torch.empty_like(dendrite_weight),
-        gate.new_empty(gate.shape),
-        torch.empty_like(gate),
-        torch.empty_like(cascade),
-    )
+    return _packed_grads_fake(x, weight, dendrite_weight, gate)
 
 
 class DendriticLinearFunction(torch.autograd.Function):
@@ -183,7 +163,7 @@ class DendriticLinearFunction(torch.autograd.Function):
     def backward(ctx, grad_y):
         x2, weight, dendrite_weight, gate, cascade, h = ctx.saved_tensors
         x_shape, activation, backend, has_bias = ctx.meta
-        dx, dw, db, ddw, ddb, dg, dc = torch.ops.pai_fast.dendritic_linear_bwd(
+        dx, dwcat, dsmall = torch.ops.pai_fast.dendritic_linear_bwd(
             grad_y.reshape(-1, weight.shape[0]),
             x2,
             weight,
@@ -195,6 +175,7 @@ class DendriticLinearFunction(torch.autograd.Function):
             backend,
             has_bias,
         )
+        dx, dw, db, ddw, ddb, dg, dc = unpack_grads(dx, dwcat, dsmall, weight, dendrite_weight.shape[0])
         if not has_bias:
             db = ddb = None
         return dx.reshape(x_shape), dw, db, ddw, ddb, dg, dc, None, None
@@ -242,7 +223,7 @@ class DendriticConvFunction(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, weight, dendrite_weight, gate, cascade, h = ctx.saved_tensors
         stride, padding, dilation, activation, backend, has_bias = ctx.meta
-        dx, dw, db, ddw, ddb, dg, dc = torch.ops.pai_fast.dendritic_conv_bwd(
+        dx, dwcat, dsmall = torch.ops.pai_fast.dendritic_conv_bwd(
             grad_y,
             x,
             weight,
@@ -257,6 +238,7 @@ class DendriticConvFunction(torch.autograd.Function):
             backend,
             has_bias,
         )
+        dx, dw, db, ddw, ddb, dg, dc = unpack_grads(dx, dwcat, dsmall, weight, dendrite_weight.shape[0])
         if not has_bias:
             db = ddb = None
         return dx, dw, db, ddw, ddb, dg, dc, None, None, None, None, None

@@ -145,9 +145,14 @@ def linear_case(
     backward=True,
     ratio_fwd=2.0,
     ratio_bwd=3.0,
+    stacked=False,
 ):
-    """Run the kernels on one case and check y, h and all seven gradients against float64 autograd."""
+    """Run the kernels on one case and check y, h and all seven gradients against float64 autograd.
+    stacked: weight and dendrite_weight as views of one buffer (how DendriticLinear keeps them)."""
     x, w, b, dw, db, gate, cas = make(m, k, n, d, dtype, device, bias)
+    if stacked:
+        buf = torch.cat([w.unsqueeze(0), dw])
+        w, dw = buf[0], buf[1:]
     if x_fn is not None:
         x = x_fn(x)
     if p_fn is not None:
@@ -468,6 +473,65 @@ def test_gpu_linear_every_config(dtype):
     for cfg in pool:
         with K.use_config(cfg):
             linear_case("cuda", dtype, 1000, 512, 200, 3, "sigmoid")
+
+
+def _needs_tma():
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the TMA forward needs sm_90 (Hopper)")
+
+
+@apply(gpu)
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 7])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_linear_tma_forward(dtype, d):
+    """W and V adjacent in one storage and a large problem: the TMA kernel runs (each of its autotune candidates,
+    ragged M and N, odd D so the out-of-bounds branch rows of the 3-D box are exercised), and matches."""
+    _needs_tma()
+    m, k, n = 1030, 264, 520
+    x, w, _, dw, *_ = make(m, k, n, d, dtype, "cuda")
+    buf = torch.cat([w.unsqueeze(0), dw])
+    assert K.dendritic_linear._tma_weight(x, buf[0], buf[1:], K.dendritic_linear.next_pow2(1 + d)) is not None
+    assert K.dendritic_linear._tma_weight(x, w, dw, K.dendritic_linear.next_pow2(1 + d)) is None  # not adjacent
+    for cfg in K.dendritic_linear.TMA_CONFIGS:
+        with K.use_config(cfg):
+            linear_case("cuda", dtype, m, k, n, d, "sigmoid", stacked=True)
+    linear_case("cuda", dtype, m, k, n, d, "tanh", stacked=True, backward=False)  # inference: no h
+    state = sys.modules["pai_fast.kernels._common"]._state
+    old = state["autotune"]
+    K.set_autotune(True)
+    try:
+        linear_case("cuda", dtype, m, k, n, d, "sigmoid", stacked=True)
+    finally:
+        K.set_autotune(old)
+
+
+@apply(gpu)
+def test_gpu_dendritic_linear_module_takes_the_tma_path():
+    """DendriticLinear keeps weight and dendrite_weight adjacent (also after .to()), so its large forward takes
+    the TMA kernel; forward and all gradients match the torch backend."""
+    _needs_tma()
+    import pai_fast.functional as PF
+    from pai_fast.nn import DendriticLinear
+
+    torch.manual_seed(0)
+    layer = DendriticLinear(264, 520, dendrites=3).to("cuda", torch.bfloat16)
+    with torch.no_grad():
+        layer.dendrite_gate.normal_()
+        layer.dendrite_cascade.normal_(std=0.1)
+        layer.dendrite_weight.mul_(20)
+    x = torch.randn(1030, 264, device="cuda", dtype=torch.bfloat16)
+    assert K.dendritic_linear._tma_weight(x, layer.weight, layer.dendrite_weight, 4) is not None
+    outs = {}
+    for backend in ("triton", "torch"):
+        layer.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        y = PF.dendritic_linear(
+            xi, layer.weight, layer.bias, *layer.dendrite_args(), activation="sigmoid", backend=backend
+        )
+        y.float().square().sum().backward()
+        outs[backend] = [y.detach(), xi.grad] + [p.grad for p in layer.parameters()]
+    for a, b_ in zip(outs["triton"], outs["torch"]):  # both bf16: compare relative to the largest entry
+        assert (a.float() - b_.float()).abs().max() <= 3e-2 * b_.float().abs().max()
 
 
 @apply(gpu)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._layout import stacked_view
 from ..activations import ActivationLike, activation_name
 
 INIT_STD = 0.01  # perforatedai's candidate_weight_initialization_multiplier
@@ -80,6 +81,7 @@ class DendriteMixin:
         cascade = torch.zeros((d + n, d + n, c), **kw)
         cascade[:d, :d] = self.dendrite_cascade
         self.dendrite_cascade = nn.Parameter(cascade)
+        self._pack_weights()
 
     @torch.no_grad()
     def _set_num_dendrites(self, d: int) -> None:
@@ -92,6 +94,31 @@ class DendriteMixin:
                 self.dendrite_bias = nn.Parameter(self.dendrite_bias[:d].clone())
             self.dendrite_gate = nn.Parameter(self.dendrite_gate[:d].clone())
             self.dendrite_cascade = nn.Parameter(self.dendrite_cascade[:d, :d].clone())
+            self._pack_weights()
+
+    @torch.no_grad()
+    def _pack_weights(self) -> None:
+        """Keep ``weight`` and ``dendrite_weight`` back to back in one storage, i.e. views of one stacked
+        Wcat [1 + D, *S]: the fused forward then reads the stacked weight through one TMA descriptor and the
+        backward's dX is one GEMM. Only ``.data`` moves (the Parameter objects, hence optimizers and hooks, stay);
+        weights that end up apart anyway (FSDP, ``load_state_dict(assign=True)``) run on the general path."""
+        w, v = self.weight, self.dendrite_weight
+        d = v.shape[0]
+        if d == 0 or not isinstance(w, nn.Parameter) or w.is_meta or w.dtype != v.dtype or w.device != v.device:
+            return
+        if stacked_view(w, v) is not None:
+            return
+        buf = torch.empty((1 + d, *w.shape), dtype=w.dtype, device=w.device)
+        buf[0].copy_(w)
+        buf[1:].copy_(v)
+        w.data = buf[0]
+        v.data = buf[1:]
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.half() give every parameter a storage of its own: stack the weights again.
+        out = super()._apply(fn, recurse)  # type: ignore[misc]
+        self._pack_weights()
+        return out
 
     def dendrite_args(self) -> tuple:
         return self.dendrite_weight, self.dendrite_bias, self.dendrite_gate, self.dendrite_cascade

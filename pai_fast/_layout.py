@@ -1,0 +1,55 @@
+"""Packed layouts of a dendritic layer's weights and gradients.
+
+Weights: ``weight`` [N, *rest] and ``dendrite_weight`` [D, N, *rest] back to back in one storage are Wcat
+[1 + D, N, *rest] for free (stacked_view); DendriticLinear/Conv keep them so (DendriteMixin._pack_weights).
+
+Gradients: the fused backward ops hand back the parameter gradients as two packed tensors:
+
+    dwcat   [(1 + D) * N, *rest]   dweight, then ddendrite_weight (row blocks in branch order), weight dtype
+    dsmall  [1 + 2D + D*D, N]      dbias, ddendrite_bias [D], dgate [D], dcascade [D * D], gate dtype
+
+Two outputs instead of six: one allocation, one reduction and one cast each, and no copies to keep the op's
+outputs from aliasing one another (the views are taken after the op, in the autograd backward). The bias rows are
+not meaningful for a layer without bias (the autograd backward returns None for it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def small_rows(d: int) -> int:
+    """Rows of dsmall for D dendrites."""
+    return 1 + 2 * d + d * d
+
+
+def split_small(dsmall: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dbias [N], ddendrite_bias [D, N], dgate [D, N], dcascade [D, D, N]) as views of dsmall."""
+    n = dsmall.shape[1]
+    return dsmall[0], dsmall[1 : 1 + d], dsmall[1 + d : 1 + 2 * d], dsmall[1 + 2 * d :].view(d, d, n)
+
+
+def split_weights(dwcat: torch.Tensor, weight_shape, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dweight, ddendrite_weight) as views of dwcat."""
+    n = weight_shape[0]
+    return dwcat[:n].view(weight_shape), dwcat[n:].view(d, *weight_shape)
+
+
+def unpack_grads(
+    dx: torch.Tensor, dwcat: torch.Tensor, dsmall: torch.Tensor, weight: torch.Tensor, d: int
+) -> tuple[torch.Tensor, ...]:
+    """The seven gradients (dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade) as views."""
+    dw, ddw = split_weights(dwcat, weight.shape, d)
+    db, ddb, dg, dc = split_small(dsmall, d)
+    return dx, dw, db, ddw, ddb, dg, dc
+
+
+def stacked_view(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor | None:
+    """Wcat [1 + D, N, *rest] as a zero-copy view when both are contiguous and adjacent in one storage, else None."""
+    if not (weight.is_contiguous() and dendrite_weight.is_contiguous()):
+        return None
+    if weight.untyped_storage().data_ptr() != dendrite_weight.untyped_storage().data_ptr():
+        return None
+    if dendrite_weight.storage_offset() != weight.storage_offset() + weight.numel():
+        return None
+    return weight.as_strided((1 + dendrite_weight.shape[0], *weight.shape), (weight.numel(), *weight.stride()))
