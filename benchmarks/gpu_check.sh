@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, test, benchmark. Full results go under $OUT; a short table is printed last.
-#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [ctest] [sanitize] [export]
+#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [ctest] [sanitize] [export]
 #   (default: build test bench). probe: the TMA-forward and host-overhead probes; ctest: the standalone CMake build
 #   of csrc/ (no Python), its C++ test program under ctest and compute-sanitizer (memcheck/racecheck/synccheck/initcheck).
 # Carry .whl/ (perforatedai's cp312 wheel) for the differential/baseline parts.
@@ -43,7 +43,7 @@ python3 -m pai_fast doctor | tee "$OUT/doctor.txt"
 if has test; then
   t0=$(date +%s)
   timeout 420 python3 -m pytest -q -m "gpu and not slow" -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" \
-    tests ${PAI_TEST_ARGS:-} >"$OUT/gpu_tests.log" 2>&1
+    ${PAI_TEST_PATHS:-tests} ${PAI_TEST_ARGS:-} >"$OUT/gpu_tests.log" 2>&1
   rc=$?
   tail -25 "$OUT/gpu_tests.log"
   summary+=("gpu tests rc=$rc in $(( $(date +%s) - t0 ))s: $(tail -1 "$OUT/gpu_tests.log")")
@@ -51,6 +51,8 @@ fi
 
 if has probe; then
   wait $probe_pid; summary+=("probe_fwd_tma rc=$? (probe_fwd_tma.log)")
+fi
+if has probe || has probehost; then
   timeout 200 python3 benchmarks/probe_host_overhead.py >"$OUT/probe_host.log" 2>&1
   summary+=("probe_host rc=$? (probe_host.log)")
 fi

@@ -172,7 +172,10 @@ def run(
                 if d == 0 and name in ("cat_gemm",):
                     continue
                 xs = x.detach().requires_grad_(mode == "fb")
-                ps = [p.detach().requires_grad_(mode == "fb") for p in params]
+                # The fused layers read weight/dendrite_weight as views of one buffer (as the modules keep them);
+                # the torch providers get storage-disjoint copies, so nothing about aliasing can slow them down.
+                src = params if name in ("triton", "cuda") else [p.clone() for p in params]
+                ps = [p.detach().requires_grad_(mode == "fb") for p in src]
                 if mode == "f":
 
                     def call(fn=fn, xs=xs, ps=ps):
