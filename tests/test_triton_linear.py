@@ -481,11 +481,13 @@ def _needs_tma():
 
 
 @apply(gpu)
-@pytest.mark.parametrize("d", [1, 2, 3, 5, 7])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("dtype", "d"), [(torch.bfloat16, 1), (torch.bfloat16, 3), (torch.bfloat16, 5), (torch.float16, 2)]
+)
 def test_gpu_linear_tma_forward(dtype, d):
     """W and V adjacent in one storage and a large problem: the TMA kernel runs (each of its autotune candidates,
-    ragged M and N, odd D so the out-of-bounds branch rows of the 3-D box are exercised), and matches."""
+    ragged M and N, D = 2 and 5 so the out-of-bounds branch rows of the 3-D box are exercised), and matches. Every
+    case compiles ~7 kernels, hence the short list."""
     _needs_tma()
     m, k, n = 1030, 264, 520
     x, w, _, dw, *_ = make(m, k, n, d, dtype, "cuda")
@@ -496,6 +498,8 @@ def test_gpu_linear_tma_forward(dtype, d):
         with K.use_config(cfg):
             linear_case("cuda", dtype, m, k, n, d, "sigmoid", stacked=True)
     linear_case("cuda", dtype, m, k, n, d, "tanh", stacked=True, backward=False)  # inference: no h
+    if d != 3:
+        return
     state = sys.modules["pai_fast.kernels._common"]._state
     old = state["autotune"]
     K.set_autotune(True)
