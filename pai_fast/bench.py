@@ -126,6 +126,9 @@ def _providers(kind: str, x, params, d: int, device: str, want: list[str]):
         out["eager"] = lambda x, p: reference.dendritic_conv_ref(x, *p[:6], 1, 1)
         fused = lambda name: lambda x, p: functional.dendritic_conv2d(x, *p[:6], 1, 1, backend=name)  # noqa: E731
     if "compiled" in want:
+        # Every case's provider wraps the same lambda code object, and Dynamo's cache is per code object: without
+        # a reset, cases past its recompile limit (8) silently run eager under the "compiled" name.
+        torch._dynamo.reset()
         out["compiled"] = torch.compile(out["eager"], dynamic=False)
     for name in ("triton", "cuda"):
         if name in want and not backends.input_reasons(name, kind, x, w, d, "sigmoid"):
