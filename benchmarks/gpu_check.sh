@@ -27,10 +27,6 @@ if has ctest; then  # standalone CMake build in the background, beside the pip b
       && cmake --build build -j8 ) >"$OUT/ctest_build.log" 2>&1 &
   ctest_build_pid=$!
 fi
-if has probe; then  # the TMA probe needs no build (Triton only); run it beside the builds
-  timeout 300 python3 benchmarks/probe_fwd_tma.py --out "$OUT/probe_fwd_tma.json" >"$OUT/probe_fwd_tma.log" 2>&1 &
-  probe_pid=$!
-fi
 if has build; then
   t0=$(date +%s)
   python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
@@ -50,7 +46,8 @@ if has test; then
 fi
 
 if has probe; then
-  wait $probe_pid; summary+=("probe_fwd_tma rc=$? (probe_fwd_tma.log)")
+  timeout 300 python3 benchmarks/probe_fwd_tma.py --out "$OUT/probe_fwd_tma.json" >"$OUT/probe_fwd_tma.log" 2>&1
+  summary+=("probe_fwd_tma rc=$? (probe_fwd_tma.log)")
 fi
 if has probe || has probehost; then
   timeout 200 python3 benchmarks/probe_host_overhead.py >"$OUT/probe_host.log" 2>&1
