@@ -200,3 +200,39 @@ def test_training_step_updates_all_parameters():
     opt.step()
     for k, v in m.named_parameters():
         assert not torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize(("cls", "args", "xshape"), [(pai_fast.DendriticLinear, (16, 8), (5, 16)),
+                                                     (pai_fast.DendriticConv2d, (3, 4, 3), (2, 3, 7, 7))])  # fmt: skip
+def test_weight_and_dendrite_weight_stay_in_one_storage(cls, args, xshape):
+    """The fused kernels read Wcat = [weight; dendrite_weight] as one view (TMA forward, one dX GEMM): the layer
+    keeps them adjacent through growth, shrinking and dtype/device moves, without new Parameter objects, and
+    packing never changes a value."""
+    from pai_fast._layout import stacked_view
+
+    torch.manual_seed(0)
+    layer = cls(*args, dendrites=2)
+    with torch.no_grad():
+        layer.dendrite_gate.normal_()
+    assert stacked_view(layer.weight, layer.dendrite_weight) is not None
+    x = torch.randn(xshape)
+    before = layer(x)
+    ids = [id(p) for p in (layer.weight, layer.dendrite_weight)]
+    layer.weight.data = layer.weight.data.clone()  # apart, as FSDP or an assign-load would leave them
+    assert stacked_view(layer.weight, layer.dendrite_weight) is None
+    torch.testing.assert_close(layer(x), before, rtol=0, atol=0)  # the general path still runs
+    layer = layer.double()
+    assert [id(p) for p in (layer.weight, layer.dendrite_weight)] == ids
+    assert stacked_view(layer.weight, layer.dendrite_weight) is not None
+    torch.testing.assert_close(layer(x.double()), before.double(), rtol=1e-6, atol=1e-6)
+    layer.add_dendrite()
+    assert layer.num_dendrites == 3 and stacked_view(layer.weight, layer.dendrite_weight) is not None
+    layer._set_num_dendrites(1)
+    assert stacked_view(layer.weight, layer.dendrite_weight) is not None
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(x.double()).square().sum().backward()
+    opt.step()  # in-place updates of the two views
+    assert stacked_view(layer.weight, layer.dendrite_weight) is not None
+    fresh = cls(*args, dendrites=1).double()
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(fresh(x.double()), layer(x.double()), rtol=0, atol=0)
