@@ -324,21 +324,23 @@ def bench_cpu(args, workdir: str) -> list[dict]:
                 providers["no dendrites onnx/ort"] = (partial(ort_plain, x), None)
                 timings = time_interleaved({k: fn for k, (fn, _) in providers.items()}, runs)
                 for prov, (_, err) in providers.items():
-                    ms = timings[prov]
-                    rows.append(
-                        {
-                            "net": net,
-                            "batch": batch,
-                            "D": D,
-                            "provider": prov,
-                            "ms": ms,
-                            "max_abs_error_vs_perforatedai": err,
-                            "note": note if prov == "perforatedai" else None,
-                        }
-                    )
-                    print(f"{net:7s} B={batch:<4d} {prov:20s} {ms:9.4f} ms   err={err}", flush=True)
+                    rows.append(_row(net, batch, prov, timings[prov], err, note))
         rows.append({"net": net, "artefact": "onnx", "size_bytes": res.size_bytes, "perforatedai_model": note})
     return rows
+
+
+def _row(net: str, batch: int, prov: str, ms: float, err: float | None, note: str) -> dict:
+    """One timing row (printed as it is made); the perforatedai row carries how its model was obtained."""
+    print(f"{net:7s} B={batch:<4d} {prov:20s} {ms:9.4f} ms   err={err}", flush=True)
+    return {
+        "net": net,
+        "batch": batch,
+        "D": D,
+        "provider": prov,
+        "ms": ms,
+        "max_abs_error_vs_perforatedai": err,
+        "note": note if prov == "perforatedai" else None,
+    }
 
 
 def bench_gpu(args, workdir: str) -> list[dict]:
@@ -375,20 +377,7 @@ def bench_gpu(args, workdir: str) -> list[dict]:
                 providers["optimize+graph"] = partial(graphed, x)
                 timings = time_interleaved(providers, runs, sync=True)
                 for prov, fn in providers.items():
-                    err = max_err(fn(), ref)
-                    ms = timings[prov]
-                    rows.append(
-                        {
-                            "net": net,
-                            "batch": batch,
-                            "D": D,
-                            "provider": prov,
-                            "ms": ms,
-                            "max_abs_error_vs_perforatedai": err,
-                            "note": note if prov == "perforatedai" else None,
-                        }
-                    )
-                    print(f"{net:7s} B={batch:<4d} {prov:16s} {ms:9.4f} ms   err={err:.3g}", flush=True)
+                    rows.append(_row(net, batch, prov, timings[prov], max_err(fn(), ref), note))
     return rows
 
 
