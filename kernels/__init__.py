@@ -19,6 +19,8 @@ import os
 
 import torch
 
+from ..backends import device_capability
+
 __all__ = [
     "linear_fwd",
     "linear_bwd",
@@ -73,7 +75,7 @@ def supports(kind: str, x: torch.Tensor, weight: torch.Tensor, D: int, activatio
     if weight.device != x.device:
         reasons.append(f"weight must be on x's device {x.device}, got {weight.device}")
     if x.device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(x.device)
+        major, minor = device_capability(x.device)
         if (major, minor) < (8, 0):
             reasons.append(f"needs compute capability >= 8.0, got {major}.{minor}")
     elif INTERPRET:

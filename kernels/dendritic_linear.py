@@ -36,13 +36,12 @@ one GEMM when weight and dendrite_weight are adjacent in one storage (DendriticL
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from .._layout import small_rows, stacked_view, unpack_grads
+from ..backends import device_capability
 
 try:  # Triton >= 3.2: host-side TMA descriptors
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -332,11 +331,6 @@ if not interpreting():
     )
 
 
-@functools.cache
-def _has_tma(index: int) -> bool:
-    return torch.cuda.get_device_capability(index) >= (9, 0)
-
-
 def _tma_weight(x2d: torch.Tensor, weight: torch.Tensor, dendrite_weight: torch.Tensor, p: int):
     """Wcat [1 + D, N, K] for the TMA kernel, or None where the pointer kernel runs: the interpreter, before
     Hopper, fp32/fp64, small problems (building descriptors costs host time), P > 8, or tensors TMA cannot
@@ -345,7 +339,7 @@ def _tma_weight(x2d: torch.Tensor, weight: torch.Tensor, dendrite_weight: torch.
     n = weight.shape[0]
     if TensorDescriptor is None or interpreting() or p > 8 or x2d.dtype not in (torch.float16, torch.bfloat16):
         return None
-    if m < 1024 or n * p < 1024 or not x2d.is_cuda or not _has_tma(x2d.device.index or 0):
+    if m < 1024 or n * p < 1024 or not x2d.is_cuda or device_capability(x2d.device) < (9, 0):
         return None
     esz = x2d.element_size()
     if x2d.stride(1) != 1 or (x2d.stride(0) * esz) % 16 or x2d.data_ptr() % 16 or (k * esz) % 16:

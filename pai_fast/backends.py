@@ -131,6 +131,11 @@ def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
+def device_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) of a CUDA device, queried once per device (the ops ask on every call)."""
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def backend_module(name: str):
     """The launcher module of a fused backend (contract: linear_fwd/bwd, conv_fwd/bwd, supports)."""
     mod = "pai_fast.kernels" if name == "triton" else "pai_fast.cuda_backend"
@@ -148,7 +153,7 @@ def input_reasons(
     if reasons:
         return reasons
     if x.device.type == "cuda":
-        cap = _capability(x.device.index if x.device.index is not None else torch.cuda.current_device())
+        cap = device_capability(x.device)
         if cap < (8, 0):
             reasons.append(f"needs an NVIDIA GPU of compute capability >= 8.0, got {cap[0]}.{cap[1]}")
     elif not (name == "triton" and interpreting()):

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from ._layout import small_rows, split_small, split_weights, unpack_grads
+from .backends import device_capability
 
 try:  # the extension is optional: pure-Python installs and CPU-only machines lack it
     from . import _C  # type: ignore[attr-defined]
@@ -474,8 +475,7 @@ def supports(kind: str, x: torch.Tensor, weight: torch.Tensor, D: int, activatio
     elif kind == "linear" and (weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[-1]):
         reasons.append(f"linear expects x [..., K] and weight [N, K], got {list(x.shape)} and {list(weight.shape)}")
     if x.device.type == "cuda" and torch.cuda.is_available():
-        idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
-        cap = torch.cuda.get_device_capability(idx)
+        cap = device_capability(x.device)
         if cap < (8, 0):
             reasons.append(f"needs compute capability >= 8.0 (sm_80), got {cap[0]}.{cap[1]}")
     return reasons
