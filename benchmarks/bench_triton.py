@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import importlib.util
 import json
 import os
 import re
@@ -39,12 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LINEAR_SHAPES = [(64, 784, 128), (256, 1024, 1024), (8192, 4096, 4096)]
 CONV_SHAPES = [(32, 64, 56, 56, 64), (32, 256, 14, 14, 256)]  # B, Cin, H, W, Cout; 3x3, stride 1, padding 1
@@ -52,22 +49,8 @@ PROVIDERS = ["triton", "pai_fast", "gemm", "eager", "compile", "plain"]
 
 
 def load_kernels():
-    """pai_fast.kernels; from a source checkout without the package_dir install, load kernels/ under that name."""
-    try:
-        return importlib.import_module("pai_fast.kernels")
-    except ModuleNotFoundError as e:
-        if e.name != "pai_fast.kernels":
-            raise
-    spec = importlib.util.spec_from_file_location(
-        "pai_fast.kernels", ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")]
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["pai_fast.kernels"] = mod
-    spec.loader.exec_module(mod)
-    import pai_fast
-
-    pai_fast.kernels = mod
-    return mod
+    """pai_fast.kernels (installed by `pip install -e .`, which maps kernels/ to it)."""
+    return importlib.import_module("pai_fast.kernels")
 
 
 def _params(n, wshape, d, dtype, dev, fan_in):
