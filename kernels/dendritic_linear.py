@@ -25,7 +25,7 @@ On Hopper, when W and V sit back to back in one storage (DendriticLinear keeps t
 _linear_fwd_tma_kernel runs instead: the same tile and epilogue, but x and the stacked weight arrive by TMA bulk
 copies (one 3-D descriptor over Wcat [1 + D, N, K] whose [P, BN, BLOCK_K] box IS the stacked tile; rows past D
 come back as zeros). Measured on the H100 (bf16 8192x4096->4096, benchmarks/probe_fwd_tma.py): 9-10 % faster
-than the pointer-gather kernel at D = 1 and 3. With D = 0 the layer is nn.Linear and cuBLAS runs it.
+than the pointer-gather kernel at D = 1 and 3. (With D = 0 the op layer runs cuBLAS instead: pai_fast.ops.)
 
 Backward: ONE elementwise Triton kernel (_common._dendritic_dz_kernel) writes dZcat [M, (1+D)N] in x's dtype and
 per-program partial sums of db, dc, dG, dB into one buffer (one torch sum: deterministic), then cuBLAS:
@@ -316,7 +316,7 @@ def _tma_block_shapes(nargs: dict) -> None:
 
 
 # Measured on the H100 (benchmarks/probe_fwd_tma.py, bf16 8192x4096->4096): 128x256 with 4 stages wins without
-# saving h, 3 stages when h is written too (the epilogue's stores), 256x128 at D = 0.
+# saving h, 3 stages when h is written too (the epilogue's stores); 256x128 came within 1-4 % of the best.
 TMA_CONFIGS = [
     triton.Config(
         {"BLOCK_M": bm, "BLOCK_C": bc, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=st,
@@ -433,12 +433,6 @@ def linear_fwd(
     if m == 0 or n == 0:
         return y, h
     has_bias = bias is not None
-    if d == 0 and not interpreting():
-        # No dendrites: the layer is nn.Linear, and cuBLAS is the fastest GEMM for it (the kernel runs D = 0
-        # under the interpreter and in the conv op).
-        if has_bias:
-            return torch.addmm(bias.to(x2d.dtype), x2d, weight.t(), out=y), h
-        return torch.mm(x2d, weight.t(), out=y), h
     weight, dendrite_weight = _shared_k_stride(weight, dendrite_weight)
     p = next_pow2(1 + d)
     b_t = bias if has_bias else y

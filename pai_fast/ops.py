@@ -44,6 +44,10 @@ _lib.define(
 
 
 def _linear_fwd(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, backend, save):
+    if dendrite_weight.shape[0] == 0 and x.is_cuda and weight.dtype == x.dtype:
+        # No dendrites: the layer is nn.Linear, and cuBLAS is the fastest GEMM for it, whatever the backend.
+        y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias.to(x.dtype), x, weight.t())
+        return y, x.new_empty((x.shape[0], 0, weight.shape[0]) if save else (0,))
     return backends.backend_module(backend).linear_fwd(
         x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, save
     )
