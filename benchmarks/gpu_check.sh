@@ -38,8 +38,11 @@ python3 -m pai_fast doctor | tee "$OUT/doctor.txt"
 
 if has test; then
   t0=$(date +%s)
-  timeout 420 python3 -m pytest -q -m "gpu and not slow" -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" \
-    ${PAI_TEST_PATHS:-tests} ${PAI_TEST_ARGS:-} >"$OUT/gpu_tests.log" 2>&1
+  # pytest-xdist (its wheel in .whl/) spreads the suite over CPU workers: Triton's compiles dominate its time.
+  workers=""
+  python3 -c "import xdist" >/dev/null 2>&1 && workers="-n ${PAI_TEST_WORKERS:-8}"
+  timeout "${PAI_TEST_TIMEOUT:-420}" python3 -m pytest -q -m "gpu and not slow" -p no:cacheprovider $workers \
+    --junitxml="$OUT/gpu_tests.xml" ${PAI_TEST_PATHS:-tests} ${PAI_TEST_ARGS:-} >"$OUT/gpu_tests.log" 2>&1
   rc=$?
   tail -25 "$OUT/gpu_tests.log"
   summary+=("gpu tests rc=$rc in $(( $(date +%s) - t0 ))s: $(tail -1 "$OUT/gpu_tests.log")")

@@ -54,6 +54,15 @@ def main() -> None:
 
         steps[be] = step
         steps[be + "_fwd_nograd"] = fwd
+        if be == "triton":  # the same through Triton's own per-call launch path (no direct-launch cache)
+            from pai_fast.kernels import set_fast_launch
+
+            def plain_launch(fn=step):
+                set_fast_launch(False)
+                fn()
+                set_fast_launch(True)
+
+            steps["triton_plain_launch"] = plain_launch
 
     for name, fn in steps.items():
         for _ in range(20):

@@ -11,6 +11,8 @@ tensors in Triton's interpreter (CI; fp32/fp64, small shapes).
 On the GPU the forward kernels autotune on the first call of each shape bucket (a few candidates, see
 _common.CONFIG_POOLS). PAI_FAST_TRITON_AUTOTUNE=0 or set_autotune(False) switches to a fixed heuristic config (no
 benchmarking, so even the first call can be captured in a CUDA graph); use_config(cfg) forces one config (tests).
+After the first call of a shape, launches skip Triton's per-call argument binding (_launch.py);
+PAI_FAST_TRITON_FAST_LAUNCH=0 or set_fast_launch(False) turns that off.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "supports",
     "set_autotune",
     "use_config",
+    "set_fast_launch",
     "IMPORT_ERROR",
 ]
 
@@ -43,6 +46,7 @@ else:
 
 if IMPORT_ERROR is None:
     from ._common import ACT_CODES, ALL_CONFIGS, INTERPRET, MAX_D, SUPPORTED_DTYPES, set_autotune, use_config
+    from ._launch import set_fast_launch
     from .dendritic_conv import conv_bwd, conv_bwd_packed, conv_fwd
     from .dendritic_linear import linear_bwd, linear_bwd_packed, linear_fwd
 else:
@@ -55,7 +59,7 @@ else:
         raise ImportError(f"pai_fast.kernels (the triton backend) cannot run: {IMPORT_ERROR}; pip install triton")
 
     linear_fwd = linear_bwd = linear_bwd_packed = conv_fwd = conv_bwd = conv_bwd_packed = _missing
-    set_autotune = use_config = _missing
+    set_autotune = use_config = set_fast_launch = _missing
     ALL_CONFIGS = []
 
 

@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import Launcher
+
 ACT_CODES = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The fused path unrolls the cascade over D (constexpr) and stacks P = next_pow2(1 + D) weight blocks per tile.
@@ -376,6 +378,9 @@ def _dendritic_dz_kernel(
         tl.store(cas_row + p[:, None] * (D * N) + offs_n[None, :], acc_cas, mask=(p < D)[:, None] & n_mask[None, :])
 
 
+_launch_dz = Launcher(_dendritic_dz_kernel)
+
+
 def dz_and_reductions(
     dy: tuple[torch.Tensor, int, int, int],
     h: tuple[torch.Tensor, int, int, int, int],
@@ -410,5 +415,5 @@ def dz_and_reductions(
     args = (dy_t, h[0], gate, cascade, dz[0], part, rows, n, s, *dy[1:], *h[1:])
     args += (gate.stride(0), gate.stride(1), cascade.stride(0), cascade.stride(1), cascade.stride(2), *dz[1:])
     meta = dict(D=d, PD=pd, ACT=act, ACC_DTYPE=acc_dtype(dy_t.dtype), BLOCK_N=block_n, num_warps=num_warps)
-    _dendritic_dz_kernel[(split, num_n)](*args, **meta)
+    _launch_dz((split, num_n), args, meta)
     return part.sum(0)

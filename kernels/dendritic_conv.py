@@ -48,6 +48,7 @@ from ._common import (
     select_configs,
     torch_acc_dtype,
 )
+from ._launch import Launcher
 
 # --------------------------------------------------------------------------------------------------------------
 # Reference (the float64 oracle is pai_fast.reference.dendritic_conv_ref; same math, kept beside the kernel)
@@ -254,6 +255,8 @@ if not interpreting():
         key=["ROWS_KEY", "N", "CIN", "KD", "KH", "KW", "D", "SAVE_H", "HAS_BIAS"],
         prune_configs_by={"early_config_prune": _prune},
     )(_fwd_kernel)
+_launch_fwd = Launcher(_fwd_kernel)
+_launch_fwd_tuned = Launcher(_fwd_kernel_tuned)
 
 
 def _heuristic_config(rows: int, n: int, cin: int, p: int, dtype: torch.dtype) -> dict:
@@ -439,9 +442,9 @@ def conv_fwd(
 
     cfg = launch_config(lambda: _heuristic_config(rows, n, cin, p, x.dtype))
     if cfg is None:
-        _fwd_kernel_tuned[grid](*args, **meta)
+        _launch_fwd_tuned(grid, args, meta)
     else:
-        _fwd_kernel[grid(cfg)](*args, **meta, **cfg)
+        _launch_fwd(grid(cfg), args, {**meta, **cfg})
     return y, h
 
 

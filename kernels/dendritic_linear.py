@@ -62,6 +62,7 @@ from ._common import (
     select_configs,
     torch_acc_dtype,
 )
+from ._launch import Launcher
 
 # --------------------------------------------------------------------------------------------------------------
 # Reference (float64 oracle lives in pai_fast.reference; this is the same math, kept beside the kernel)
@@ -306,6 +307,8 @@ if not interpreting():
         key=["M_KEY", "N", "K", "D", "SAVE_H", "HAS_BIAS"],
         prune_configs_by={"early_config_prune": _prune},
     )(_fwd_kernel)
+_launch_fwd = Launcher(_fwd_kernel)
+_launch_fwd_tuned = Launcher(_fwd_kernel_tuned)
 
 
 def _tma_block_shapes(nargs: dict) -> None:
@@ -481,9 +484,9 @@ def linear_fwd(
             _linear_fwd_tma_kernel[grid(cfg)](*targs, **tmeta, **cfg)
         return y, h
     if cfg is None:
-        _fwd_kernel_tuned[grid](*args, **meta)
+        _launch_fwd_tuned(grid, args, meta)
     else:
-        _fwd_kernel[grid(cfg)](*args, **meta, **cfg)
+        _launch_fwd(grid(cfg), args, {**meta, **cfg})
     return y, h
 
 

@@ -442,6 +442,37 @@ def test_gpu_linear_grid(dtype, d, mkn):
 
 
 @apply(gpu)
+@pytest.mark.parametrize("autotune", [False, True])
+def test_gpu_fast_launch_replays_what_triton_runs(autotune):
+    """The direct-launch cache (kernels/_launch.py) gives bitwise what Triton's own launch gives, also when the
+    shape, the strides or the input's 16-byte alignment (each a Triton specialization) change between calls."""
+    common = sys.modules["pai_fast.kernels._common"]
+    lin = sys.modules["pai_fast.kernels.dendritic_linear"]
+    old = common._state["autotune"]
+    K.set_autotune(autotune)
+    try:
+        for m, k, n, off in [(37, 96, 48, 0), (37, 96, 48, 1), (64, 784, 128, 0), (37, 96, 48, 0), (5, 33, 17, 1)]:
+            x, w, b, dw, db, g, c = make(m, k + 1, n, 2, torch.bfloat16, "cuda")
+            x = x[:, off : off + k]  # row stride k + 1; off = 1 moves the data pointer off 16-byte alignment
+            w, dw = w[:, :k].contiguous(), dw[:, :, :k].contiguous()
+            gy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+            runs = []
+            for fast in (False, True, True, True):
+                K.set_fast_launch(fast)
+                y, h = K.linear_fwd(x, w, b, dw, db, g, c, "tanh", True)
+                grads = K.linear_bwd_packed(gy, x, w, dw, g, c, h, "tanh", True)
+                runs.append((y, h, *grads))
+            for run in runs[1:]:
+                for got, want in zip(run, runs[0]):
+                    assert torch.equal(got, want)
+        used = lin._launch_fwd_tuned if autotune else lin._launch_fwd
+        assert used._cache and common._launch_dz._cache
+    finally:
+        K.set_fast_launch(True)
+        K.set_autotune(old)
+
+
+@apply(gpu)
 @pytest.mark.usefixtures("fixed_config")
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
