@@ -64,6 +64,7 @@ def main() -> None:
 
             steps["triton_plain_launch"] = plain_launch
 
+    micro(m, k, n, d, dt)
     for name, fn in steps.items():
         for _ in range(20):
             fn()
@@ -95,6 +96,57 @@ def main() -> None:
         s = io.StringIO()
         pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(18)
         print("\n".join(s.getvalue().splitlines()[:40]))
+
+
+def micro(m: int, k: int, n: int, d: int, dt: torch.dtype) -> None:
+    """Host cost of the primitives a fused step is made of (µs per call, no sync inside the loop)."""
+    import pai_fast.kernels as K
+    from pai_fast.kernels import _common
+
+    x = torch.randn(m, k, device="cuda", dtype=dt)
+    wcat = torch.randn((1 + d) * n, k, device="cuda", dtype=dt)
+    dz = torch.randn(m, (1 + d) * n, device="cuda", dtype=dt)
+    part = torch.randn(64, 1 + 2 * d + d * d, n, device="cuda")
+    red = part.sum(0)
+    gate, cas = torch.randn(d, n, device="cuda", dtype=dt), torch.randn(d, d, n, device="cuda", dtype=dt)
+    h = torch.rand(m, d, n, device="cuda", dtype=dt)
+    gy = torch.randn(m, n, device="cuda", dtype=dt)
+
+    def dz_launch():
+        _common.dz_and_reductions(
+            (gy, gy.stride(0), 0, gy.stride(1)),
+            (h, h.stride(0), 0, h.stride(1), h.stride(2)),
+            (dz, dz.stride(0), 0, n * dz.stride(1), dz.stride(1)),
+            gate, cas, m, n, 1, 1,
+        )  # fmt: skip
+
+    cases = {
+        "torch.empty": lambda: torch.empty((m, n), device="cuda", dtype=dt),
+        "torch.mm dX": lambda: torch.mm(dz, wcat),
+        "torch.mm dW": lambda: torch.mm(dz.t(), x),
+        "part.sum(0)": lambda: part.sum(0),
+        "red.to(dt)": lambda: red.to(dt),
+        "x.reshape": lambda: x.reshape(-1, k),
+        "dz kernel+sum (fast launch)": dz_launch,
+    }
+
+    def plain_dz():
+        K.set_fast_launch(False)
+        dz_launch()
+        K.set_fast_launch(True)
+
+    cases["dz kernel+sum (Triton launch)"] = plain_dz
+    print("\n=== host µs per call (primitives)")
+    for name, fn in cases.items():
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(1000):
+            fn()
+        us = (time.perf_counter() - t0) * 1e3
+        torch.cuda.synchronize()
+        print(f"   {name:32s} {us:7.1f} µs")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,14 @@ def set_fast_launch(enabled: bool) -> None:
     _state["enabled"] = bool(enabled)
 
 
+def _hooks_set() -> bool:
+    """Whether a profiler put launch hooks in Triton (3.6: HookChain objects whose .calls list is non-empty)."""
+    for hook in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return True
+    return False
+
+
 def _spec(a: Any) -> Any:
     if isinstance(a, torch.Tensor):
         return a.dtype, a.data_ptr() & 15 == 0
@@ -64,12 +72,7 @@ class Launcher:
             self._seen.call = (args, kwargs)
 
     def __call__(self, grid: tuple | Callable[[dict], tuple], args: tuple, meta: dict) -> None:
-        if (
-            self._jit is None
-            or not _state["enabled"]
-            or knobs.runtime.launch_enter_hook is not None
-            or knobs.runtime.launch_exit_hook is not None
-        ):
+        if self._jit is None or not _state["enabled"] or _hooks_set():
             self.kernel[grid](*args, **meta)
             return
         drv = self._driver
