@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [ctest] [sanitize] [export]
 #   (default: build test bench). probe: the TMA-forward and host-overhead probes; ctest: the standalone CMake build
 #   of csrc/ (no Python), its C++ test program under ctest and compute-sanitizer (memcheck/racecheck/synccheck/initcheck).
-# Carry .whl/ (perforatedai's cp312 wheel) for the differential/baseline parts.
+# Carry .whl/ (perforatedai's cp312 wheel, pytest-xdist) for the differential/baseline parts.
+# Test selection: PAI_TEST_PATHS (files), PAI_TEST_K (a -k expression), PAI_TEST_TIMEOUT, PAI_TEST_WORKERS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/pai_fast_out}
@@ -42,7 +43,8 @@ if has test; then
   workers=""
   python3 -c "import xdist" >/dev/null 2>&1 && workers="-n ${PAI_TEST_WORKERS:-8}"
   timeout "${PAI_TEST_TIMEOUT:-420}" python3 -m pytest -q -m "gpu and not slow" -p no:cacheprovider $workers \
-    --junitxml="$OUT/gpu_tests.xml" ${PAI_TEST_PATHS:-tests} ${PAI_TEST_ARGS:-} >"$OUT/gpu_tests.log" 2>&1
+    --junitxml="$OUT/gpu_tests.xml" ${PAI_TEST_PATHS:-tests} ${PAI_TEST_K:+-k "$PAI_TEST_K"} ${PAI_TEST_ARGS:-} \
+    >"$OUT/gpu_tests.log" 2>&1
   rc=$?
   tail -25 "$OUT/gpu_tests.log"
   summary+=("gpu tests rc=$rc in $(( $(date +%s) - t0 ))s: $(tail -1 "$OUT/gpu_tests.log")")

@@ -85,6 +85,11 @@ def launch_config(heuristic) -> dict | None:
     return None if autotuning() else heuristic()
 
 
+def cdiv(a: int, b: int) -> int:
+    """Host-side ceil(a / b); triton.cdiv is a constexpr function whose Python call costs ~10 µs in Triton 3.6."""
+    return -(-a // b)
+
+
 def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
@@ -406,11 +411,11 @@ def dz_and_reductions(
     num_warps = 4 if pd <= 4 else 2
     block_n = min(32 * vec * num_warps, max(32, next_pow2(n)))
     num_warps = max(1, min(num_warps, block_n // (32 * vec)))
-    num_n = triton.cdiv(n, block_n)
+    num_n = cdiv(n, block_n)
     r = 1 + 2 * d + d * d
     # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
     # every GPU; ~2048 programs fill an H100 many times over. The [split, R, N] partials stay under 8M floats.
-    split = max(1, min(rows, triton.cdiv(2048, num_n), (8 << 20) // max(1, r * n)))
+    split = max(1, min(rows, cdiv(2048, num_n), (8 << 20) // max(1, r * n)))
     part = torch.empty((split, r, n), device=dy_t.device, dtype=acc_t)
     args = (dy_t, h[0], gate, cascade, dz[0], part, rows, n, s, *dy[1:], *h[1:])
     args += (gate.stride(0), gate.stride(1), cascade.stride(0), cascade.stride(1), cascade.stride(2), *dz[1:])

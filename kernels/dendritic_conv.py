@@ -39,6 +39,7 @@ from ._common import (
     _dendritic_epilogue,
     _grouped_tile,
     acc_dtype,
+    cdiv,
     check_common,
     dot_precision,
     dz_and_reductions,
@@ -438,7 +439,7 @@ def conv_fwd(
     )
 
     def grid(meta_):
-        return (triton.cdiv(rows, meta_["BLOCK_M"]) * triton.cdiv(n, meta_["BLOCK_C"] // p),)
+        return (cdiv(rows, meta_["BLOCK_M"]) * cdiv(n, meta_["BLOCK_C"] // p),)
 
     cfg = launch_config(lambda: _heuristic_config(rows, n, cin, p, x.dtype))
     if cfg is None:

@@ -53,6 +53,7 @@ from ._common import (
     _dendritic_epilogue,
     _grouped_tile,
     acc_dtype,
+    cdiv,
     check_common,
     dot_precision,
     dz_and_reductions,
@@ -466,7 +467,7 @@ def linear_fwd(
     )
 
     def grid(meta_):
-        return (triton.cdiv(m, meta_["BLOCK_M"]) * triton.cdiv(n, meta_["BLOCK_C"] // p),)
+        return (cdiv(m, meta_["BLOCK_M"]) * cdiv(n, meta_["BLOCK_C"] // p),)
 
     cfg = launch_config(lambda: _heuristic_config(m, n, k, p, x2d.dtype))
     wcat3 = _tma_weight(x2d, weight, dendrite_weight, p)
@@ -530,7 +531,8 @@ def linear_bwd_packed(
             f"linear_bwd: h must be [{m}, {d}, {n}] (forward run with save_for_backward), got {list(h.shape)}"
         )
     dev, dt = x2d.device, x2d.dtype
-    grad_y = grad_y.to(dt)
+    if grad_y.dtype != dt:
+        grad_y = grad_y.to(dt)
     if m == 0 or n == 0:
         return (
             torch.zeros_like(x2d),

@@ -32,7 +32,7 @@ def split_small(dsmall: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tenso
 def split_weights(dwcat: torch.Tensor, weight_shape, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(dweight, ddendrite_weight) as views of dwcat."""
     n = weight_shape[0]
-    return dwcat[:n].view(weight_shape), dwcat[n:].view(d, *weight_shape)
+    return dwcat[:n], dwcat[n:].view(d, *weight_shape)
 
 
 def unpack_grads(

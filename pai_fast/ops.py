@@ -154,21 +154,22 @@ class DendriticLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, backend):
-        k, n = weight.shape[1], weight.shape[0]
-        x2 = x.reshape(-1, k)
+        # 2-D x skips the reshapes: every torch call costs host time that small layers feel.
+        flat = x.dim() == 2
+        x2 = x if flat else x.reshape(-1, weight.shape[1])
         y, h = torch.ops.pai_fast.dendritic_linear_fwd(
             x2, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, backend, True
         )
         ctx.save_for_backward(x2, weight, dendrite_weight, gate, cascade, h)
-        ctx.meta = (x.shape, activation, backend, bias is not None)
-        return y.reshape(*x.shape[:-1], n)
+        ctx.meta = (None if flat else x.shape, activation, backend, bias is not None)
+        return y if flat else y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_y):
         x2, weight, dendrite_weight, gate, cascade, h = ctx.saved_tensors
         x_shape, activation, backend, has_bias = ctx.meta
         dx, dwcat, dsmall = torch.ops.pai_fast.dendritic_linear_bwd(
-            grad_y.reshape(-1, weight.shape[0]),
+            grad_y if x_shape is None else grad_y.reshape(-1, weight.shape[0]),
             x2,
             weight,
             dendrite_weight,
@@ -182,7 +183,7 @@ class DendriticLinearFunction(torch.autograd.Function):
         dx, dw, db, ddw, ddb, dg, dc = unpack_grads(dx, dwcat, dsmall, weight, dendrite_weight.shape[0])
         if not has_bias:
             db = ddb = None
-        return dx.reshape(x_shape), dw, db, ddw, ddb, dg, dc, None, None
+        return dx if x_shape is None else dx.reshape(x_shape), dw, db, ddw, ddb, dg, dc, None, None
 
 
 class DendriticConvFunction(torch.autograd.Function):
