@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import warnings
 
@@ -43,7 +44,7 @@ def _timer(device: str):
     if device == "cuda":
         from triton.testing import do_bench
 
-        return lambda fn: do_bench(fn, warmup=25, rep=100, return_mode="median")
+        return lambda fn: do_bench(fn, warmup=10, rep=40, return_mode="median")
 
     from torch.utils import benchmark
 
@@ -145,6 +146,7 @@ def run(
     providers=("plain", "cat_gemm", "eager", "compiled", "triton", "cuda"),
     device=None,
     progress=True,
+    rounds=5,
 ):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     timer = _timer(device)
@@ -171,6 +173,7 @@ def run(
         params.append(torch.cat([params[0][None], params[2]]).flatten(0, 1))  # the limit's weight, (1+D)*N rows
         provs = _providers(kind, x, params, d, device, list(providers))
         for mode in modes:
+            calls = {}
             for name, fn in provs.items():
                 if d == 0 and name in ("cat_gemm",):
                     continue
@@ -194,10 +197,20 @@ def run(
                         )
 
                 try:
-                    ms = timer(call)
+                    call()  # compiles / autotunes outside the timed rounds
                 except Exception as e:  # a provider that fails is reported, not fatal
                     warnings.warn(f"bench: {name} {kind} {shape_name} {dtype_name} D={d} {mode}: {e}", stacklevel=1)
                     continue
+                calls[name] = call
+            # Small layers are host-bound and the host's speed drifts: time the providers in interleaved rounds
+            # (rotating the order) and keep each one's median over the rounds, so every ratio is side by side.
+            times: dict[str, list[float]] = {name: [] for name in calls}
+            names = list(calls)
+            for r in range(rounds):
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    times[name].append(timer(calls[name]))
+            for name, ts in times.items():
+                ms = statistics.median(ts)
                 rows.append(dict(kind=kind, shape=shape_name, dtype=dtype_name, D=d, mode=mode, provider=name, ms=ms))
     return rows
 
@@ -278,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", default=None, help="comma list of shape names (default: all; CPU: the small ones)")
     p.add_argument("--providers", default="plain,cat_gemm,eager,compiled,triton,cuda")
     p.add_argument("--modes", default="f,fb")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default: 5 on GPU, 1 on CPU)")
     p.add_argument("--out", default="pai_fast_bench", help="output prefix: writes PREFIX.json and PREFIX.png")
     a = p.parse_args(argv)
     gpu = torch.cuda.is_available()
@@ -295,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         shapes=shapes,
         modes=a.modes.split(","),
         providers=a.providers.split(","),
+        rounds=a.rounds or (5 if gpu else 1),
     )
     env = environment()
+    env["rounds"] = a.rounds or (5 if gpu else 1)
     with open(a.out + ".json", "w") as f:
         json.dump({"environment": env, "rows": rows}, f, indent=1)
     try:
