@@ -66,15 +66,7 @@ def main() -> None:
 
     micro(m, k, n, d, dt)
     for name, fn in steps.items():
-        for _ in range(20):
-            fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(200):
-            fn()
-        host = (time.perf_counter() - t0) / 200 * 1e3
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - t0) / 200 * 1e3
+        host, wall = host_and_wall_ms(fn, 200)
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
             for _ in range(10):
                 fn()
@@ -96,6 +88,19 @@ def main() -> None:
         s = io.StringIO()
         pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(18)
         print("\n".join(s.getvalue().splitlines()[:40]))
+
+
+def host_and_wall_ms(fn, n: int) -> tuple[float, float]:
+    """(host ms per call with no sync inside the loop, wall ms per call once the GPU has caught up)."""
+    for _ in range(max(10, n // 10)):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    host = (time.perf_counter() - t0) / n * 1e3
+    torch.cuda.synchronize()
+    return host, (time.perf_counter() - t0) / n * 1e3
 
 
 def micro(m: int, k: int, n: int, d: int, dt: torch.dtype) -> None:
@@ -138,15 +143,7 @@ def micro(m: int, k: int, n: int, d: int, dt: torch.dtype) -> None:
     cases["dz kernel+sum (Triton launch)"] = plain_dz
     print("\n=== host µs per call (primitives)")
     for name, fn in cases.items():
-        for _ in range(50):
-            fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(1000):
-            fn()
-        us = (time.perf_counter() - t0) * 1e3
-        torch.cuda.synchronize()
-        print(f"   {name:32s} {us:7.1f} µs")
+        print(f"   {name:32s} {host_and_wall_ms(fn, 1000)[0] * 1e3:7.1f} µs")
 
 
 if __name__ == "__main__":
