@@ -49,6 +49,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from .activations import ActivationLike, activation_name
+from .checkpoint import _unwrap as _check_model  # type check + DataParallel/DDP/compile unwrapping
 from .nn import DendriteMixin, DendriticConv1d, DendriticConv2d, DendriticConv3d, DendriticLinear
 
 __all__ = [
@@ -360,24 +361,6 @@ def fold_layer(layer: nn.Module, path: str = "") -> nn.Module:
     if kind == "linear":
         return FoldedDendriticLinear.from_layer(layer)
     return FoldedDendriticConv.from_layer(layer)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif type(model).__name__ == "OptimizedModule" and isinstance(
-            model.__dict__.get("_modules", {}).get("_orig_mod"), nn.Module
-        ):
-            model = model._modules["_orig_mod"]
-        else:
-            return model
-
-
-def _check_model(model: Any) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    return _unwrap(model)
 
 
 def fold(model: nn.Module) -> nn.Module:
