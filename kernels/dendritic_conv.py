@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._layout import small_rows, stacked_view, unpack_grads
+from .._layout import seven_grads, small_rows, stacked_view
 from ._common import (
     ALL_CONFIGS,
     _dendritic_epilogue,
@@ -556,22 +556,4 @@ def conv_bwd_packed(
     return _like(dx, x), dwcat.contiguous(), red.to(gate.dtype)
 
 
-def conv_bwd(
-    grad_y: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    dendrite_weight: torch.Tensor,
-    gate: torch.Tensor,
-    cascade: torch.Tensor,
-    h: torch.Tensor,
-    stride: tuple,
-    padding: tuple,
-    dilation: tuple,
-    activation: str,
-    has_bias: bool,
-) -> tuple[torch.Tensor, ...]:
-    """(dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade) as views of the packed gradients."""
-    packed = conv_bwd_packed(
-        grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, has_bias
-    )
-    return unpack_grads(*packed, weight, dendrite_weight.shape[0])
+conv_bwd = seven_grads(conv_bwd_packed)

@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._layout import small_rows, stacked_view, unpack_grads
+from .._layout import seven_grads, small_rows, stacked_view
 from ..backends import device_capability
 
 try:  # Triton >= 3.2: host-side TMA descriptors
@@ -567,17 +567,4 @@ def linear_bwd_packed(
     return _like(dx, x2d), dwcat, red.to(gate.dtype)
 
 
-def linear_bwd(
-    grad_y: torch.Tensor,
-    x2d: torch.Tensor,
-    weight: torch.Tensor,
-    dendrite_weight: torch.Tensor,
-    gate: torch.Tensor,
-    cascade: torch.Tensor,
-    h: torch.Tensor,
-    activation: str,
-    has_bias: bool,
-) -> tuple[torch.Tensor, ...]:
-    """(dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade) as views of the packed gradients."""
-    packed = linear_bwd_packed(grad_y, x2d, weight, dendrite_weight, gate, cascade, h, activation, has_bias)
-    return unpack_grads(*packed, weight, dendrite_weight.shape[0])
+linear_bwd = seven_grads(linear_bwd_packed)

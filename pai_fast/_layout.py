@@ -15,6 +15,9 @@ not meaningful for a layer without bias (the autograd backward returns None for 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 
 
@@ -42,6 +45,23 @@ def unpack_grads(
     dw, ddw = split_weights(dwcat, weight.shape, d)
     db, ddb, dg, dc = split_small(dsmall, d)
     return dx, dw, db, ddw, ddb, dg, dc
+
+
+def seven_grads(packed_backward: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Callable:
+    """The seven-gradient form of a packed backward launcher (arguments: grad_y, x, weight, dendrite_weight, ...):
+    (dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade) as views of its packed gradients."""
+
+    @functools.wraps(packed_backward)
+    def backward(grad_y, x, weight, dendrite_weight, *rest):
+        packed = packed_backward(grad_y, x, weight, dendrite_weight, *rest)
+        return unpack_grads(*packed, weight, 0 if dendrite_weight is None else dendrite_weight.shape[0])
+
+    backward.__name__ = backward.__qualname__ = packed_backward.__name__.removesuffix("_packed")
+    backward.__doc__ = (
+        "(dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade) as views of the packed gradients of "
+        f"{packed_backward.__name__}, which takes the same arguments."
+    )
+    return backward
 
 
 def stacked_view(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor | None:

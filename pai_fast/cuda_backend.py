@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._layout import small_rows, split_small, split_weights, unpack_grads
+from ._layout import seven_grads, small_rows, split_small, split_weights
 from .backends import device_capability
 
 try:  # the extension is optional: pure-Python installs and CPU-only machines lack it
@@ -292,13 +292,7 @@ def linear_bwd_packed(
     return out
 
 
-def linear_bwd(
-    grad_y, x2d, weight, dendrite_weight, gate, cascade, h, activation, has_bias
-) -> tuple[torch.Tensor, ...]:
-    """(dx, dweight, dbias, ddendrite_weight, ddendrite_bias, dgate, dcascade) as views of the packed gradients;
-    the bias gradients are zeros without a bias."""
-    packed = linear_bwd_packed(grad_y, x2d, weight, dendrite_weight, gate, cascade, h, activation, has_bias)
-    return unpack_grads(*packed, weight, _d_of(dendrite_weight))
+linear_bwd = seven_grads(linear_bwd_packed)
 
 
 # ---------------------------------------------------------------------------------------------- Conv
@@ -431,15 +425,7 @@ def conv_bwd_packed(
     return out
 
 
-def conv_bwd(
-    grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, has_bias
-) -> tuple[torch.Tensor, ...]:
-    """The 7 gradients of conv_fwd's inputs as views of the packed ones; the bias gradients are zeros without a
-    bias."""
-    packed = conv_bwd_packed(
-        grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation, has_bias
-    )
-    return unpack_grads(*packed, weight, _d_of(dendrite_weight))
+conv_bwd = seven_grads(conv_bwd_packed)
 
 
 # ---------------------------------------------------------------------------------------------- supports
