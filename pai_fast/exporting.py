@@ -51,6 +51,7 @@ from torch.utils import _pytree as pytree
 from .activations import ActivationLike, activation_name
 from .checkpoint import _unwrap as _check_model  # type check + DataParallel/DDP/compile unwrapping
 from .nn import DendriteMixin, DendriticConv1d, DendriticConv2d, DendriticConv3d, DendriticLinear
+from .nn.conv import conv_init_args
 
 __all__ = [
     "FORMATS",
@@ -317,18 +318,7 @@ def _plain_layer(layer: nn.Module) -> nn.Module:
             plain = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None, dtype=w.dtype)
         else:
             cls = next(c for c, nd in _PLAIN_CONV if w.dim() == nd + 2)
-            plain = cls(
-                layer.in_channels,
-                layer.out_channels,
-                layer.kernel_size,
-                layer.stride,
-                layer.padding,
-                layer.dilation,
-                layer.groups,
-                layer.bias is not None,
-                layer.padding_mode,
-                dtype=w.dtype,
-            )
+            plain = cls(*conv_init_args(layer), dtype=w.dtype)
     state = {"weight": nn.Parameter(w.detach().clone(), requires_grad=False)}
     if layer.bias is not None:
         state["bias"] = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)

@@ -11,6 +11,21 @@ from ..functional import dendritic_conv1d, dendritic_conv2d, dendritic_conv3d
 from ._dendrites import DendriteMixin
 
 
+def conv_init_args(layer: nn.modules.conv._ConvNd) -> tuple:
+    """The positional constructor arguments that rebuild ``layer``'s geometry as another nn.ConvNd-like class."""
+    return (
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        layer.groups,
+        layer.bias is not None,
+        layer.padding_mode,
+    )
+
+
 class _DendriticConvNd(DendriteMixin):
     _functional = None  # set by subclasses
     _torch_conv: type[nn.modules.conv._ConvNd]
@@ -25,19 +40,7 @@ class _DendriticConvNd(DendriteMixin):
         act = activation if activation is not None else getattr(layer, "activation", "sigmoid")
         w = layer.weight
         with torch.device("meta"):
-            new = cls(
-                layer.in_channels,
-                layer.out_channels,
-                layer.kernel_size,
-                layer.stride,
-                layer.padding,
-                layer.dilation,
-                layer.groups,
-                layer.bias is not None,
-                layer.padding_mode,
-                dtype=w.dtype,
-                activation=act,
-            )
+            new = cls(*conv_init_args(layer), dtype=w.dtype, activation=act)
         new = new.to_empty(device=w.device)
         if isinstance(layer, DendriteMixin):
             new._set_num_dendrites(layer.num_dendrites)
