@@ -513,7 +513,8 @@ def conv_bwd_packed(
         )
     dev, dt = x.device, x.dtype
     acc_t = torch_acc_dtype(dt)
-    grad_y = grad_y.to(dt)
+    if grad_y.dtype != dt:
+        grad_y = grad_y.to(dt)
     os_ = 1
     for s in out_sp:
         os_ *= s
