@@ -45,7 +45,7 @@ def main() -> None:
         t = {"cublas_cat": do_bench(lambda: torch.mm(x, wcat.flatten(0, 1).t()), return_mode="median")}
         y_ref = fwd(*apart, False)[0].float()
         for save in (False, True):
-            for i, cfg in enumerate(L.TMA_CONFIGS):
+            for i, cfg in enumerate(L.tma_configs(dt)):
                 with use_config(cfg):
                     for name, (w, v) in (("tma", (wcat[0], wcat[1:])), ("ptr", apart)):
                         err = (fwd(w, v, save)[0].float() - y_ref).abs().max().item()

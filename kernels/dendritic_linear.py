@@ -244,6 +244,7 @@ def _linear_fwd_tma_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """The forward on Hopper's TMA: the same tile and epilogue as _linear_fwd_kernel, but the K-loop's tiles are
     bulk copies. The [P, BN, BLOCK_K] box of the 3-D weight descriptor is the stacked tile: rows of branches past
@@ -256,7 +257,7 @@ def _linear_fwd_tma_kernel(
     for kk in range(0, tl.cdiv(K, BLOCK_K)):
         a = x_desc.load([off_m, kk * BLOCK_K])
         b = tl.reshape(w_desc.load([0, off_n, kk * BLOCK_K]), (BLOCK_C, BLOCK_K))
-        acc = tl.dot(a, b.T, acc)
+        acc = tl.dot(a, b.T, acc, input_precision=DOT_PRECISION)
     offs_m = off_m + tl.arange(0, BLOCK_M)
     offs_n = off_n + tl.arange(0, BN)
     rows = offs_m.to(tl.int64)
@@ -321,27 +322,47 @@ def _tma_block_shapes(nargs: dict) -> None:
 
 # Measured on the H100 (benchmarks/probe_fwd_tma.py, bf16 8192x4096->4096): 128x256 with 4 stages wins without
 # saving h, 3 stages when h is written too (the epilogue's stores); 256x128 came within 1-4 % of the best.
+# fp32 (tf32 when torch allows it) keeps the same 128-byte K rows, so BLOCK_K halves: 48 KB per stage.
 TMA_CONFIGS = [
     triton.Config(
-        {"BLOCK_M": bm, "BLOCK_C": bc, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=st,
+        {"BLOCK_M": bm, "BLOCK_C": bc, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=8, num_stages=st,
         pre_hook=_tma_block_shapes,
     )
+    for bk in (64, 32)
     for bm, bc, st in ((128, 256, 3), (128, 256, 4), (256, 128, 3))
 ]  # fmt: skip
+
+
+def tma_configs(dtype: torch.dtype) -> list:
+    """The TMA autotune candidates for an input dtype: K rows of 128 bytes."""
+    esz = torch.empty((), dtype=dtype).element_size()
+    return [c for c in TMA_CONFIGS if c.kwargs["BLOCK_K"] * esz == 128]
+
+
+def _prune_tma(configs, named_args, **kwargs):
+    esz = named_args["x_desc"].base.element_size()
+    return [c for c in configs if c.kwargs["BLOCK_K"] * esz == 128]
+
+
 _fwd_tma_tuned = None
 if not interpreting():
-    _fwd_tma_tuned = triton.autotune(configs=TMA_CONFIGS, key=["M_KEY", "N", "K", "D", "SAVE_H", "HAS_BIAS"])(
-        _linear_fwd_tma_kernel
-    )
+    _fwd_tma_tuned = triton.autotune(
+        configs=TMA_CONFIGS,
+        key=["M_KEY", "N", "K", "D", "SAVE_H", "HAS_BIAS"],
+        prune_configs_by={"early_config_prune": _prune_tma},
+    )(_linear_fwd_tma_kernel)
+
+
+_TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _tma_weight(x2d: torch.Tensor, weight: torch.Tensor, dendrite_weight: torch.Tensor, p: int):
     """Wcat [1 + D, N, K] for the TMA kernel, or None where the pointer kernel runs: the interpreter, before
-    Hopper, fp32/fp64, small problems (building descriptors costs host time), P > 8, or tensors TMA cannot
+    Hopper, fp64, small problems (building descriptors costs host time), P > 8, or tensors TMA cannot
     address (x rows not 16-byte aligned, W and V not adjacent in one storage: DendriticLinear keeps them so)."""
     m, k = x2d.shape
     n = weight.shape[0]
-    if TensorDescriptor is None or interpreting() or p > 8 or x2d.dtype not in (torch.float16, torch.bfloat16):
+    if TensorDescriptor is None or interpreting() or p > 8 or x2d.dtype not in _TMA_DTYPES:
         return None
     if m < 1024 or n * p < 1024 or not x2d.is_cuda or device_capability(x2d.device) < (9, 0):
         return None
@@ -472,13 +493,13 @@ def linear_fwd(
     cfg = launch_config(lambda: _heuristic_config(m, n, k, p, x2d.dtype))
     wcat3 = _tma_weight(x2d, weight, dendrite_weight, p)
     if wcat3 is not None:
-        box = cfg or TMA_CONFIGS[0].kwargs  # the autotuner's pre-hook re-sets the boxes per config
+        box = cfg or tma_configs(x2d.dtype)[0].kwargs  # the autotuner's pre-hook re-sets the boxes per config
         descs = (
             TensorDescriptor(x2d, [m, k], [x2d.stride(0), 1], [box["BLOCK_M"], box["BLOCK_K"]]),
             TensorDescriptor(wcat3, [d + 1, n, k], list(wcat3.stride()), [p, box["BLOCK_C"] // p, box["BLOCK_K"]]),
         )
         targs = descs + args[3:13] + args[19:]
-        tmeta = {key: v for key, v in meta.items() if key not in ("ACC_DTYPE", "DOT_PRECISION")}
+        tmeta = {key: v for key, v in meta.items() if key != "ACC_DTYPE"}
         if cfg is None:
             _fwd_tma_tuned[grid](*targs, **tmeta)
         else:

@@ -513,7 +513,8 @@ def _needs_tma():
 
 @apply(gpu)
 @pytest.mark.parametrize(
-    ("dtype", "d"), [(torch.bfloat16, 1), (torch.bfloat16, 3), (torch.bfloat16, 5), (torch.float16, 2)]
+    ("dtype", "d"),
+    [(torch.bfloat16, 1), (torch.bfloat16, 3), (torch.bfloat16, 5), (torch.float16, 2), (torch.float32, 3)],
 )
 def test_gpu_linear_tma_forward(dtype, d):
     """W and V adjacent in one storage and a large problem: the TMA kernel runs (each of its autotune candidates,
@@ -525,7 +526,7 @@ def test_gpu_linear_tma_forward(dtype, d):
     buf = torch.cat([w.unsqueeze(0), dw])
     assert K.dendritic_linear._tma_weight(x, buf[0], buf[1:], K.dendritic_linear.next_pow2(1 + d)) is not None
     assert K.dendritic_linear._tma_weight(x, w, dw, K.dendritic_linear.next_pow2(1 + d)) is None  # not adjacent
-    for cfg in K.dendritic_linear.TMA_CONFIGS:
+    for cfg in K.dendritic_linear.tma_configs(dtype):
         with K.use_config(cfg):
             linear_case("cuda", dtype, m, k, n, d, "sigmoid", stacked=True)
     linear_case("cuda", dtype, m, k, n, d, "tanh", stacked=True, backward=False)  # inference: no h
