@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, test, benchmark. Full results go under $OUT; a short table is printed last.
-#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [ctest] [sanitize] [export]
+#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [probeconv] [ctest]
+#     [sanitize] [export]
 #   (default: build test bench). probe: the TMA-forward and host-overhead probes; ctest: the standalone CMake build
 #   of csrc/ (no Python), its C++ test program under ctest and compute-sanitizer (memcheck/racecheck/synccheck/initcheck).
 # Carry .whl/ (perforatedai's cp312 wheel, pytest-xdist) for the differential/baseline parts.
@@ -84,11 +85,17 @@ if has sanitize && [ -f benchmarks/sanitize.sh ]; then
   summary+=("sanitize rc=$? ($(grep -E '^== .*: (PASS|FAIL)' "$OUT/sanitize.log" | tr '\n' ' '))")
 fi
 
+if has probeconv; then
+  timeout 300 python3 benchmarks/probe_conv.py --out "$OUT/probe_conv.json" >"$OUT/probe_conv.log" 2>&1
+  summary+=("probe_conv rc=$? (probe_conv.log)")
+fi
+
 if has quickbench; then
-  timeout 400 python3 -m pai_fast bench --kinds linear --dtypes bfloat16 --dendrites 1,3 \
-    --shapes "64x784->128,256x1024->1024,8192x4096->4096" --out "$OUT/bench_quick" >"$OUT/bench_quick.log" 2>&1
+  # PAI_BENCH_ARGS replaces the case list (words split on spaces; no quoting needed for shapes like 64x784->128).
+  bench_args=${PAI_BENCH_ARGS:---kinds linear --dtypes bfloat16 --dendrites 1,3 --shapes 64x784->128,256x1024->1024,8192x4096->4096}
+  timeout "${PAI_BENCH_TIMEOUT:-400}" python3 -m pai_fast bench $bench_args --out "$OUT/bench_quick" >"$OUT/bench_quick.log" 2>&1
   summary+=("quickbench rc=$?")
-  tail -12 "$OUT/bench_quick.log"
+  tail -30 "$OUT/bench_quick.log"
 fi
 
 if has bench; then
@@ -102,7 +109,7 @@ if has export && [ -f benchmarks/bench_export.py ]; then
   tail -10 "$OUT/export_gpu.log"
 fi
 
-for f in probe_fwd_tma.log probe_host.log; do [ -f "$OUT/$f" ] && { echo "---- $f"; grep -vE '^\s*$' "$OUT/$f" | cut -c1-160 | tail -70; }; done
+for f in probe_fwd_tma.log probe_host.log probe_conv.log; do [ -f "$OUT/$f" ] && { echo "---- $f"; grep -vE '^\s*$' "$OUT/$f" | cut -c1-160 | tail -70; }; done
 echo "================ summary ================"
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
 [ -f "$OUT/bench.log" ] && grep -E "^(case|linear|conv)" "$OUT/bench.log" | cut -c1-150

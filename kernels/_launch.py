@@ -7,7 +7,8 @@ calls the compiled kernel's launcher directly.
 
 The key separates every two calls Triton could compile or configure differently: each int argument by value
 (which covers Triton's ``== 1`` / ``% 16`` / int64 specializations and any autotune key), each tensor by dtype and
-16-byte alignment of its data pointer, the constexpr meta-parameters and the current device. A launch grid given as
+16-byte alignment of its data pointer (a TMA descriptor by its base's, plus its shape, strides and box), the
+constexpr meta-parameters and the current device. A launch grid given as
 a callable must be a function of the arguments and meta-parameters (it is computed once per key).
 
 Falls back to the plain Triton call under the interpreter, when Triton's launch hooks are set (profilers), or with
@@ -24,6 +25,11 @@ from typing import Any
 import torch
 from triton import knobs
 from triton.runtime.jit import JITFunction
+
+try:  # Triton >= 3.2: host-side TMA descriptors
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
 
 _MAX_ENTRIES = 1024
 _state = {"enabled": os.environ.get("PAI_FAST_TRITON_FAST_LAUNCH", "1") != "0"}
@@ -45,6 +51,9 @@ def _hooks_set() -> bool:
 def _spec(a: Any) -> Any:
     if isinstance(a, torch.Tensor):
         return a.dtype, a.data_ptr() & 15 == 0
+    if TensorDescriptor is not None and isinstance(a, TensorDescriptor):
+        # Compiled for its dtype and box; shape and strides travel in the tensor map (keyed anyway: cheap, safe).
+        return a.base.dtype, a.base.data_ptr() & 15 == 0, tuple(a.shape), tuple(a.strides), tuple(a.block_shape)
     return a
 
 
@@ -95,7 +104,9 @@ class Launcher:
                     self._cache.clear()
                 self._cache[key] = hit
             return
-        compiled, fixed_grid, tail = hit
+        compiled, fixed_grid, tail, pre_hook = hit
+        if pre_hook is not None:  # what the autotuner does before every launch (e.g. set a descriptor's box)
+            pre_hook(dict(zip(self._jit.arg_names, (*args, *tail))))
         g = fixed_grid if fixed_grid is not None else grid
         compiled.run(
             g[0],
@@ -112,12 +123,15 @@ class Launcher:
         )
 
     def _entry(self, compiled: Any, grid: Any, args: tuple) -> tuple | None:
-        """(compiled kernel, grid or None when the call's own grid tuple is used, constexpr tail) or None when this
-        call cannot be replayed (nothing recorded, or the runtime args are not a prefix of the signature)."""
+        """(compiled kernel, grid or None when the call's own grid tuple is used, constexpr tail, the chosen
+        config's pre-hook or None) or None when this call cannot be replayed (nothing recorded, or the runtime args
+        are not a prefix of the signature)."""
         seen = self._seen.call
         self._seen.call = None
         if compiled is None or seen is None:
             return None
+        best = getattr(self.kernel, "best_config", None)  # an autotuner's pick for this call
+        pre_hook = getattr(best, "pre_hook", None)
         if hasattr(compiled, "result"):
             compiled = compiled.result()
         s_args, s_kwargs = seen
@@ -132,4 +146,4 @@ class Launcher:
         if callable(grid):
             fixed = tuple(grid(dict(zip(names, (*args, *tail)))))
         compiled.run  # noqa: B018 (loads the module and function handles now, not inside a CUDA-graph capture)
-        return compiled, fixed, tail
+        return compiled, fixed, tail, pre_hook

@@ -16,13 +16,17 @@ Backward, with dy = dL/dy and the saved a_i (h [B, D, Cout, *out]):
 
 Forward: ONE kernel, an implicit GEMM. Rows are the B * prod(out) output positions, the reduction runs over the
 kernel positions (outer) and input-channel blocks (inner), so the x address of a row is computed once per kernel
-position and the channel block is a strided (NCHW) or contiguous (channels_last) run. The stacked weight tile and
-the epilogue are the Linear kernel's (see dendritic_linear.py and _common.py): one tl.dot into a
+position and the channel block is a contiguous run (x is made channels-innermost first). The stacked weight tile
+and the epilogue are the Linear kernel's (see dendritic_linear.py and _common.py): one tl.dot into a
 [BLOCK_M, P * BN] accumulator, cascade / activation / gated sum in registers, y and (training only) h written.
-Conv1d and Conv2d run as Conv3d with unit leading dims. x may have any strides (NCHW, channels_last, slices); y
-and h are returned contiguous (NCHW order), as the op's fake kernel promises.
+On Hopper (W_TMA) the weight tile arrives by TMA from Wpack [1 + D, Cout, KD*KH*KW*Cin] (one [P, BN, BLOCK_K]
+box is the stacked tile, as in the Linear's TMA kernel), so only x's tile needs address registers.
+Conv1d and Conv2d run as Conv3d with unit leading dims. x may have any strides (NCHW, channels_last, slices). y and
+h keep x's memory format (pai_fast._layout.conv_empty, as the op's fake kernel promises): with channels_last x the
+epilogue's stores run along the channels, contiguous; with NCHW they are strided by the spatial size.
 
-Backward: the shared dZ kernel (_common.py) writes dZcat [B, (1+D)Cout, *out] and the per-program partial sums,
+Backward: the shared dZ kernel (_common.py) writes dZcat [B, (1+D)Cout, *out] (x's memory format) and the
+per-program partial sums,
 then ONE aten.convolution_backward call over the stacked weights (cuDNN on the GPU) gives dX and dWcat; dweight
 and ddendrite_weight are views of dWcat.
 """
@@ -33,7 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._layout import seven_grads, small_rows, stacked_view
+from .._layout import conv_empty, seven_grads, small_rows, stacked_view
+from ..backends import device_capability
 from ._common import (
     ALL_CONFIGS,
     _dendritic_epilogue,
@@ -50,6 +55,11 @@ from ._common import (
     torch_acc_dtype,
 )
 from ._launch import Launcher
+
+try:  # Triton >= 3.2: host-side TMA descriptors
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
 
 # --------------------------------------------------------------------------------------------------------------
 # Reference (the float64 oracle is pai_fast.reference.dendritic_conv_ref; same math, kept beside the kernel)
@@ -83,7 +93,7 @@ def conv_ref(
 @triton.jit
 def _conv_fwd_kernel(
     x_ptr,
-    w_ptr,
+    w_ptr,  # W_TMA: a TMA descriptor over Wpack [1 + D, Cout, KD*KH*KW*Cin], box [P, BN, BLOCK_K]; else W's pointer
     v_ptr,
     b_ptr,
     c_ptr,
@@ -147,6 +157,7 @@ def _conv_fwd_kernel(
     SAVE_H: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    W_TMA: tl.constexpr,
     EVEN_C: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -173,15 +184,16 @@ def _conv_fwd_kernel(
     iw0 = ow * conv_sw - pad_w
     x_rows = x_ptr + bb * stride_xb
 
-    offs_c = tl.arange(0, BLOCK_C)
-    branch = offs_c // BN
-    chan = ((pid_n * BN + offs_c % BN) % N).to(tl.int64)
-    if D == 0:
-        w_rows = w_ptr + chan * stride_wn
-    else:
-        dend = tl.maximum(branch - 1, 0).to(tl.int64)
-        w_rows = tl.where(branch == 0, w_ptr + chan * stride_wn, v_ptr + dend * stride_vd + chan * stride_vn)
-    c_mask = branch <= D
+    if not W_TMA:
+        offs_c = tl.arange(0, BLOCK_C)
+        branch = offs_c // BN
+        chan = ((pid_n * BN + offs_c % BN) % N).to(tl.int64)
+        if D == 0:
+            w_rows = w_ptr + chan * stride_wn
+        else:
+            dend = tl.maximum(branch - 1, 0).to(tl.int64)
+            w_rows = tl.where(branch == 0, w_ptr + chan * stride_wn, v_ptr + dend * stride_vd + chan * stride_vn)
+        c_mask = branch <= D
 
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC_DTYPE)
     ncb = tl.cdiv(CIN, BLOCK_K)
@@ -198,14 +210,22 @@ def _conv_fwd_kernel(
         row_ok = (i_d >= 0) & (i_d < ID) & (i_h >= 0) & (i_h < IH) & (i_w >= 0) & (i_w < IW)
         ci = cb * BLOCK_K + offs_k
         x_ptrs = (x_rows + i_d * stride_xd + i_h * stride_xh + i_w * stride_xw)[:, None] + ci[None, :] * stride_xc
-        w_ptrs = w_rows[:, None] + ci[None, :] * stride_wc + (kd * stride_wkd + kh * stride_wkh + kw * stride_wkw)
+        k_ok = ci < CIN
         if EVEN_C:
             a = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
-            b = tl.load(w_ptrs, mask=c_mask[:, None], other=0.0)
         else:
-            k_ok = ci < CIN
             a = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(w_ptrs, mask=c_mask[:, None] & k_ok[None, :], other=0.0)
+        if W_TMA:
+            # The [P, BN, BLOCK_K] box is the stacked tile; branch rows past D come back as zeros. Where BLOCK_K
+            # does not divide Cin the box runs into the next kernel position's channels, which meet the zeroed
+            # (masked) x columns.
+            b = tl.reshape(w_ptr.load([0, pid_n * BN, kpos * CIN + cb * BLOCK_K]), (BLOCK_C, BLOCK_K))
+        else:
+            w_ptrs = w_rows[:, None] + ci[None, :] * stride_wc + (kd * stride_wkd + kh * stride_wkh + kw * stride_wkw)
+            if EVEN_C:
+                b = tl.load(w_ptrs, mask=c_mask[:, None], other=0.0)
+            else:
+                b = tl.load(w_ptrs, mask=c_mask[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
     _dendritic_epilogue(
@@ -258,6 +278,72 @@ if not interpreting():
     )(_fwd_kernel)
 _launch_fwd = Launcher(_fwd_kernel)
 _launch_fwd_tuned = Launcher(_fwd_kernel_tuned)
+
+
+def _w_box(nargs: dict) -> None:
+    """Autotune pre-hook of the TMA-weight variant: the descriptor's box follows the config's tile."""
+    p = nargs["P"]
+    nargs["w_ptr"].block_shape = [p, nargs["BLOCK_C"] // p, nargs["BLOCK_K"]]
+
+
+def _tma_cfg(block_m: int, block_c: int, block_k: int, warps: int, stages: int) -> triton.Config:
+    kw = {"BLOCK_M": block_m, "BLOCK_C": block_c, "BLOCK_K": block_k, "GROUP_M": 8}
+    return triton.Config(kw, num_warps=warps, num_stages=stages, pre_hook=_w_box)
+
+
+# The weight tile arrives by TMA, so only x's [BLOCK_M, BLOCK_K] tile needs registers for addresses: 128 x 256
+# tiles fit for 2-byte and 4-byte (tf32) inputs. K rows of 128 bytes (BLOCK_K 64 / 32).
+TMA_CONFIGS = [
+    _tma_cfg(bm, bc, bk, warps, stages)
+    for bk in (64, 32)
+    for bm, bc, warps, stages in ((128, 256, 8, 3), (128, 256, 8, 4), (128, 128, 4, 4), (64, 128, 4, 4))
+]
+
+
+def tma_configs(dtype: torch.dtype) -> list:
+    """The TMA-weight autotune candidates for an input dtype."""
+    esz = torch.empty((), dtype=dtype).element_size()
+    return [c for c in TMA_CONFIGS if c.kwargs["BLOCK_K"] * esz == 128]
+
+
+def _prune_tma(configs, named_args, **kwargs):
+    esz = named_args["x_ptr"].element_size()
+    return [c for c in configs if c.kwargs["BLOCK_K"] * esz == 128]
+
+
+_fwd_tma_tuned = None
+if not interpreting():
+    _fwd_tma_tuned = triton.autotune(
+        configs=TMA_CONFIGS,
+        key=["ROWS_KEY", "N", "CIN", "KD", "KH", "KW", "D", "SAVE_H", "HAS_BIAS"],
+        prune_configs_by={"early_config_prune": _prune_tma},
+    )(_fwd_kernel)
+_launch_tma_tuned = Launcher(_fwd_tma_tuned)
+_TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_state = {"weight_tma": True}  # probes compare both mainloops
+
+
+def _use_weight_tma(x: torch.Tensor, cin: int, kk: int, p: int, rows: int) -> bool:
+    """Whether the weight tiles come by TMA: Hopper, 2-byte or TF32 inputs, P <= 8, a large enough problem
+    (building descriptors costs host time) and Wpack rows (kk * Cin elements) 16-byte aligned."""
+    if not _state["weight_tma"] or TensorDescriptor is None or interpreting() or p > 8 or not x.is_cuda:
+        return False
+    if x.dtype not in _TMA_DTYPES or (x.dtype == torch.float32 and dot_precision(x.dtype) != "tf32"):
+        return False
+    if rows < 1024 or (kk * cin * x.element_size()) % 16 or device_capability(x.device) < (9, 0):
+        return False
+    return True
+
+
+def _pack_weights(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor:
+    """Wpack [1 + D, Cout, KD*KH*KW*Cin]: every branch's weights with the channels innermost (one row per output
+    channel, kernel positions outer), the layout the TMA box walks."""
+    d, n, cin = dendrite_weight.shape[0], weight.shape[0], weight.shape[1]
+    wpack = weight.new_empty((1 + d, n, *weight.shape[2:], cin))
+    wpack[0].copy_(weight.movedim(1, -1))
+    if d > 0:
+        wpack[1:].copy_(dendrite_weight.movedim(2, -1))
+    return wpack.view(1 + d, n, -1)
 
 
 def _heuristic_config(rows: int, n: int, cin: int, p: int, dtype: torch.dtype) -> dict:
@@ -377,43 +463,47 @@ def conv_fwd(
     activation: str,
     save_for_backward: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """y [B, Cout, *out] and h [B, D, Cout, *out] (or empty(0) when not saving), both contiguous, x's dtype."""
+    """y [B, Cout, *out] and h [B, D, Cout, *out] (or empty(0) when not saving) in x's dtype, channels innermost
+    when x is channels_last (pai_fast._layout.conv_empty), else contiguous."""
     act, nd, n, d, st, pd, dl, ks, ins, outs = _check_conv(
         x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation
     )
     bsz, cin = x.shape[0], x.shape[1]
     out_sp = outs[3 - nd :]
-    y = torch.empty((bsz, n, *out_sp), device=x.device, dtype=x.dtype)
-    h = (
-        torch.empty((bsz, d, n, *out_sp), device=x.device, dtype=x.dtype)
-        if save_for_backward
-        else torch.empty(0, device=x.device, dtype=x.dtype)
-    )
+    y = conv_empty(x, (bsz, n), out_sp)
+    h = conv_empty(x, (bsz, d, n), out_sp) if save_for_backward else x.new_empty((0,))
     os_ = outs[0] * outs[1] * outs[2]
     rows = bsz * os_
     if rows == 0 or n == 0:
         return y, h
-    if x.is_cuda and cin > 1:
-        # The reduction walks channels innermost: with channel stride 1 both operand tiles are contiguous runs that
-        # the pipeliner fetches with cp.async (checked on sm_90). NCHW inputs / OIHW weights pay one transposing copy
-        # here (for x about a fifth of a 3x3 conv's time at 64 channels); feed channels_last to skip it.
-        if x.stride(1) != 1:
-            x = _channels_last(x, 1)
-        if weight.stride(1) != 1:
-            weight = _channels_last(weight, 1)
-        if d > 0 and dendrite_weight.stride(2) != 1:
-            dendrite_weight = _channels_last(dendrite_weight, 2)
-    ws = _w_strides(weight, nd)
-    if d > 0 and _w_strides(dendrite_weight[0], nd)[1:] != ws[1:]:
-        weight, dendrite_weight = weight.contiguous(), dendrite_weight.contiguous()
-        ws = _w_strides(weight, nd)
+    if x.is_cuda and cin > 1 and x.stride(1) != 1:
+        # The reduction walks channels innermost: with channel stride 1 x's tile is rows of contiguous runs that
+        # the pipeliner fetches with cp.async (checked on sm_90). NCHW inputs pay one transposing copy here (for
+        # x about a fifth of a 3x3 conv's time at 64 channels); feed channels_last to skip it.
+        x = _channels_last(x, 1)
     p = next_pow2(1 + d)
+    kk = ks[0] * ks[1] * ks[2]
+    w_tma = _use_weight_tma(x, cin, kk, p, rows)
+    if w_tma:
+        wpack = _pack_weights(weight, dendrite_weight)
+        ws, vs, v_t = (0,) * 5, (0, 0), x
+    else:
+        if x.is_cuda and cin > 1:  # the weight tile's channel runs contiguous too (see above)
+            if weight.stride(1) != 1:
+                weight = _channels_last(weight, 1)
+            if d > 0 and dendrite_weight.stride(2) != 1:
+                dendrite_weight = _channels_last(dendrite_weight, 2)
+        ws = _w_strides(weight, nd)
+        if d > 0 and _w_strides(dendrite_weight[0], nd)[1:] != ws[1:]:
+            weight, dendrite_weight = weight.contiguous(), dendrite_weight.contiguous()
+            ws = _w_strides(weight, nd)
+        v_t = dendrite_weight if d > 0 else weight
+        vs = dendrite_weight.stride()[:2] if d > 0 else (0, 0)
     has_bias = bias is not None
-    v_t = dendrite_weight if d > 0 else weight
-    vs = dendrite_weight.stride()[:2] if d > 0 else (0, 0)
     cs = dendrite_bias.stride() if has_bias else (0, 0)
-    hs = (h.stride(0), 1, h.stride(1), h.stride(2)) if save_for_backward else (0, 0, 0, 0)
-    args = (
+    ys = _merged_strides(y, 2)  # (b, n, spatial)
+    hs = _merged_strides(h, 3) if save_for_backward else (0, 0, 0, 0)  # (b, d, n, spatial)
+    args = [
         x, weight, v_t, bias if has_bias else y, dendrite_bias if has_bias else y, gate, cascade, y, h,
         rows, n, cin, os_, outs[1], outs[2], ins[0], ins[1], ins[2], min(next_pow2(rows), 65536),
         *_x_strides(x, nd),
@@ -422,9 +512,9 @@ def conv_fwd(
         bias.stride(0) if has_bias else 0, cs[0], cs[1],
         gate.stride(0), gate.stride(1),
         cascade.stride(0), cascade.stride(1), cascade.stride(2),
-        y.stride(0), 1, y.stride(1),
-        *hs,
-    )  # fmt: skip
+        ys[0], ys[2], ys[1],
+        hs[0], hs[3], hs[1], hs[2],
+    ]  # fmt: skip
     meta = dict(
         KD=ks[0],
         KH=ks[1],
@@ -436,16 +526,25 @@ def conv_fwd(
         SAVE_H=bool(save_for_backward) and d > 0,
         ACC_DTYPE=acc_dtype(x.dtype),
         DOT_PRECISION=dot_precision(x.dtype),
+        W_TMA=w_tma,
     )
 
     def grid(meta_):
         return (cdiv(rows, meta_["BLOCK_M"]) * cdiv(n, meta_["BLOCK_C"] // p),)
 
     cfg = launch_config(lambda: _heuristic_config(rows, n, cin, p, x.dtype))
-    if cfg is None:
-        _launch_fwd_tuned(grid, args, meta)
+    if w_tma:
+        # The box of the default (or forced) config; the autotuner's pre-hook re-sets it per candidate.
+        box = cfg or tma_configs(x.dtype)[0].kwargs
+        box = [p, box["BLOCK_C"] // p, box["BLOCK_K"]]
+        args[1] = TensorDescriptor(wpack, list(wpack.shape), list(wpack.stride()), box)
+        launch = _launch_tma_tuned if cfg is None else _launch_fwd
     else:
-        _launch_fwd(grid(cfg), args, {**meta, **cfg})
+        launch = _launch_fwd_tuned if cfg is None else _launch_fwd
+    if cfg is None:
+        launch(grid, tuple(args), meta)
+    else:
+        launch(grid(cfg), tuple(args), {**meta, **cfg})
     return y, h
 
 
@@ -538,11 +637,13 @@ def conv_bwd_packed(
         if hs is None:
             h = h.contiguous()
             hs = _merged_strides(h, 3)
-        dz = torch.empty((bsz, (1 + d) * n, *out_sp), device=dev, dtype=dt)
+        # dZcat in x's memory format, so that cuDNN's backward gets one layout for all its operands.
+        dz = conv_empty(x, (bsz, (1 + d) * n), out_sp)
+        zs = _merged_strides(dz, 2)
         red = dz_and_reductions(
             (grad_y, gs[0], gs[2], gs[1]),
             (h, hs[0], hs[3], hs[1], hs[2]),
-            (dz, dz.stride(0), 1, n * os_, os_),
+            (dz, zs[0], zs[2], n * zs[1], zs[1]),
             gate,
             cascade,
             rows,

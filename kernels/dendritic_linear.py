@@ -353,17 +353,22 @@ if not interpreting():
     )(_linear_fwd_tma_kernel)
 
 
+_launch_tma_tuned = Launcher(_fwd_tma_tuned)
+_launch_tma = Launcher(_linear_fwd_tma_kernel)
 _TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _tma_weight(x2d: torch.Tensor, weight: torch.Tensor, dendrite_weight: torch.Tensor, p: int):
     """Wcat [1 + D, N, K] for the TMA kernel, or None where the pointer kernel runs: the interpreter, before
-    Hopper, fp64, small problems (building descriptors costs host time), P > 8, or tensors TMA cannot
-    address (x rows not 16-byte aligned, W and V not adjacent in one storage: DendriticLinear keeps them so)."""
+    Hopper, fp64 and fp32 without TF32, small problems (building descriptors costs host time), P > 8, or tensors
+    TMA cannot address (x rows not 16-byte aligned, W and V not adjacent in one storage: DendriticLinear keeps
+    them so)."""
     m, k = x2d.shape
     n = weight.shape[0]
     if TensorDescriptor is None or interpreting() or p > 8 or x2d.dtype not in _TMA_DTYPES:
         return None
+    if x2d.dtype == torch.float32 and dot_precision(x2d.dtype) != "tf32":
+        return None  # true-fp32 products have no wgmma form: the pointer kernel runs them
     if m < 1024 or n * p < 1024 or not x2d.is_cuda or device_capability(x2d.device) < (9, 0):
         return None
     esz = x2d.element_size()
@@ -501,9 +506,9 @@ def linear_fwd(
         targs = descs + args[3:13] + args[19:]
         tmeta = {key: v for key, v in meta.items() if key != "ACC_DTYPE"}
         if cfg is None:
-            _fwd_tma_tuned[grid](*targs, **tmeta)
+            _launch_tma_tuned(grid, targs, tmeta)
         else:
-            _linear_fwd_tma_kernel[grid(cfg)](*targs, **tmeta, **cfg)
+            _launch_tma(grid(cfg), targs, {**tmeta, **cfg})
         return y, h
     if cfg is None:
         _launch_fwd_tuned(grid, args, meta)

@@ -73,3 +73,22 @@ def stacked_view(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.T
     if dendrite_weight.storage_offset() != weight.storage_offset() + weight.numel():
         return None
     return weight.as_strided((1 + dendrite_weight.shape[0], *weight.shape), (weight.numel(), *weight.stride()))
+
+
+def conv_channels_last(x: torch.Tensor) -> bool:
+    """Whether a conv of x writes channels-innermost outputs: x is a channels_last (4-D) / channels_last_3d (5-D)
+    tensor, by torch's own rule (cuDNN's convs keep the input's memory format the same way)."""
+    from torch._prims_common import suggest_memory_format
+
+    return x.dim() in (4, 5) and suggest_memory_format(x) != torch.contiguous_format
+
+
+def conv_empty(x: torch.Tensor, lead: tuple[int, ...], out_sp: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """An uninitialised conv output [*lead, *out_sp] (lead = (B, C) or (B, D, C)) in x's dtype and device, laid out
+    as conv_channels_last(x) says: the lead dims past the batch innermost (channels last), else contiguous. The
+    fused backends and the ops' fake kernels all allocate through here, so their strides agree."""
+    out_sp = tuple(out_sp)
+    if not conv_channels_last(x):
+        return x.new_empty((*lead, *out_sp))
+    t = x.new_empty((lead[0], *out_sp, *lead[1:]))
+    return t.permute(0, *range(1 + len(out_sp), t.dim()), *range(1, 1 + len(out_sp)))

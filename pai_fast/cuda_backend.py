@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._layout import seven_grads, small_rows, split_small, split_weights
+from ._layout import conv_empty, seven_grads, small_rows, split_small, split_weights
 from .backends import device_capability
 
 try:  # the extension is optional: pure-Python installs and CPU-only machines lack it
@@ -347,8 +347,9 @@ def conv_fwd(
             f"{[dil[i] * (weight.shape[2 + i] - 1) + 1 for i in range(nd)]}"
         )
     b, cout = x.shape[0], weight.shape[0]
-    y = torch.empty((b, cout, *out_sp), dtype=x.dtype, device=x.device)
-    h = torch.empty((b, d, cout, *out_sp) if save_for_backward else (0,), dtype=x.dtype, device=x.device)
+    # Outputs keep x's memory format (channels_last in, channels_last out), as the op's fake kernel promises.
+    y = conv_empty(x, (b, cout), out_sp)
+    h = conv_empty(x, (b, d, cout), out_sp) if save_for_backward else x.new_empty((0,))
     v, vb, g, c = _dendrite_args(d, dendrite_weight, dendrite_bias, gate, cascade)
     with _DeviceGuard(x):
         lib.conv_forward(

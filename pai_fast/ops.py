@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import backends
-from ._layout import small_rows, unpack_grads
+from ._layout import conv_empty, small_rows, unpack_grads
 
 _lib = torch.library.Library("pai_fast", "DEF")  # noqa: TOR901 (the namespace is ours)
 _lib.define(
@@ -138,8 +138,8 @@ def _conv_fwd_fake(
     ks = weight.shape[2:]
     sp = [conv_out_size(x.shape[2 + i], ks[i], stride[i], padding[i], dilation[i]) for i in range(len(ks))]
     b, c, d = x.shape[0], weight.shape[0], dendrite_weight.shape[0]
-    h = x.new_empty((b, d, c, *sp)) if save else x.new_empty((0,))
-    return x.new_empty((b, c, *sp)), h
+    h = conv_empty(x, (b, d, c), sp) if save else x.new_empty((0,))
+    return conv_empty(x, (b, c), sp), h
 
 
 @torch.library.register_fake("pai_fast::dendritic_conv_bwd")

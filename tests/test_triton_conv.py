@@ -14,10 +14,21 @@ import sys
 import pytest
 import torch
 
+from pai_fast._layout import conv_empty
 from pai_fast.reference import dendritic_conv_ref
 
 from .helpers import dendrite_params, noncontig
-from .test_triton_linear import DEVICE, K, _guarded, apply, check_rule, fixed_config, gpu, interp  # noqa: F401
+from .test_triton_linear import (  # noqa: F401
+    DEVICE,
+    K,
+    _guarded,
+    _needs_tma,
+    apply,
+    check_rule,
+    fixed_config,
+    gpu,
+    interp,
+)
 
 ACTS = ["sigmoid", "tanh", "relu", "identity"]
 
@@ -66,12 +77,13 @@ def conv_case(
     same_in = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
     y64 = dendritic_conv_ref(*ref_in, stride=st, padding=pd, dilation=dl, activation=act)
     ysame = dendritic_conv_ref(*same_in, stride=st, padding=pd, dilation=dl, activation=act)
-    assert y.dtype == dtype and y.is_contiguous()
+    # Outputs keep x's memory format (channels_last in, channels_last out), as the op's fake kernel promises.
+    assert y.dtype == dtype and y.stride() == conv_empty(x, (b, n), y.shape[2:]).stride()
     check_rule("y", y, y64.detach(), ysame.detach(), dtype, ratio_fwd)
     if not backward:
         assert h.numel() == 0
         return
-    assert h.shape == (b, d, n, *y.shape[2:]) and h.is_contiguous()
+    assert h.shape == (b, d, n, *y.shape[2:]) and h.stride() == conv_empty(x, (b, d, n), y.shape[2:]).stride()
 
     gy = torch.randn(y64.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     torch.autograd.backward(y64, gy.double())
@@ -325,12 +337,69 @@ def test_gpu_conv_d8_and_inference():
 
 
 @apply(gpu)
-def test_gpu_conv_every_config():
+@pytest.mark.parametrize("weight_tma", [False, True])
+def test_gpu_conv_every_config(weight_tma):
+    """Every pointer-pool config forced, through both mainloops (on Hopper the weight-TMA one takes this problem
+    unless turned off)."""
     common = sys.modules["pai_fast.kernels._common"]
-    for cfg in common.CONFIG_POOLS[(True, 2)] + common.CONFIG_POOLS[(False, 2)]:
-        with K.use_config(cfg):
-            conv_case("cuda", torch.bfloat16, 6, 64, 48, (13, 14), 3, 3, "sigmoid", 1, 1, 1,
-                      x_fn=lambda t: t.contiguous(memory_format=torch.channels_last))  # fmt: skip
+    conv = sys.modules["pai_fast.kernels.dendritic_conv"]
+    if weight_tma:
+        _needs_tma()
+    old = conv._state["weight_tma"]
+    conv._state["weight_tma"] = weight_tma
+    try:
+        for cfg in common.CONFIG_POOLS[(True, 2)] + common.CONFIG_POOLS[(False, 2)]:
+            with K.use_config(cfg):
+                conv_case("cuda", torch.bfloat16, 6, 64, 48, (13, 14), 3, 3, "sigmoid", 1, 1, 1,
+                          x_fn=lambda t: t.contiguous(memory_format=torch.channels_last))  # fmt: skip
+    finally:
+        conv._state["weight_tma"] = old
+
+
+def _channels_last(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+@apply(gpu)
+@pytest.mark.parametrize(
+    ("dtype", "d", "c"),
+    [(torch.bfloat16, 1, 64), (torch.bfloat16, 3, 24), (torch.bfloat16, 5, 64), (torch.float16, 2, 40),
+     (torch.float32, 3, 64)],
+)  # fmt: skip
+def test_gpu_conv_weight_tma(dtype, d, c):
+    """The Hopper mainloop with the stacked weight tile by TMA: each of its candidates forced (ragged Cout, Cin = 24
+    and 40 so a box runs past a kernel position's channels, D = 2 and 5 so branch rows fall outside the box), then
+    autotuned over stride / dilation variants; the direct launch replays the autotuned pick bitwise."""
+    _needs_tma()
+    conv = sys.modules["pai_fast.kernels.dendritic_conv"]
+    common = sys.modules["pai_fast.kernels._common"]
+    old_tf32, old_tune = torch.backends.cuda.matmul.allow_tf32, common._state["autotune"]
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 takes the TMA mainloop only as TF32 (as cuBLAS)
+    ratio = dict(ratio_fwd=12.0) if dtype == torch.float32 else {}
+    b, n, sp = 4, 40, (17, 19)
+    x = _channels_last(torch.randn(b, c, *sp, device="cuda", dtype=dtype))
+    assert conv._use_weight_tma(x, c, 9, K.dendritic_linear.next_pow2(1 + d), b * 17 * 19)
+    try:
+        K.set_autotune(False)
+        for cfg in conv.tma_configs(dtype):
+            with K.use_config(cfg):
+                conv_case("cuda", dtype, b, c, n, sp, 3, d, "sigmoid", 1, 1, 1, x_fn=_channels_last, **ratio)
+        conv_case("cuda", dtype, b, c, n, sp, 3, d, "tanh", 1, 1, 1, x_fn=_channels_last, backward=False, **ratio)
+        K.set_autotune(True)
+        for s, p, dl in ((1, 1, 1), (2, 1, 1), (1, 2, 2)):
+            conv_case("cuda", dtype, b, c, n, sp, 3, d, "sigmoid", s, p, dl, x_fn=_channels_last, **ratio)
+        xs, w, bb, dw, db, g, cas = make_conv(b, c, n, sp, 3, d, dtype, "cuda")
+        xs = _channels_last(xs)
+        outs = []
+        for fast in (False, True, True):
+            K.set_fast_launch(fast)
+            outs.append(K.conv_fwd(xs, w, bb, dw, db, g, cas, (1, 1), (1, 1), (1, 1), "sigmoid", True))
+        assert all(torch.equal(a, b_) for o in outs[1:] for a, b_ in zip(o, outs[0]))
+        assert conv._launch_tma_tuned._cache
+    finally:
+        K.set_fast_launch(True)
+        K.set_autotune(old_tune)
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
 
 
 @apply(gpu)
@@ -375,3 +444,18 @@ if given is not None:
         """Hypothesis-drawn Conv1d/2d geometries (batch 0 included) in float64."""
         side = max(1, dilation * (k - 1) + 1 - 2 * padding) + extra  # at least one output position
         conv_case(DEVICE, torch.float64, b, c, n, (side,) * nd, k, d, act, stride, padding, dilation)
+
+
+def test_conv_outputs_keep_the_input_memory_format():
+    """conv_empty (what the fused backends and the fake kernels allocate through): channels_last in, channels last
+    out (h as [B, *out, D, C] in memory); NCHW / Conv1d / sliced inputs get contiguous outputs."""
+    x = torch.randn(2, 3, 5, 6).contiguous(memory_format=torch.channels_last)
+    y = conv_empty(x, (2, 7), (4, 5))
+    assert y.shape == (2, 7, 4, 5) and y.is_contiguous(memory_format=torch.channels_last)
+    h = conv_empty(x, (2, 3, 7), (4, 5))
+    assert h.shape == (2, 3, 7, 4, 5) and h.permute(0, 3, 4, 1, 2).is_contiguous()
+    x3 = torch.randn(2, 3, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d)
+    assert conv_empty(x3, (2, 7), (3, 4, 5)).is_contiguous(memory_format=torch.channels_last_3d)
+    for plain in (x.contiguous(), torch.randn(2, 3, 9), x.contiguous()[:, :, ::2]):
+        out = conv_empty(plain, (2, 7), plain.shape[2:])
+        assert out.is_contiguous() and out.shape == (2, 7, *plain.shape[2:])

@@ -522,23 +522,40 @@ def test_gpu_linear_tma_forward(dtype, d):
     case compiles ~7 kernels, hence the short list."""
     _needs_tma()
     m, k, n = 1030, 264, 520
-    x, w, _, dw, *_ = make(m, k, n, d, dtype, "cuda")
+    x, w, bias, dw, dbias, gate, cas = make(m, k, n, d, dtype, "cuda")
     buf = torch.cat([w.unsqueeze(0), dw])
-    assert K.dendritic_linear._tma_weight(x, buf[0], buf[1:], K.dendritic_linear.next_pow2(1 + d)) is not None
-    assert K.dendritic_linear._tma_weight(x, w, dw, K.dendritic_linear.next_pow2(1 + d)) is None  # not adjacent
-    for cfg in K.dendritic_linear.tma_configs(dtype):
-        with K.use_config(cfg):
-            linear_case("cuda", dtype, m, k, n, d, "sigmoid", stacked=True)
-    linear_case("cuda", dtype, m, k, n, d, "tanh", stacked=True, backward=False)  # inference: no h
-    if d != 3:
-        return
+    p = K.dendritic_linear.next_pow2(1 + d)
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
     state = sys.modules["pai_fast.kernels._common"]._state
     old = state["autotune"]
-    K.set_autotune(True)
+    # fp32 takes the TMA kernel only as TF32 (as cuBLAS: torch's allow_tf32); its error bound is
+    # test_gpu_linear_tf32's.
+    ratio = dict(ratio_fwd=12.0) if dtype == torch.float32 else {}
     try:
-        linear_case("cuda", dtype, m, k, n, d, "sigmoid", stacked=True)
+        if dtype == torch.float32:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            assert K.dendritic_linear._tma_weight(x, buf[0], buf[1:], p) is None  # true fp32: pointer kernel
+            torch.backends.cuda.matmul.allow_tf32 = True
+        assert K.dendritic_linear._tma_weight(x, buf[0], buf[1:], p) is not None
+        assert K.dendritic_linear._tma_weight(x, w, dw, p) is None  # not adjacent
+        for cfg in K.dendritic_linear.tma_configs(dtype):
+            with K.use_config(cfg):
+                linear_case("cuda", dtype, m, k, n, d, "sigmoid", stacked=True, **ratio)
+        linear_case("cuda", dtype, m, k, n, d, "tanh", stacked=True, backward=False, **ratio)  # inference: no h
+        if d == 3:
+            K.set_autotune(True)
+            linear_case("cuda", dtype, m, k, n, d, "sigmoid", stacked=True, **ratio)
+            args = (x, buf[0], bias, buf[1:], dbias, gate, cas)
+            outs = []
+            for fast in (False, True, True):  # the direct launch replays the autotuned pick (its box pre-hook too)
+                K.set_fast_launch(fast)
+                outs.append(K.linear_fwd(*args, "sigmoid", True))
+            assert all(torch.equal(a, b_) for o in outs[1:] for a, b_ in zip(o, outs[0]))
+            assert K.dendritic_linear._launch_tma_tuned._cache
     finally:
+        K.set_fast_launch(True)
         K.set_autotune(old)
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
 
 
 @apply(gpu)

@@ -1,0 +1,130 @@
+"""Where the fused conv forward's time goes (GPU machine): device time (CUDA-graph replay, no host) and wall time
+(do_bench, host included) of the Triton forward with each mainloop, against cuDNN's conv of width (1 + D) * Cout;
+the registers / spills of the compiled kernels; channels_last vs NCHW inputs.
+
+    python benchmarks/probe_conv.py [--ds 1,3] [--dtype bfloat16] [--out probe_conv.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench, do_bench_cudagraph
+
+SHAPES = {"32x64x56x56->64": (32, 64, 56, 64), "32x256x14x14->256": (32, 256, 14, 256)}
+
+
+def _compiled_info(launcher) -> list[str]:
+    out = []
+    for compiled, *_ in launcher._cache.values():
+        meta = getattr(compiled, "metadata", None)
+        cfg = f"w{getattr(meta, 'num_warps', '?')}s{getattr(meta, 'num_stages', '?')}"
+        out.append(f"{cfg} regs={getattr(compiled, 'n_regs', '?')} spills={getattr(compiled, 'n_spills', '?')}")
+    return out
+
+
+def _case(name: str, b: int, c: int, hw: int, n: int, d: int, dt: torch.dtype, rows: list) -> None:
+    import pai_fast.kernels as K
+
+    conv = sys.modules["pai_fast.kernels.dendritic_conv"]
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def r(*s, scale=1.0, g=g):
+        return torch.randn(s, device="cuda", dtype=dt, generator=g) * scale
+
+    x = r(b, c, hw, hw).contiguous(memory_format=torch.channels_last)
+    fan = (c * 9) ** -0.5
+    w, bias, dw = r(n, c, 3, 3, scale=fan), r(n, scale=0.1), r(d, n, c, 3, 3, scale=fan)
+    db, gate, cas = r(d, n, scale=0.1), r(d, n), r(d, d, n, scale=0.1)
+    wcat = torch.cat([w[None], dw]).flatten(0, 1)
+    geo = ((1, 1), (1, 1), (1, 1))
+    ref = F.conv2d(x.float(), wcat.float(), None, 1, 1)
+    ref = ref[:, :n] + bias.float()[None, :, None, None]  # only checks the mainloop's main branch below
+    fns = {
+        "cudnn_plain": lambda: F.conv2d(x, w, bias, 1, 1),
+        "cudnn_cat": lambda: F.conv2d(x, wcat, None, 1, 1),
+    }
+    for label, tma, xin in (("ptr", False, x), ("tma", True, x), ("tma_nchw", True, x.contiguous())):
+
+        def fwd(tma=tma, xin=xin):
+            conv._state["weight_tma"] = tma
+            return K.conv_fwd(xin, w, bias, dw, db, gate, cas, *geo, "sigmoid", False)[0]
+
+        fns[label] = fwd
+    want = None
+    for label, fn in fns.items():
+        conv._state["weight_tma"] = label.startswith("tma")
+        try:
+            y = fn()
+            torch.cuda.synchronize()
+            if label in ("ptr", "tma", "tma_nchw"):
+                zero = K.conv_fwd(x, w, bias, dw, db, gate * 0, cas, *geo, "sigmoid", False)[
+                    0
+                ].float()  # gate 0: y is the main conv alone, comparable to cuDNN's
+                err = (zero - ref).abs().max().item() / ref.abs().max().item()
+                if want is None:
+                    want = y.float()
+                err_y = (y.float() - want).abs().max().item()
+            else:
+                err = err_y = 0.0
+            dev = do_bench_cudagraph(fn, rep=60, return_mode="median")
+            wall = do_bench(fn, warmup=10, rep=60, return_mode="median")
+        except Exception as e:  # a failing variant is reported, the probe goes on
+            print(f"{name} D={d} {label}: FAILED {type(e).__name__}: {e}")
+            continue
+        rows.append(dict(shape=name, D=d, variant=label, device_ms=dev, wall_ms=wall, rel_err=err, vs_ptr=err_y))
+    conv._state["weight_tma"] = True
+    info = {
+        "ptr": _compiled_info(conv._launch_fwd_tuned),
+        "tma": _compiled_info(conv._launch_tma_tuned),
+        "ptr_cfg": str(getattr(conv._fwd_kernel_tuned, "best_config", None)),
+        "tma_cfg": str(getattr(conv._fwd_tma_tuned, "best_config", None)),
+    }
+    print(f"{name} D={d} compiled: {json.dumps(info)}")
+    # Every TMA candidate forced, device time only: how much the autotuner's pick leaves.
+    for cfg in conv.tma_configs(dt):
+        with K.use_config(cfg):
+            fn = fns["tma"]
+            try:
+                fn()
+                dev = do_bench_cudagraph(fn, rep=40, return_mode="median")
+            except Exception as e:
+                print(f"  forced {cfg}: FAILED {type(e).__name__}: {e}")
+                continue
+        rows.append(dict(shape=name, D=d, variant=f"tma[{cfg}]", device_ms=dev, wall_ms=None))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ds", default="1,3")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--out", default="probe_conv.json")
+    args = ap.parse_args()
+    dt = getattr(torch, args.dtype)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    rows: list = []
+    for name, (b, c, hw, n) in SHAPES.items():
+        for d in (int(v) for v in args.ds.split(",")):
+            _case(name, b, c, hw, n, d, dt, rows)
+    print(f"{'shape':20} {'D':>2} {'variant':60} {'device ms':>10} {'wall ms':>9} {'x cudnn_cat':>11} {'err':>8}")
+    for row in rows:
+        cat = next(
+            q["device_ms"]
+            for q in rows
+            if q["shape"] == row["shape"] and q["D"] == row["D"] and q["variant"] == "cudnn_cat"
+        )
+        wall = "" if row["wall_ms"] is None else f"{row['wall_ms']:.4f}"
+        print(
+            f"{row['shape']:20} {row['D']:>2} {row['variant'][:60]:60} {row['device_ms']:10.4f} {wall:>9} "
+            f"{row['device_ms'] / cat:11.2f} {row.get('rel_err', 0.0):8.1e}"
+        )
+    with open(args.out, "w") as f:
+        json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
