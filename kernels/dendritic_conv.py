@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from .._layout import conv_empty, seven_grads, small_rows, stacked_view
+from .._plans import PlanCache
 from ..backends import device_capability
 from ._common import (
     ALL_CONFIGS,
@@ -383,6 +384,9 @@ def _out_size(i: int, k: int, s: int, p: int, d: int) -> int:
     return (i + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+_plans = PlanCache()  # _check_conv's result per call signature (host time: pai_fast._plans)
+
+
 def _check_conv(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation):
     act = check_common("conv_fwd", x, weight, activation)
     nd = weight.dim() - 2
@@ -465,9 +469,9 @@ def conv_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y [B, Cout, *out] and h [B, D, Cout, *out] (or empty(0) when not saving) in x's dtype, channels innermost
     when x is channels_last (pai_fast._layout.conv_empty), else contiguous."""
-    act, nd, n, d, st, pd, dl, ks, ins, outs = _check_conv(
-        x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation
-    )
+    tensors = (x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade)
+    geo = (stride, padding, dilation, activation)
+    act, nd, n, d, st, pd, dl, ks, ins, outs = _plans.get(tensors, geo, lambda: _check_conv(*tensors, *geo))
     bsz, cin = x.shape[0], x.shape[1]
     out_sp = outs[3 - nd :]
     y = conv_empty(x, (bsz, n), out_sp)

@@ -41,6 +41,7 @@ import triton
 import triton.language as tl
 
 from .._layout import seven_grads, small_rows, stacked_view
+from .._plans import PlanCache
 from ..backends import device_capability
 
 try:  # Triton >= 3.2: host-side TMA descriptors
@@ -407,6 +408,9 @@ def _heuristic_config(m: int, n: int, k: int, p: int, dtype: torch.dtype) -> dic
 # --------------------------------------------------------------------------------------------------------------
 
 
+_plans = PlanCache()  # _check_linear's result per call signature (host time: pai_fast._plans)
+
+
 def _check_linear(x2d, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation):
     act = check_common("linear_fwd", x2d, weight, activation)
     if x2d.dim() != 2:
@@ -452,7 +456,8 @@ def linear_fwd(
     save_for_backward: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y [M, N] in x's dtype, and h [M, D, N] (the a_i in x's dtype) when save_for_backward else empty(0)."""
-    act, n, k, d = _check_linear(x2d, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation)
+    tensors = (x2d, weight, bias, dendrite_weight, dendrite_bias, gate, cascade)
+    act, n, k, d = _plans.get(tensors, (activation,), lambda: _check_linear(*tensors, activation))
     m = x2d.shape[0]
     y = torch.empty((m, n), device=x2d.device, dtype=x2d.dtype)
     h = (

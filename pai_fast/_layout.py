@@ -76,11 +76,14 @@ def stacked_view(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.T
 
 
 def conv_channels_last(x: torch.Tensor) -> bool:
-    """Whether a conv of x writes channels-innermost outputs: x is a channels_last (4-D) / channels_last_3d (5-D)
-    tensor, by torch's own rule (cuDNN's convs keep the input's memory format the same way)."""
-    from torch._prims_common import suggest_memory_format
-
-    return x.dim() in (4, 5) and suggest_memory_format(x) != torch.contiguous_format
+    """Whether a conv of x writes channels-innermost outputs (as cuDNN's convs keep the input's memory format): x is
+    a dense channels_last (4-D) / channels_last_3d (5-D) tensor and not also a contiguous one (C = 1 or 1x1 maps)."""
+    nd = x.dim()
+    if nd == 4:
+        return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if nd == 5:
+        return x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    return False
 
 
 def conv_empty(x: torch.Tensor, lead: tuple[int, ...], out_sp: tuple[int, ...] | list[int]) -> torch.Tensor:

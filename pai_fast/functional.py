@@ -12,11 +12,16 @@ import torch
 from torch.nn.modules.utils import _ntuple
 
 from . import reference
+from ._plans import PlanCache
 from ._validation import check_conv, check_linear
 from .activations import ActivationLike, activation_name
-from .backends import choose
+from .backends import choose, get_backend
 
 __all__ = ["dendritic_linear", "dendritic_conv1d", "dendritic_conv2d", "dendritic_conv3d"]
+
+# Validation and backend choice, once per call signature (pai_fast._plans): small layers are host-bound.
+_linear_plans = PlanCache()
+_conv_plans = PlanCache()
 
 
 def dendritic_linear(
@@ -31,9 +36,17 @@ def dendritic_linear(
     backend: str | None = None,
 ) -> torch.Tensor:
     """Dendritic Linear over x [..., in_features] (every leading dim is batch) -> [..., out_features]."""
-    d = check_linear(x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade)
-    name = activation_name(activation)
-    which = choose("linear", x, weight, d, name, backend)
+    tensors = (x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade)
+
+    def plan():
+        d = check_linear(*tensors)
+        name = activation_name(activation)
+        return d, name, choose("linear", x, weight, d, name, backend)
+
+    if isinstance(activation, str):
+        _, name, which = _linear_plans.get(tensors, (activation, backend, get_backend()), plan)
+    else:
+        _, name, which = plan()
     if which == "torch":
         return reference.dendritic_linear_ref(
             x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade, activation
@@ -67,16 +80,26 @@ def _dendritic_conv(
     activation,
     backend,
 ):
-    d = check_conv(nd, x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade, groups)
-    name = activation_name(activation)
-    args = _fused_conv_args(nd, x, weight, stride, padding, dilation)
-    # Unbatched input and string padding are rare: they go to the torch backend unless one is forced.
-    which = choose("conv", x, weight, d, name, backend if args is not None or backend else "torch", groups)
-    if which != "torch" and args is None:
-        raise ValueError(
-            f"backend: {which!r} needs batched input and numeric padding; got x shape {list(x.shape)}, "
-            f"padding={padding!r} (use backend='torch')"
-        )
+    tensors = (x, weight, bias, dendrite_weight, dendrite_bias, dendrite_gate, dendrite_cascade)
+
+    def plan():
+        d = check_conv(nd, *tensors, groups)
+        name = activation_name(activation)
+        args = _fused_conv_args(nd, x, weight, stride, padding, dilation)
+        # Unbatched input and string padding are rare: they go to the torch backend unless one is forced.
+        which = choose("conv", x, weight, d, name, backend if args is not None or backend else "torch", groups)
+        if which != "torch" and args is None:
+            raise ValueError(
+                f"backend: {which!r} needs batched input and numeric padding; got x shape {list(x.shape)}, "
+                f"padding={padding!r} (use backend='torch')"
+            )
+        return d, name, args, which
+
+    if isinstance(activation, str):
+        extra = (nd, stride, padding, dilation, groups, activation, backend, get_backend())
+        _, name, args, which = _conv_plans.get(tensors, extra, plan)
+    else:
+        _, name, args, which = plan()
     if which == "torch":
         return reference.dendritic_conv_ref(
             x,

@@ -234,3 +234,48 @@ def test_linear_gpu_vs_float64(name, dtype, d, shape):
     names = ["x", "weight", "bias", "dendrite_weight", "dendrite_bias", "gate", "cascade"]
     for nm, a, b, ref in zip(names, g, gt, g64):
         check(a, b, ref, 3, f"grad {nm}")
+
+
+def test_direct_call_only_when_nothing_traces():
+    """The autograd Functions call the kernels without the dispatcher only for plain eager tensors; fake tensors,
+    dispatch modes, jit tracing and torch.compile get the registered op (with its fake kernel)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from pai_fast.ops import _direct
+
+    x = torch.randn(3, 4)
+    assert _direct(x, None, x)
+    with FakeTensorMode() as mode:
+        assert not _direct(mode.from_tensor(x))
+        assert not _direct(x)  # the mode alone is enough
+    assert not _direct(torch.nn.Parameter(x))  # a subclass: left to the dispatcher
+    seen = []
+
+    def probe(t):
+        seen.append(_direct(t))
+        return t * 2
+
+    torch.jit.trace(probe, (x,), check_trace=False)
+    assert seen == [False]
+    torch.compile(probe, backend="eager", fullgraph=True)(x)
+    assert seen == [False, False]
+    probe(x)
+    assert seen[-1]
+
+
+def test_plan_cache_validates_every_new_signature():
+    """Validation and backend choice run once per call signature: a cached signature does not hide a bad input
+    with another shape, dtype or device, and a bad input raises on every call (nothing cached for it)."""
+    w, b, dw, db, g, c = dendrite_params((4, 8), 2)
+    x = torch.randn(3, 8)
+    y1 = PF.dendritic_linear(x, w, b, dw, db, g, c)
+    assert torch.allclose(PF.dendritic_linear(x, w, b, dw, db, g, c), y1)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="x: expected shape"):
+            PF.dendritic_linear(torch.randn(3, 7), w, b, dw, db, g, c)
+        with pytest.raises(TypeError, match="weight: expected dtype"):
+            PF.dendritic_linear(x, w.double(), b, dw, db, g, c)
+        with pytest.raises(ValueError, match="dendrite_gate: expected shape"):
+            PF.dendritic_linear(x, w, b, dw, db, g[:1], c)
+        with pytest.raises(TypeError, match="x: expected a torch.Tensor"):
+            PF.dendritic_linear(x.numpy(), w, b, dw, db, g, c)

@@ -375,7 +375,9 @@ def test_gpu_conv_weight_tma(dtype, d, c):
     common = sys.modules["pai_fast.kernels._common"]
     old_tf32, old_tune = torch.backends.cuda.matmul.allow_tf32, common._state["autotune"]
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 takes the TMA mainloop only as TF32 (as cuBLAS)
-    ratio = dict(ratio_fwd=12.0) if dtype == torch.float32 else {}
+    # TF32 products: the fused forward's error is ~10x cuBLAS's (test_gpu_linear_tf32), and h carries it into
+    # the gradient reductions.
+    ratio = dict(ratio_fwd=12.0, ratio_bwd=12.0) if dtype == torch.float32 else {}
     b, n, sp = 4, 40, (17, 19)
     x = _channels_last(torch.randn(b, c, *sp, device="cuda", dtype=dtype))
     assert conv._use_weight_tma(x, c, 9, K.dendritic_linear.next_pow2(1 + d), b * 17 * 19)

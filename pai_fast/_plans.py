@@ -1,0 +1,43 @@
+"""Per-signature caches of the host-side work that depends only on a call's shapes, dtypes and devices.
+
+Small layers are host-bound: validating seven tensors and resolving the backend cost more host time than the GPU
+spends on the layer. A call signature (each tensor's shape, dtype and device, or None, plus the call's plain
+arguments) determines that work's outcome, so it runs once per signature and later calls look it up. Not while
+torch.compile traces (the checks then run every time, as plain code) nor for signatures that are not hashable
+(symbolic shapes): those calls take the full path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+_MAX_PLANS = 512
+
+
+class PlanCache:
+    """``cache.get(tensors, extra, make)``: ``make()``'s result for this signature, computed once. A ``make()``
+    that raises is not cached (bad input raises on every call)."""
+
+    def __init__(self) -> None:
+        self._plans: dict = {}
+
+    def get(self, tensors: Sequence[torch.Tensor | None], extra: tuple, make: Callable[[], Any]) -> Any:
+        if torch.compiler.is_compiling():
+            return make()
+        try:
+            key = (*[None if t is None else (t.shape, t.dtype, t.device) for t in tensors], *extra)
+            hit = self._plans.get(key)
+        except (AttributeError, TypeError):  # not tensors (make() names the argument), or unhashable (symbolic)
+            return make()
+        if hit is None:
+            hit = make()
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = hit
+        return hit
+
+    def clear(self) -> None:
+        self._plans.clear()
