@@ -528,8 +528,8 @@ def test_gpu_linear_tma_forward(dtype, d):
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
     state = sys.modules["pai_fast.kernels._common"]._state
     old = state["autotune"]
-    # fp32 takes the TMA kernel only as TF32 (as cuBLAS: torch's allow_tf32). TF32 products: the fused forward's error is ~10x cuBLAS's (test_gpu_linear_tf32), and h carries it into
-    # the gradient reductions.
+    # fp32 takes the TMA kernel only as TF32 (as cuBLAS: torch's allow_tf32). TF32 products: the fused forward's
+    # error is ~10x cuBLAS's (test_gpu_linear_tf32), and h carries it into the gradient reductions.
     ratio = dict(ratio_fwd=12.0, ratio_bwd=12.0) if dtype == torch.float32 else {}
     try:
         if dtype == torch.float32:
