@@ -169,6 +169,36 @@ def select_configs(configs: list, rows: int, n: int, k: int, p: int, elem_size: 
 
 
 @triton.jit
+def _stacked_weight_rows(
+    w_ptr, v_ptr, pid_n, N, stride_wn, stride_vd, stride_vn, D: tl.constexpr, BN: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    """Row pointers of the stacked weight tile [P * BN, .] (row block d = branch d: W for d = 0, V_{d-1} after;
+    channels past N wrap around, their results are never stored) and the mask of the branches that exist."""
+    offs_c = tl.arange(0, BLOCK_C)
+    branch = offs_c // BN
+    chan = ((pid_n * BN + offs_c % BN) % N).to(tl.int64)
+    if D == 0:
+        w_rows = w_ptr + chan * stride_wn
+    else:
+        dend = tl.maximum(branch - 1, 0).to(tl.int64)
+        w_rows = tl.where(branch == 0, w_ptr + chan * stride_wn, v_ptr + dend * stride_vd + chan * stride_vn)
+    return w_rows, branch <= D
+
+
+def autotuned(kernel, configs: list, key: list[str], prune):
+    """kernel wrapped in triton.autotune over configs (pruned per problem by prune), or None under the interpreter,
+    where autotuning cannot run. Wrappers of one JIT function share its compile cache."""
+    if INTERPRET:
+        return None
+    return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune})(kernel)
+
+
+def rows_of_128_bytes(configs: list, element_size: int) -> list:
+    """The TMA candidates whose K rows (BLOCK_K elements) are 128 bytes, the swizzle width, for this element size."""
+    return [c for c in configs if c.kwargs["BLOCK_K"] * element_size == 128]
+
+
+@triton.jit
 def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
     """(pid_m, pid_n) of this program in grouped order: GROUP_M row tiles walk the N tiles together, so their
     weight tiles stay in L2."""

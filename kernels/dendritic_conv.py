@@ -44,7 +44,9 @@ from ._common import (
     ALL_CONFIGS,
     _dendritic_epilogue,
     _grouped_tile,
+    _stacked_weight_rows,
     acc_dtype,
+    autotuned,
     cdiv,
     check_common,
     dot_precision,
@@ -52,6 +54,7 @@ from ._common import (
     interpreting,
     launch_config,
     next_pow2,
+    rows_of_128_bytes,
     select_configs,
     torch_acc_dtype,
 )
@@ -186,15 +189,7 @@ def _conv_fwd_kernel(
     x_rows = x_ptr + bb * stride_xb
 
     if not W_TMA:
-        offs_c = tl.arange(0, BLOCK_C)
-        branch = offs_c // BN
-        chan = ((pid_n * BN + offs_c % BN) % N).to(tl.int64)
-        if D == 0:
-            w_rows = w_ptr + chan * stride_wn
-        else:
-            dend = tl.maximum(branch - 1, 0).to(tl.int64)
-            w_rows = tl.where(branch == 0, w_ptr + chan * stride_wn, v_ptr + dend * stride_vd + chan * stride_vn)
-        c_mask = branch <= D
+        w_rows, c_mask = _stacked_weight_rows(w_ptr, v_ptr, pid_n, N, stride_wn, stride_vd, stride_vn, D, BN, BLOCK_C)
 
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC_DTYPE)
     ncb = tl.cdiv(CIN, BLOCK_K)
@@ -270,13 +265,8 @@ def _prune(configs, named_args, **kwargs):
 _heuristics = triton.heuristics({"EVEN_C": lambda a: a["CIN"] % a["BLOCK_K"] == 0})
 _fwd_kernel = _heuristics(_conv_fwd_kernel)
 # The autotuned variant wraps the same JIT function (one compile cache); never built under the interpreter.
-_fwd_kernel_tuned = None
-if not interpreting():
-    _fwd_kernel_tuned = triton.autotune(
-        configs=ALL_CONFIGS,
-        key=["ROWS_KEY", "N", "CIN", "KD", "KH", "KW", "D", "SAVE_H", "HAS_BIAS"],
-        prune_configs_by={"early_config_prune": _prune},
-    )(_fwd_kernel)
+_TUNE_KEY = ["ROWS_KEY", "N", "CIN", "KD", "KH", "KW", "D", "SAVE_H", "HAS_BIAS"]
+_fwd_kernel_tuned = autotuned(_fwd_kernel, ALL_CONFIGS, _TUNE_KEY, _prune)
 _launch_fwd = Launcher(_fwd_kernel)
 _launch_fwd_tuned = Launcher(_fwd_kernel_tuned)
 
@@ -303,22 +293,14 @@ TMA_CONFIGS = [
 
 def tma_configs(dtype: torch.dtype) -> list:
     """The TMA-weight autotune candidates for an input dtype."""
-    esz = torch.empty((), dtype=dtype).element_size()
-    return [c for c in TMA_CONFIGS if c.kwargs["BLOCK_K"] * esz == 128]
+    return rows_of_128_bytes(TMA_CONFIGS, torch.empty((), dtype=dtype).element_size())
 
 
 def _prune_tma(configs, named_args, **kwargs):
-    esz = named_args["x_ptr"].element_size()
-    return [c for c in configs if c.kwargs["BLOCK_K"] * esz == 128]
+    return rows_of_128_bytes(configs, named_args["x_ptr"].element_size())
 
 
-_fwd_tma_tuned = None
-if not interpreting():
-    _fwd_tma_tuned = triton.autotune(
-        configs=TMA_CONFIGS,
-        key=["ROWS_KEY", "N", "CIN", "KD", "KH", "KW", "D", "SAVE_H", "HAS_BIAS"],
-        prune_configs_by={"early_config_prune": _prune_tma},
-    )(_fwd_kernel)
+_fwd_tma_tuned = autotuned(_fwd_kernel, TMA_CONFIGS, _TUNE_KEY, _prune_tma)
 _launch_tma_tuned = Launcher(_fwd_tma_tuned)
 _TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _state = {"weight_tma": True}  # probes compare both mainloops

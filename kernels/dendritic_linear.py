@@ -53,7 +53,9 @@ from ._common import (
     ALL_CONFIGS,
     _dendritic_epilogue,
     _grouped_tile,
+    _stacked_weight_rows,
     acc_dtype,
+    autotuned,
     cdiv,
     check_common,
     dot_precision,
@@ -61,6 +63,7 @@ from ._common import (
     interpreting,
     launch_config,
     next_pow2,
+    rows_of_128_bytes,
     select_configs,
     torch_acc_dtype,
 )
@@ -147,17 +150,9 @@ def _linear_fwd_kernel(
     rows_in = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M).to(tl.int64)
     x_ptrs = x_ptr + rows_in[:, None] * stride_xm + offs_k[None, :] * stride_xk
 
-    offs_c = tl.arange(0, BLOCK_C)
-    branch = offs_c // BN
-    chan = ((pid_n * BN + offs_c % BN) % N).to(tl.int64)
-    if D == 0:
-        w_rows = w_ptr + chan * stride_wn
-    else:
-        dend = tl.maximum(branch - 1, 0).to(tl.int64)
-        w_rows = tl.where(branch == 0, w_ptr + chan * stride_wn, v_ptr + dend * stride_vd + chan * stride_vn)
+    w_rows, c_mask = _stacked_weight_rows(w_ptr, v_ptr, pid_n, N, stride_wn, stride_vd, stride_vn, D, BN, BLOCK_C)
     w_ptrs = w_rows[:, None] + offs_k[None, :] * stride_wk
     PADDED: tl.constexpr = P != D + 1
-    c_mask = branch <= D
 
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC_DTYPE)
     for kk in range(0, tl.cdiv(K, BLOCK_K)):
@@ -303,13 +298,8 @@ def _prune(configs, named_args, **kwargs):
 _heuristics = triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})
 _fwd_kernel = _heuristics(_linear_fwd_kernel)
 # The autotuned variant wraps the same JIT function (one compile cache); never built under the interpreter.
-_fwd_kernel_tuned = None
-if not interpreting():
-    _fwd_kernel_tuned = triton.autotune(
-        configs=ALL_CONFIGS,
-        key=["M_KEY", "N", "K", "D", "SAVE_H", "HAS_BIAS"],
-        prune_configs_by={"early_config_prune": _prune},
-    )(_fwd_kernel)
+_TUNE_KEY = ["M_KEY", "N", "K", "D", "SAVE_H", "HAS_BIAS"]
+_fwd_kernel_tuned = autotuned(_fwd_kernel, ALL_CONFIGS, _TUNE_KEY, _prune)
 _launch_fwd = Launcher(_fwd_kernel)
 _launch_fwd_tuned = Launcher(_fwd_kernel_tuned)
 
@@ -336,22 +326,14 @@ TMA_CONFIGS = [
 
 def tma_configs(dtype: torch.dtype) -> list:
     """The TMA autotune candidates for an input dtype: K rows of 128 bytes."""
-    esz = torch.empty((), dtype=dtype).element_size()
-    return [c for c in TMA_CONFIGS if c.kwargs["BLOCK_K"] * esz == 128]
+    return rows_of_128_bytes(TMA_CONFIGS, torch.empty((), dtype=dtype).element_size())
 
 
 def _prune_tma(configs, named_args, **kwargs):
-    esz = named_args["x_desc"].base.element_size()
-    return [c for c in configs if c.kwargs["BLOCK_K"] * esz == 128]
+    return rows_of_128_bytes(configs, named_args["x_desc"].base.element_size())
 
 
-_fwd_tma_tuned = None
-if not interpreting():
-    _fwd_tma_tuned = triton.autotune(
-        configs=TMA_CONFIGS,
-        key=["M_KEY", "N", "K", "D", "SAVE_H", "HAS_BIAS"],
-        prune_configs_by={"early_config_prune": _prune_tma},
-    )(_linear_fwd_tma_kernel)
+_fwd_tma_tuned = autotuned(_linear_fwd_tma_kernel, TMA_CONFIGS, _TUNE_KEY, _prune_tma)
 
 
 _launch_tma_tuned = Launcher(_fwd_tma_tuned)
