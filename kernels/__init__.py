@@ -21,21 +21,9 @@ import os
 
 import torch
 
-from ..backends import device_capability
+from ..backends import FUSED_BACKEND_API, device_capability
 
-__all__ = [
-    "linear_fwd",
-    "linear_bwd",
-    "linear_bwd_packed",
-    "conv_fwd",
-    "conv_bwd",
-    "conv_bwd_packed",
-    "supports",
-    "set_autotune",
-    "use_config",
-    "set_fast_launch",
-    "IMPORT_ERROR",
-]
+__all__ = [*FUSED_BACKEND_API, "set_autotune", "use_config", "set_fast_launch", "IMPORT_ERROR"]
 
 try:
     import triton  # noqa: F401

@@ -70,6 +70,18 @@ def set_backend(name: str | None) -> None:
     _selected = None if name is None else _check_name(name)
 
 
+# What a fused backend module (pai_fast.kernels, pai_fast.cuda_backend) provides to pai_fast.ops.
+FUSED_BACKEND_API = (
+    "linear_fwd",
+    "linear_bwd",
+    "linear_bwd_packed",
+    "conv_fwd",
+    "conv_bwd",
+    "conv_bwd_packed",
+    "supports",
+)
+
+
 def get_backend() -> str:
     """The backend requested for this process (before per-input resolution)."""
     if _selected is not None:

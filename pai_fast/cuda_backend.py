@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from ._layout import conv_empty, seven_grads, small_rows, split_small, split_weights
-from .backends import device_capability
+from .backends import FUSED_BACKEND_API, device_capability
 
 try:  # the extension is optional: pure-Python installs and CPU-only machines lack it
     from . import _C  # type: ignore[attr-defined]
@@ -33,17 +33,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     _C = None
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
-__all__ = [
-    "linear_fwd",
-    "linear_bwd",
-    "linear_bwd_packed",
-    "conv_fwd",
-    "conv_bwd",
-    "conv_bwd_packed",
-    "supports",
-    "available",
-    "build_info",
-]
+__all__ = [*FUSED_BACKEND_API, "available", "build_info"]
 
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 # Same codes as pai_fast.activations.FUSED_CODES and csrc/include/pai_fast/dendritic.h.
