@@ -34,7 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import Launcher
+from .._plans import serial
+from ._launch import Launcher, aligned16
 
 ACT_CODES = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -83,6 +84,11 @@ def launch_config(heuristic) -> dict | None:
     if forced is not None:
         return {**forced.kwargs, "num_warps": forced.num_warps, "num_stages": forced.num_stages}
     return None if autotuning() else heuristic()
+
+
+def launch_state() -> tuple:
+    """What of this module's state changes a launch (the autotune switch, a forced config): plans key on it."""
+    return _state["autotune"], _state["config"]
 
 
 def cdiv(a: int, b: int) -> int:
@@ -416,6 +422,44 @@ def _dendritic_dz_kernel(
 _launch_dz = Launcher(_dendritic_dz_kernel)
 
 
+class DzLaunch:
+    """One dZ-kernel launch as fixed by its call signature: the integer arguments, constexprs, grid and partial-sum
+    buffer. dy/h/dz strides are over (b, s, [d,] n), dz's d-stride being the offset between branch blocks."""
+
+    __slots__ = ("serial", "ints", "meta", "grid", "part_shape", "acc_t")
+
+    def __init__(self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, cached=True):
+        d = gate.shape[0]
+        self.serial = serial() if cached else None  # one-shot launches key the launch cache by their arguments
+        self.acc_t = torch_acc_dtype(dtype)
+        pd = next_pow2(max(d, 1))
+        # [PD, BLOCK_N] tiles with PD inside each thread: a load puts 16 bytes per thread along N, so BLOCK_N =
+        # 32 * vec * num_warps keeps every warp along N (ptxas: no shuffles in the row loop).
+        vec = max(1, 16 // torch.empty((), dtype=dtype).element_size())
+        num_warps = 4 if pd <= 4 else 2
+        block_n = min(32 * vec * num_warps, max(32, next_pow2(n)))
+        num_warps = max(1, min(num_warps, block_n // (32 * vec)))
+        num_n = cdiv(n, block_n)
+        r = 1 + 2 * d + d * d
+        # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
+        # every GPU; ~2048 programs fill an H100 many times over. The [split, R, N] partials stay under 8M floats.
+        split = max(1, min(rows, cdiv(2048, num_n), (8 << 20) // max(1, r * n)))
+        self.part_shape = (split, r, n)
+        self.grid = (split, num_n)
+        self.ints = (rows, n, s, *dy_strides, *h_strides, *gate.stride(), *cascade.stride(), *dz_strides)
+        self.meta = dict(D=d, PD=pd, ACT=act, ACC_DTYPE=acc_dtype(dtype), BLOCK_N=block_n, num_warps=num_warps)
+
+    def __call__(self, dy, h, gate, cascade, dz) -> torch.Tensor:
+        """Launch; returns the reductions packed as pai_fast._layout's dsmall [1 + 2D + D*D, N] (dbias,
+        ddendrite_bias, dgate, dcascade) in the accumulation dtype (fp64 for fp64 inputs, fp32 otherwise), summed
+        over a fixed number of programs: one buffer, one launch, one torch sum."""
+        part = torch.empty(self.part_shape, device=dy.device, dtype=self.acc_t)
+        ptrs = (dy, h, gate, cascade, dz, part)
+        key = None if self.serial is None else (self.serial, aligned16(ptrs))
+        _launch_dz(self.grid, ptrs + self.ints, self.meta, key)
+        return part.sum(0)
+
+
 def dz_and_reductions(
     dy: tuple[torch.Tensor, int, int, int],
     h: tuple[torch.Tensor, int, int, int, int],
@@ -427,28 +471,6 @@ def dz_and_reductions(
     s: int,
     act: int,
 ) -> torch.Tensor:
-    """Launch the dZ kernel. dy/h/dz are (tensor, *strides) with strides over (b, s, [d,] n) and dz's d-stride the
-    offset between branch blocks. Returns the reductions packed as pai_fast._layout's dsmall [1 + 2D + D*D, N]
-    (dbias, ddendrite_bias, dgate, dcascade) in the accumulation dtype (fp64 for fp64 inputs, fp32 otherwise),
-    summed over a fixed number of programs: one buffer, one launch, one torch sum."""
-    dy_t = dy[0]
-    d = gate.shape[0]
-    acc_t = torch_acc_dtype(dy_t.dtype)
-    pd = next_pow2(max(d, 1))
-    # [PD, BLOCK_N] tiles with PD inside each thread: a load puts 16 bytes per thread along N, so BLOCK_N =
-    # 32 * vec * num_warps keeps every warp along N (ptxas: no shuffles in the row loop).
-    vec = max(1, 16 // dy_t.element_size())
-    num_warps = 4 if pd <= 4 else 2
-    block_n = min(32 * vec * num_warps, max(32, next_pow2(n)))
-    num_warps = max(1, min(num_warps, block_n // (32 * vec)))
-    num_n = cdiv(n, block_n)
-    r = 1 + 2 * d + d * d
-    # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
-    # every GPU; ~2048 programs fill an H100 many times over. The [split, R, N] partials stay under 8M floats.
-    split = max(1, min(rows, cdiv(2048, num_n), (8 << 20) // max(1, r * n)))
-    part = torch.empty((split, r, n), device=dy_t.device, dtype=acc_t)
-    args = (dy_t, h[0], gate, cascade, dz[0], part, rows, n, s, *dy[1:], *h[1:])
-    args += (gate.stride(0), gate.stride(1), cascade.stride(0), cascade.stride(1), cascade.stride(2), *dz[1:])
-    meta = dict(D=d, PD=pd, ACT=act, ACC_DTYPE=acc_dtype(dy_t.dtype), BLOCK_N=block_n, num_warps=num_warps)
-    _launch_dz((split, num_n), args, meta)
-    return part.sum(0)
+    """Launch the dZ kernel once (DzLaunch with the strides given beside each tensor)."""
+    launch = DzLaunch(dy[1:], h[1:], dz[1:], gate, cascade, rows, n, s, act, dy[0].dtype, cached=False)
+    return launch(dy[0], h[0], gate, cascade, dz[0])

@@ -57,6 +57,17 @@ def _spec(a: Any) -> Any:
     return a
 
 
+def aligned16(tensors: tuple) -> bool | tuple[bool, ...]:
+    """The pointer-alignment part of a launch key: True when every tensor's data is 16-byte aligned (the usual
+    case, one OR), else each tensor's own flag (Triton specializes each pointer on it)."""
+    acc = 0
+    for t in tensors:
+        acc |= t.data_ptr()
+    if acc & 15 == 0:
+        return True
+    return tuple(t.data_ptr() & 15 == 0 for t in tensors)
+
+
 class Launcher:
     """``Launcher(kernel)(grid, args, meta)`` runs ``kernel[grid](*args, **meta)``; kernel may be a JIT function or
     an autotuner / heuristics wrapper around one. args are the runtime arguments in signature order (passed
@@ -80,7 +91,12 @@ class Launcher:
         if getattr(self._seen, "armed", False):
             self._seen.call = (args, kwargs)
 
-    def __call__(self, grid: tuple | Callable[[dict], tuple], args: tuple, meta: dict) -> None:
+    def __call__(
+        self, grid: tuple | Callable[[dict], tuple], args: tuple, meta: dict, key: tuple | None = None
+    ) -> None:
+        """key, when given, replaces the computed one: the caller vouches that it separates every two calls that
+        the computed key would (pai_fast._plans: a plan's serial number, fixed by the shapes, strides, dtypes and
+        constexprs it was built for, plus the call's pointer alignments)."""
         if self._jit is None or not _state["enabled"] or _hooks_set():
             self.kernel[grid](*args, **meta)
             return
@@ -90,7 +106,7 @@ class Launcher:
 
             drv = self._driver = driver.active
         device = drv.get_current_device()
-        key = (device, *[_spec(a) for a in args], *meta.items())
+        key = (device, *[_spec(a) for a in args], *meta.items()) if key is None else (device, None, *key)
         hit = self._cache.get(key)
         if hit is None:
             self._seen.call, self._seen.armed = None, True

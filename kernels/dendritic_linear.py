@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from .._layout import seven_grads, small_rows, stacked_view
-from .._plans import PlanCache
+from .._plans import PlanCache, serial
 from ..backends import device_capability
 
 try:  # Triton >= 3.2: host-side TMA descriptors
@@ -51,6 +51,7 @@ except ImportError:  # pragma: no cover
 
 from ._common import (
     ALL_CONFIGS,
+    DzLaunch,
     _dendritic_epilogue,
     _grouped_tile,
     _stacked_weight_rows,
@@ -59,15 +60,15 @@ from ._common import (
     cdiv,
     check_common,
     dot_precision,
-    dz_and_reductions,
     interpreting,
     launch_config,
+    launch_state,
     next_pow2,
     rows_of_128_bytes,
     select_configs,
     torch_acc_dtype,
 )
-from ._launch import Launcher
+from ._launch import Launcher, aligned16
 
 # --------------------------------------------------------------------------------------------------------------
 # Reference (float64 oracle lives in pai_fast.reference; this is the same math, kept beside the kernel)
@@ -341,11 +342,11 @@ _launch_tma = Launcher(_linear_fwd_tma_kernel)
 _TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _tma_weight(x2d: torch.Tensor, weight: torch.Tensor, dendrite_weight: torch.Tensor, p: int):
+def _tma_weight(x2d: torch.Tensor, weight: torch.Tensor, dendrite_weight: torch.Tensor, p: int, shape_only=False):
     """Wcat [1 + D, N, K] for the TMA kernel, or None where the pointer kernel runs: the interpreter, before
     Hopper, fp64 and fp32 without TF32, small problems (building descriptors costs host time), P > 8, or tensors
     TMA cannot address (x rows not 16-byte aligned, W and V not adjacent in one storage: DendriticLinear keeps
-    them so)."""
+    them so). shape_only: only the checks a call signature settles, as a bool (the plan's part)."""
     m, k = x2d.shape
     n = weight.shape[0]
     if TensorDescriptor is None or interpreting() or p > 8 or x2d.dtype not in _TMA_DTYPES:
@@ -355,10 +356,12 @@ def _tma_weight(x2d: torch.Tensor, weight: torch.Tensor, dendrite_weight: torch.
     if m < 1024 or n * p < 1024 or not x2d.is_cuda or device_capability(x2d.device) < (9, 0):
         return None
     esz = x2d.element_size()
-    if x2d.stride(1) != 1 or (x2d.stride(0) * esz) % 16 or x2d.data_ptr() % 16 or (k * esz) % 16:
+    if x2d.stride(1) != 1 or (x2d.stride(0) * esz) % 16 or (k * esz) % 16 or dendrite_weight.shape[0] == 0:
         return None
-    wcat = stacked_view(weight, dendrite_weight) if dendrite_weight.shape[0] > 0 else None
-    if wcat is None or wcat.data_ptr() % 16:
+    if shape_only:
+        return True
+    wcat = stacked_view(weight, dendrite_weight)
+    if wcat is None or wcat.data_ptr() % 16 or x2d.data_ptr() % 16:
         return None
     return wcat
 
@@ -390,7 +393,8 @@ def _heuristic_config(m: int, n: int, k: int, p: int, dtype: torch.dtype) -> dic
 # --------------------------------------------------------------------------------------------------------------
 
 
-_plans = PlanCache()  # _check_linear's result per call signature (host time: pai_fast._plans)
+_plans = PlanCache(strides=True)  # _FwdPlan per call signature (host time: pai_fast._plans)
+_bwd_plans = PlanCache(strides=True)  # _BwdPlan per call signature
 
 
 def _check_linear(x2d, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation):
@@ -419,11 +423,57 @@ def _check_linear(x2d, weight, bias, dendrite_weight, dendrite_bias, gate, casca
     return act, n, k, d
 
 
-def _shared_k_stride(weight: torch.Tensor, dendrite_weight: torch.Tensor):
-    """The kernel walks K with one stride for W and V: true for any contiguous weights; otherwise copy."""
-    if dendrite_weight.shape[0] == 0 or weight.stride(1) == dendrite_weight.stride(2):
-        return weight, dendrite_weight
-    return weight.contiguous(), dendrite_weight.contiguous()
+class _FwdPlan:
+    """What one forward call signature (shapes, strides, dtypes, devices, activation, flags) fixes: output
+    shapes, the kernel's integer arguments and constexprs, the launch config and grid."""
+
+    __slots__ = ("serial", "m", "n", "d", "p", "has_bias", "save", "copy_w", "tma", "ints", "meta", "cfg", "grid")
+
+    def __init__(self, x2d, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, save):
+        act, n, k, d = _check_linear(x2d, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation)
+        m = x2d.shape[0]
+        p = next_pow2(1 + d)
+        self.serial, self.m, self.n, self.d, self.p = serial(), m, n, d, p
+        self.has_bias = has_bias = bias is not None
+        self.save = save = bool(save)
+        # The kernel walks K with one stride for W and V: true for any contiguous weights; otherwise copy.
+        self.copy_w = d > 0 and weight.stride(1) != dendrite_weight.stride(2)
+        ws = (k, 1) if self.copy_w else weight.stride()
+        vs = (n * k, k, 1) if self.copy_w else (dendrite_weight.stride() if d > 0 else (0, 0, 0))
+        cs = dendrite_bias.stride() if has_bias else (0, 0)
+        self.ints = (
+            m, n, k, min(next_pow2(m), 8192),
+            x2d.stride(0), x2d.stride(1),
+            ws[0], vs[0], vs[1], ws[1],
+            bias.stride(0) if has_bias else 0, cs[0], cs[1],
+            gate.stride(0), gate.stride(1),
+            cascade.stride(0), cascade.stride(1), cascade.stride(2),
+            n, 1,
+            *((d * n, n, 1) if save else (0, 0, 0)),
+        )  # fmt: skip
+        self.meta = dict(
+            D=d,
+            P=p,
+            ACT=act,
+            HAS_BIAS=has_bias,
+            SAVE_H=save and d > 0,
+            ACC_DTYPE=acc_dtype(x2d.dtype),
+            DOT_PRECISION=dot_precision(x2d.dtype),
+        )
+        self.cfg = launch_config(lambda: _heuristic_config(m, n, k, p, x2d.dtype))
+        self.grid = self._grid if self.cfg is None else self._grid(self.cfg)
+        # Whether the TMA kernel may run (the per-call part, storage adjacency and alignment, is _tma_weight's).
+        self.tma = _tma_weight(x2d, weight, dendrite_weight, p, shape_only=True)
+
+    def _grid(self, meta: dict) -> tuple[int]:
+        return (cdiv(self.m, meta["BLOCK_M"]) * cdiv(self.n, meta["BLOCK_C"] // self.p),)
+
+
+def _plan_key_extra(activation: str, save: bool, dtype: torch.dtype) -> tuple:
+    """The non-tensor inputs of a plan: flags, and the process state that changes a launch (TF32 for fp32, the
+    forced config or autotune switch of _common)."""
+    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return activation, save, tf32, launch_state()
 
 
 def linear_fwd(
@@ -439,75 +489,54 @@ def linear_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y [M, N] in x's dtype, and h [M, D, N] (the a_i in x's dtype) when save_for_backward else empty(0)."""
     tensors = (x2d, weight, bias, dendrite_weight, dendrite_bias, gate, cascade)
-    act, n, k, d = _plans.get(tensors, (activation,), lambda: _check_linear(*tensors, activation))
-    m = x2d.shape[0]
-    y = torch.empty((m, n), device=x2d.device, dtype=x2d.dtype)
-    h = (
-        torch.empty((m, d, n), device=x2d.device, dtype=x2d.dtype)
-        if save_for_backward
-        else torch.empty(0, device=x2d.device, dtype=x2d.dtype)
+    plan = _plans.get(
+        tensors,
+        _plan_key_extra(activation, save_for_backward, x2d.dtype),
+        lambda: _FwdPlan(*tensors, activation, save_for_backward),
     )
+    m, n, d = plan.m, plan.n, plan.d
+    dev, dt = x2d.device, x2d.dtype
+    y = torch.empty((m, n), device=dev, dtype=dt)
+    h = torch.empty((m, d, n) if plan.save else (0,), device=dev, dtype=dt)
     if m == 0 or n == 0:
         return y, h
-    has_bias = bias is not None
-    weight, dendrite_weight = _shared_k_stride(weight, dendrite_weight)
-    p = next_pow2(1 + d)
-    b_t = bias if has_bias else y
-    c_t = dendrite_bias if has_bias else y
-    v_t = dendrite_weight if d > 0 else weight
-    hs = h.stride() if save_for_backward else (0, 0, 0)
-    vs = dendrite_weight.stride() if d > 0 else (0, 0, 0)
-    cs = dendrite_bias.stride() if has_bias else (0, 0)
-    args = (
-        x2d, weight, v_t, b_t, c_t, gate, cascade, y, h,
-        m, n, k, min(next_pow2(m), 8192),
-        x2d.stride(0), x2d.stride(1),
-        weight.stride(0), vs[0], vs[1], weight.stride(1),
-        bias.stride(0) if has_bias else 0, cs[0], cs[1],
-        gate.stride(0), gate.stride(1),
-        cascade.stride(0), cascade.stride(1), cascade.stride(2),
-        y.stride(0), y.stride(1),
-        hs[0], hs[1], hs[2],
+    if plan.copy_w:
+        weight, dendrite_weight = weight.contiguous(), dendrite_weight.contiguous()
+    has_bias = plan.has_bias
+    ptrs = (
+        x2d, weight, dendrite_weight if d > 0 else weight,
+        bias if has_bias else y, dendrite_bias if has_bias else y,
+        gate, cascade, y, h,
     )  # fmt: skip
-    meta = dict(
-        D=d,
-        P=p,
-        ACT=act,
-        HAS_BIAS=has_bias,
-        SAVE_H=bool(save_for_backward) and d > 0,
-        ACC_DTYPE=acc_dtype(x2d.dtype),
-        DOT_PRECISION=dot_precision(x2d.dtype),
-    )
-
-    def grid(meta_):
-        return (cdiv(m, meta_["BLOCK_M"]) * cdiv(n, meta_["BLOCK_C"] // p),)
-
-    cfg = launch_config(lambda: _heuristic_config(m, n, k, p, x2d.dtype))
-    wcat3 = _tma_weight(x2d, weight, dendrite_weight, p)
+    cfg = plan.cfg
+    wcat3 = _tma_weight(x2d, weight, dendrite_weight, plan.p) if plan.tma else None
     if wcat3 is not None:
-        box = cfg or tma_configs(x2d.dtype)[0].kwargs  # the autotuner's pre-hook re-sets the boxes per config
+        p, k = plan.p, x2d.shape[1]
+        box = cfg or tma_configs(dt)[0].kwargs  # the autotuner's pre-hook re-sets the boxes per config
         descs = (
             TensorDescriptor(x2d, [m, k], [x2d.stride(0), 1], [box["BLOCK_M"], box["BLOCK_K"]]),
             TensorDescriptor(wcat3, [d + 1, n, k], list(wcat3.stride()), [p, box["BLOCK_C"] // p, box["BLOCK_K"]]),
         )
-        targs = descs + args[3:13] + args[19:]
-        tmeta = {key: v for key, v in meta.items() if key != "ACC_DTYPE"}
+        ints = plan.ints
+        targs = descs + ptrs[3:] + ints[:4] + ints[10:]
+        tmeta = {key: v for key, v in plan.meta.items() if key != "ACC_DTYPE"}
         if cfg is None:
-            _launch_tma_tuned(grid, targs, tmeta)
+            _launch_tma_tuned(plan.grid, targs, tmeta)
         else:
-            _launch_tma(grid(cfg), targs, {**tmeta, **cfg})
+            _launch_tma(plan.grid, targs, {**tmeta, **cfg})
         return y, h
+    # The plan fixes every integer argument and constexpr: the launch key adds only the pointers' alignment.
+    key = (plan.serial, aligned16(ptrs))
     if cfg is None:
-        _launch_fwd_tuned(grid, args, meta)
+        _launch_fwd_tuned(plan.grid, ptrs + plan.ints, plan.meta, key)
     else:
-        _launch_fwd(grid(cfg), args, {**meta, **cfg})
+        _launch_fwd(plan.grid, ptrs + plan.ints, {**plan.meta, **cfg}, key)
     return y, h
 
 
 def _stacked_view(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor | None:
     """Wcat [(1+D)N, K] as a zero-copy view when W and V sit back to back in one storage."""
-    view = stacked_view(weight, dendrite_weight)
-    return None if view is None else view.flatten(0, 1)
+    return stacked_view(weight, dendrite_weight, flat=True)
 
 
 def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -519,6 +548,45 @@ def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return t
     out.copy_(t)
     return out
+
+
+class _BwdPlan:
+    """What one backward call signature fixes: sizes, whether grad_y needs a cast, whether dx must be restrided to
+    x's layout, and the dZ launch."""
+
+    __slots__ = ("m", "n", "k", "d", "cast_dy", "dz_shape", "restride_dx", "dz_launch", "small_dtype")
+
+    def __init__(self, grad_y, x2d, weight, dendrite_weight, gate, cascade, h, activation, has_bias):
+        act = check_common("linear_bwd", x2d, weight, activation)
+        m, k = x2d.shape
+        n = weight.shape[0]
+        d = dendrite_weight.shape[0]
+        if tuple(grad_y.shape) != (m, n):
+            raise ValueError(f"linear_bwd: grad_y must be [{m}, {n}], got {list(grad_y.shape)}")
+        if d > 0 and tuple(h.shape) != (m, d, n):
+            raise ValueError(
+                f"linear_bwd: h must be [{m}, {d}, {n}] (forward run with save_for_backward), got {list(h.shape)}"
+            )
+        self.m, self.n, self.k, self.d = m, n, k, d
+        self.cast_dy = grad_y.dtype != x2d.dtype  # cast to a contiguous tensor of x's dtype
+        self.small_dtype = gate.dtype
+        self.dz_shape = (m, (1 + d) * n)
+        self.restride_dx = not (x2d.is_contiguous() or x2d.numel() <= 1)
+        self.dz_launch = None
+        if d > 0 and m > 0 and n > 0:
+            gs = (n, 1) if self.cast_dy else grad_y.stride()
+            self.dz_launch = DzLaunch(
+                (gs[0], 0, gs[1]),
+                (h.stride(0), 0, h.stride(1), h.stride(2)),
+                ((1 + d) * n, 0, n, 1),
+                gate,
+                cascade,
+                m,
+                n,
+                1,
+                act,
+                x2d.dtype,
+            )
 
 
 def linear_bwd_packed(
@@ -533,51 +601,36 @@ def linear_bwd_packed(
     has_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dwcat, dsmall), packed as pai_fast._layout says; see the module docstring."""
-    act = check_common("linear_bwd", x2d, weight, activation)
-    m, k = x2d.shape
-    n = weight.shape[0]
-    d = dendrite_weight.shape[0]
-    if tuple(grad_y.shape) != (m, n):
-        raise ValueError(f"linear_bwd: grad_y must be [{m}, {n}], got {list(grad_y.shape)}")
-    if d > 0 and tuple(h.shape) != (m, d, n):
-        raise ValueError(
-            f"linear_bwd: h must be [{m}, {d}, {n}] (forward run with save_for_backward), got {list(h.shape)}"
-        )
+    tensors = (grad_y, x2d, weight, dendrite_weight, gate, cascade, h)
+    plan = _bwd_plans.get(tensors, (activation, has_bias), lambda: _BwdPlan(*tensors, activation, has_bias))
+    m, n, d = plan.m, plan.n, plan.d
     dev, dt = x2d.device, x2d.dtype
-    if grad_y.dtype != dt:
-        grad_y = grad_y.to(dt)
+    if plan.cast_dy:
+        grad_y = grad_y.to(dt, memory_format=torch.contiguous_format)
     if m == 0 or n == 0:
         return (
             torch.zeros_like(x2d),
-            torch.zeros(((1 + d) * n, k), device=dev, dtype=dt),
-            torch.zeros((small_rows(d), n), device=dev, dtype=gate.dtype),
+            torch.zeros(((1 + d) * n, plan.k), device=dev, dtype=dt),
+            torch.zeros((small_rows(d), n), device=dev, dtype=plan.small_dtype),
         )
     if d == 0:
         # No dendrites: dZcat is dy itself; nothing to fuse.
         dz = grad_y
         red = grad_y.sum(0, dtype=torch_acc_dtype(dt))[None]
     else:
-        dz = torch.empty((m, (1 + d) * n), device=dev, dtype=dt)
-        red = dz_and_reductions(
-            (grad_y, grad_y.stride(0), 0, grad_y.stride(1)),
-            (h, h.stride(0), 0, h.stride(1), h.stride(2)),
-            (dz, dz.stride(0), 0, n * dz.stride(1), dz.stride(1)),
-            gate,
-            cascade,
-            m,
-            n,
-            1,
-            act,
-        )
+        dz = torch.empty(plan.dz_shape, device=dev, dtype=dt)
+        red = plan.dz_launch(grad_y, h, gate, cascade, dz)
     # dWcat = dZcat^T X: one GEMM, already in the packed layout.
     dwcat = torch.mm(dz.t(), x2d)
     wcat = _stacked_view(weight, dendrite_weight) if d > 0 else weight
     if wcat is not None:
         dx = torch.mm(dz, wcat)
     else:
-        dx = torch.mm(dz[:, :n], weight)
-        dx.addmm_(dz[:, n:], dendrite_weight.reshape(d * n, k))
-    return _like(dx, x2d), dwcat, red.to(gate.dtype)
+        dx = torch.mm(dz.narrow(1, 0, n), weight)
+        dx.addmm_(dz.narrow(1, n, d * n), dendrite_weight.reshape(d * n, plan.k))
+    if plan.restride_dx:
+        dx = _like(dx, x2d)
+    return dx, dwcat, red.to(plan.small_dtype)
 
 
 linear_bwd = seven_grads(linear_bwd_packed)

@@ -29,13 +29,15 @@ def small_rows(d: int) -> int:
 def split_small(dsmall: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dbias [N], ddendrite_bias [D, N], dgate [D, N], dcascade [D, D, N]) as views of dsmall."""
     n = dsmall.shape[1]
-    return dsmall[0], dsmall[1 : 1 + d], dsmall[1 + d : 1 + 2 * d], dsmall[1 + 2 * d :].view(d, d, n)
+    db, ddb, dg, dc = dsmall.split_with_sizes((1, d, d, d * d))  # one op for four views (small layers: host time)
+    return db.view(n), ddb, dg, dc.view(d, d, n)
 
 
 def split_weights(dwcat: torch.Tensor, weight_shape, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(dweight, ddendrite_weight) as views of dwcat."""
     n = weight_shape[0]
-    return dwcat[:n], dwcat[n:].view(d, *weight_shape)
+    dw, ddw = dwcat.split_with_sizes((n, d * n))
+    return dw, ddw.view(d, *weight_shape)
 
 
 def unpack_grads(
@@ -64,15 +66,21 @@ def seven_grads(packed_backward: Callable[..., tuple[torch.Tensor, torch.Tensor,
     return backward
 
 
-def stacked_view(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor | None:
-    """Wcat [1 + D, N, *rest] as a zero-copy view when both are contiguous and adjacent in one storage, else None."""
+def stacked_view(weight: torch.Tensor, dendrite_weight: torch.Tensor, flat: bool = False) -> torch.Tensor | None:
+    """Wcat [1 + D, N, *rest] (flat: [(1 + D) * N, *rest]) as a zero-copy view when both are contiguous and
+    adjacent in memory, else None."""
+    if dendrite_weight.data_ptr() != weight.data_ptr() + weight.numel() * weight.element_size():
+        return None
     if not (weight.is_contiguous() and dendrite_weight.is_contiguous()):
         return None
-    if weight.untyped_storage().data_ptr() != dendrite_weight.untyped_storage().data_ptr():
+    n, d = weight.shape[0], dendrite_weight.shape[0]
+    shape, strides = ((1 + d) * n, *weight.shape[1:]), weight.stride()
+    if not flat:
+        shape, strides = (1 + d, *weight.shape), (weight.numel(), *strides)
+    try:  # as_strided checks the view against weight's storage: adjacent memory of another storage fails here
+        return weight.as_strided(shape, strides)
+    except RuntimeError:
         return None
-    if dendrite_weight.storage_offset() != weight.storage_offset() + weight.numel():
-        return None
-    return weight.as_strided((1 + dendrite_weight.shape[0], *weight.shape), (weight.numel(), *weight.stride()))
 
 
 def conv_channels_last(x: torch.Tensor) -> bool:

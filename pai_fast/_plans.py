@@ -9,6 +9,7 @@ torch.compile traces (the checks then run every time, as plain code) nor for sig
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,18 +18,32 @@ import torch
 _MAX_PLANS = 512
 
 
+_serials = itertools.count(1)
+
+
+def serial() -> int:
+    """A number no other plan of this process has: launch caches key on it (kernels._launch.Launcher) without
+    holding the plan, and a number is never reused after its plan is dropped."""
+    return next(_serials)
+
+
 class PlanCache:
     """``cache.get(tensors, extra, make)``: ``make()``'s result for this signature, computed once. A ``make()``
-    that raises is not cached (bad input raises on every call)."""
+    that raises is not cached (bad input raises on every call). With ``strides=True`` the signature holds each
+    tensor's strides too (plans that carry a kernel's stride arguments)."""
 
-    def __init__(self) -> None:
+    def __init__(self, strides: bool = False) -> None:
         self._plans: dict = {}
+        self._strides = strides
 
     def get(self, tensors: Sequence[torch.Tensor | None], extra: tuple, make: Callable[[], Any]) -> Any:
         if torch.compiler.is_compiling():
             return make()
         try:
-            key = (*[None if t is None else (t.shape, t.dtype, t.device) for t in tensors], *extra)
+            if self._strides:
+                key = (*[None if t is None else (t.shape, t.stride(), t.dtype, t.device) for t in tensors], *extra)
+            else:
+                key = (*[None if t is None else (t.shape, t.dtype, t.device) for t in tensors], *extra)
             hit = self._plans.get(key)
         except (AttributeError, TypeError):  # not tensors (make() names the argument), or unhashable (symbolic)
             return make()

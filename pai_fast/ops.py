@@ -167,12 +167,12 @@ class DendriticLinearFunction(torch.autograd.Function):
     """y = dendritic_linear(x, ...) through a fused backend; leading dims of x are batch."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, backend):
+    def forward(ctx, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, backend, direct=False):
         # 2-D x skips the reshapes: every torch call costs host time that small layers feel.
         flat = x.dim() == 2
         x2 = x if flat else x.reshape(-1, weight.shape[1])
         args = (x2, weight, bias, dendrite_weight, dendrite_bias, gate, cascade)
-        op = _linear_fwd if _direct(*args) else torch.ops.pai_fast.dendritic_linear_fwd
+        op = _linear_fwd if direct else torch.ops.pai_fast.dendritic_linear_fwd
         y, h = op(*args, activation, backend, True)
         ctx.save_for_backward(x2, weight, dendrite_weight, gate, cascade, h)
         ctx.meta = (None if flat else x.shape, activation, backend, bias is not None)
@@ -196,7 +196,7 @@ class DendriticLinearFunction(torch.autograd.Function):
         dx, dw, db, ddw, ddb, dg, dc = unpack_grads(dx, dwcat, dsmall, weight, dendrite_weight.shape[0])
         if not has_bias:
             db = ddb = None
-        return dx if x_shape is None else dx.reshape(x_shape), dw, db, ddw, ddb, dg, dc, None, None
+        return dx if x_shape is None else dx.reshape(x_shape), dw, db, ddw, ddb, dg, dc, None, None, None
 
 
 class DendriticConvFunction(torch.autograd.Function):
@@ -217,9 +217,10 @@ class DendriticConvFunction(torch.autograd.Function):
         dilation,
         activation,
         backend,
+        direct=False,
     ):
         args = (x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade)
-        op = _conv_fwd if _direct(*args) else torch.ops.pai_fast.dendritic_conv_fwd
+        op = _conv_fwd if direct else torch.ops.pai_fast.dendritic_conv_fwd
         y, h = op(*args, stride, padding, dilation, activation, backend, True)
         ctx.save_for_backward(x, weight, dendrite_weight, gate, cascade, h)
         ctx.meta = (stride, padding, dilation, activation, backend, bias is not None)
@@ -235,22 +236,37 @@ class DendriticConvFunction(torch.autograd.Function):
         dx, dw, db, ddw, ddb, dg, dc = unpack_grads(dx, dwcat, dsmall, weight, dendrite_weight.shape[0])
         if not has_bias:
             db = ddb = None
-        return dx, dw, db, ddw, ddb, dg, dc, None, None, None, None, None
+        return dx, dw, db, ddw, ddb, dg, dc, None, None, None, None, None, None
 
 
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _c_apply(cls):
+    """cls.apply without Function.apply's Python layer (setup_context binding, which these Functions do not use,
+    and functorch's dead-wrapper unwrap, which only matters under functorch transforms): ~5 µs per call. Used
+    only for direct calls (nothing traces) outside functorch transforms; Function.apply otherwise."""
+    c_apply = getattr(torch._C._FunctionBase, "__dict__", {}).get("apply")
+    return c_apply.__get__(None, cls) if c_apply is not None else cls.apply
+
+
+_linear_apply = _c_apply(DendriticLinearFunction)
+_conv_apply = _c_apply(DendriticConvFunction)
+
+
 def linear_fused(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation: str, backend: str):
-    if _needs_grad(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade):
-        return DendriticLinearFunction.apply(
-            x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, backend
-        )
+    args = (x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade)
+    direct = _direct(*args)
+    if _needs_grad(*args):
+        if direct and not torch._C._are_functorch_transforms_active():
+            return _linear_apply(*args, activation, backend, True)
+        return DendriticLinearFunction.apply(*args, activation, backend, direct)
     # Inference: no autograd node, no saved activations.
     flat = x.dim() == 2
-    args = (x if flat else x.reshape(-1, weight.shape[1]), weight, bias, dendrite_weight, dendrite_bias, gate, cascade)
-    op = _linear_fwd if _direct(*args) else torch.ops.pai_fast.dendritic_linear_fwd
+    if not flat:
+        args = (x.reshape(-1, weight.shape[1]), *args[1:])
+    op = _linear_fwd if direct else torch.ops.pai_fast.dendritic_linear_fwd
     y, _ = op(*args, activation, backend, False)
     return y if flat else y.reshape(*x.shape[:-1], weight.shape[0])
 
@@ -269,22 +285,12 @@ def conv_fused(
     activation: str,
     backend: str,
 ):
-    if _needs_grad(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade):
-        return DendriticConvFunction.apply(
-            x,
-            weight,
-            bias,
-            dendrite_weight,
-            dendrite_bias,
-            gate,
-            cascade,
-            stride,
-            padding,
-            dilation,
-            activation,
-            backend,
-        )
     args = (x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade)
-    op = _conv_fwd if _direct(*args) else torch.ops.pai_fast.dendritic_conv_fwd
+    direct = _direct(*args)
+    if _needs_grad(*args):
+        if direct and not torch._C._are_functorch_transforms_active():
+            return _conv_apply(*args, stride, padding, dilation, activation, backend, True)
+        return DendriticConvFunction.apply(*args, stride, padding, dilation, activation, backend, direct)
+    op = _conv_fwd if direct else torch.ops.pai_fast.dendritic_conv_fwd
     y, _ = op(*args, stride, padding, dilation, activation, backend, False)
     return y
