@@ -77,7 +77,7 @@ def _case(name: str, b: int, c: int, hw: int, n: int, d: int, dt: torch.dtype, r
             print(f"{name} D={d} {label}: FAILED {type(e).__name__}: {e}")
             continue
         rows.append(dict(shape=name, D=d, variant=label, device_ms=dev, wall_ms=wall, rel_err=err, vs_ptr=err_y))
-    conv._state["weight_tma"] = True
+    conv._state["weight_tma"] = "auto"
     info = {
         "ptr": _compiled_info(conv._launch_fwd_tuned),
         "tma": _compiled_info(conv._launch_tma_tuned),

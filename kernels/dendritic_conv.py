@@ -38,10 +38,11 @@ import triton
 import triton.language as tl
 
 from .._layout import conv_empty, seven_grads, small_rows, stacked_view
-from .._plans import PlanCache
+from .._plans import PlanCache, serial
 from ..backends import device_capability
 from ._common import (
     ALL_CONFIGS,
+    DzLaunch,
     _dendritic_epilogue,
     _grouped_tile,
     _stacked_weight_rows,
@@ -50,15 +51,15 @@ from ._common import (
     cdiv,
     check_common,
     dot_precision,
-    dz_and_reductions,
     interpreting,
     launch_config,
+    launch_state,
     next_pow2,
     rows_of_128_bytes,
     select_configs,
     torch_acc_dtype,
 )
-from ._launch import Launcher
+from ._launch import Launcher, aligned16
 
 try:  # Triton >= 3.2: host-side TMA descriptors
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -303,19 +304,25 @@ def _prune_tma(configs, named_args, **kwargs):
 _fwd_tma_tuned = autotuned(_fwd_kernel, TMA_CONFIGS, _TUNE_KEY, _prune_tma)
 _launch_tma_tuned = Launcher(_fwd_tma_tuned)
 _TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_state = {"weight_tma": True}  # probes compare both mainloops
+# "auto": the weight-TMA mainloop where the problem is large enough to repay its per-call host work (packing the
+# weights, building a descriptor); True: wherever it can run (tests, probes); False: never.
+_state = {"weight_tma": "auto"}
+# Measured on the H100 (h100_probe_conv_9e32f1b): at batch 32 the TMA mainloop saves <= 10 % of the kernel's
+# 50-100 µs while its host work costs ~35 µs per call; it pays from about 5e10 MACs (~0.3 ms of kernel time).
+_TMA_MIN_MACS = 5e10
 
 
-def _use_weight_tma(x: torch.Tensor, cin: int, kk: int, p: int, rows: int) -> bool:
-    """Whether the weight tiles come by TMA: Hopper, 2-byte or TF32 inputs, P <= 8, a large enough problem
-    (building descriptors costs host time) and Wpack rows (kk * Cin elements) 16-byte aligned."""
-    if not _state["weight_tma"] or TensorDescriptor is None or interpreting() or p > 8 or not x.is_cuda:
+def _use_weight_tma(x: torch.Tensor, cin: int, kk: int, p: int, rows: int, n: int) -> bool:
+    """Whether the weight tiles come by TMA: Hopper, 2-byte or TF32 inputs, P <= 8, Wpack rows (kk * Cin
+    elements) 16-byte aligned, and (unless forced) a problem large enough to repay the per-call host work."""
+    mode = _state["weight_tma"]
+    if not mode or TensorDescriptor is None or interpreting() or p > 8 or not x.is_cuda:
         return False
     if x.dtype not in _TMA_DTYPES or (x.dtype == torch.float32 and dot_precision(x.dtype) != "tf32"):
         return False
     if rows < 1024 or (kk * cin * x.element_size()) % 16 or device_capability(x.device) < (9, 0):
         return False
-    return True
+    return mode is True or rows * n * p * kk * cin >= _TMA_MIN_MACS
 
 
 def _pack_weights(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor:
@@ -366,7 +373,8 @@ def _out_size(i: int, k: int, s: int, p: int, d: int) -> int:
     return (i + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-_plans = PlanCache()  # _check_conv's result per call signature (host time: pai_fast._plans)
+_plans = PlanCache(strides=True)  # _ConvFwdPlan per call signature (host time: pai_fast._plans)
+_bwd_plans = PlanCache(strides=True)  # _ConvBwdPlan per call signature
 
 
 def _check_conv(x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, stride, padding, dilation, activation):
@@ -435,6 +443,100 @@ def _channels_last(t: torch.Tensor, cdim: int) -> torch.Tensor:
     return t.movedim(cdim, -1).contiguous().movedim(-1, cdim)
 
 
+class _ConvFwdPlan:
+    """What one forward call signature (shapes, strides, dtypes, devices, geometry, activation, flags) fixes: the
+    output layout, which operands get re-laid out per call, the kernel's integer arguments, constexprs and grid.
+    Built by running the layout decisions on the first call's tensors; later calls repeat them (same strides in,
+    same strides out) and launch with the recorded integers."""
+
+    __slots__ = (
+        "serial", "rows", "n", "d", "p", "lead", "y_shape", "y_strides", "h_shape", "h_strides", "x_cl", "w_tma",
+        "w_cl", "v_cl", "w_contig", "has_bias", "ints", "meta", "cfg", "grid", "box",
+    )  # fmt: skip
+
+    def __init__(self, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, geo, save):
+        act, nd, n, d, st, pd, dl, ks, ins, outs = _check_conv(
+            x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, *geo
+        )
+        self.serial = serial()
+        bsz, cin = x.shape[0], x.shape[1]
+        out_sp = outs[3 - nd :]
+        y = conv_empty(x, (bsz, n), out_sp)
+        h = conv_empty(x, (bsz, d, n), out_sp) if save else x.new_empty((0,))
+        self.y_shape, self.y_strides, self.h_shape, self.h_strides = y.shape, y.stride(), h.shape, h.stride()
+        os_ = outs[0] * outs[1] * outs[2]
+        self.rows = rows = bsz * os_
+        self.n, self.d = n, d
+        self.p = p = next_pow2(1 + d)
+        self.has_bias = has_bias = bias is not None
+        # The reduction walks channels innermost: with channel stride 1 x's tile is rows of contiguous runs that
+        # the pipeliner fetches with cp.async (checked on sm_90). NCHW inputs pay one transposing copy per call
+        # (for x about a fifth of a 3x3 conv's time at 64 channels); feed channels_last to skip it.
+        self.x_cl = x.is_cuda and cin > 1 and x.stride(1) != 1
+        if self.x_cl:
+            x = _channels_last(x, 1)
+        kk = ks[0] * ks[1] * ks[2]
+        self.w_tma = _use_weight_tma(x, cin, kk, p, rows, n)
+        self.w_cl = self.v_cl = self.w_contig = False
+        if self.w_tma:
+            ws, vs = (0,) * 5, (0, 0)
+        else:
+            if x.is_cuda and cin > 1:  # the weight tile's channel runs contiguous too (see above)
+                self.w_cl = weight.stride(1) != 1
+                self.v_cl = d > 0 and dendrite_weight.stride(2) != 1
+            weight, dendrite_weight = self.weights(weight, dendrite_weight)
+            if d > 0 and _w_strides(dendrite_weight[0], nd)[1:] != _w_strides(weight, nd)[1:]:
+                self.w_contig = True
+                weight, dendrite_weight = weight.contiguous(), dendrite_weight.contiguous()
+            ws = _w_strides(weight, nd)
+            vs = dendrite_weight.stride()[:2] if d > 0 else (0, 0)
+        cs = dendrite_bias.stride() if has_bias else (0, 0)
+        ys = _merged_strides(y, 2)  # (b, n, spatial)
+        hs = _merged_strides(h, 3) if save else (0, 0, 0, 0)  # (b, d, n, spatial)
+        self.ints = (
+            rows, n, cin, os_, outs[1], outs[2], ins[0], ins[1], ins[2], min(next_pow2(rows), 65536),
+            *_x_strides(x, nd),
+            ws[0], vs[0], vs[1], *ws[1:],
+            *st, *pd, *dl,
+            bias.stride(0) if has_bias else 0, cs[0], cs[1],
+            gate.stride(0), gate.stride(1),
+            cascade.stride(0), cascade.stride(1), cascade.stride(2),
+            ys[0], ys[2], ys[1],
+            hs[0], hs[3], hs[1], hs[2],
+        )  # fmt: skip
+        self.meta = dict(
+            KD=ks[0],
+            KH=ks[1],
+            KW=ks[2],
+            D=d,
+            P=p,
+            ACT=act,
+            HAS_BIAS=has_bias,
+            SAVE_H=bool(save) and d > 0,
+            ACC_DTYPE=acc_dtype(x.dtype),
+            DOT_PRECISION=dot_precision(x.dtype),
+            W_TMA=self.w_tma,
+        )
+        self.cfg = cfg = launch_config(lambda: _heuristic_config(rows, n, cin, p, x.dtype))
+        self.grid = self._grid if cfg is None else self._grid(cfg)
+        # TMA: the box of the default (or forced) config; the autotuner's pre-hook re-sets it per candidate.
+        box = cfg or tma_configs(x.dtype)[0].kwargs
+        self.box = [p, box["BLOCK_C"] // p, box["BLOCK_K"]]
+
+    def _grid(self, meta: dict) -> tuple[int]:
+        return (cdiv(self.rows, meta["BLOCK_M"]) * cdiv(self.n, meta["BLOCK_C"] // self.p),)
+
+    def weights(self, weight, dendrite_weight):
+        """The pointer mainloop's weights, re-laid out as this signature needs."""
+        if self.w_cl:
+            weight = _channels_last(weight, 1)
+        if self.v_cl:
+            dendrite_weight = _channels_last(dendrite_weight, 2)
+        if self.w_contig:
+            weight, dendrite_weight = weight.contiguous(), dendrite_weight.contiguous()
+        return weight, dendrite_weight
+
+
 def conv_fwd(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -453,84 +555,39 @@ def conv_fwd(
     when x is channels_last (pai_fast._layout.conv_empty), else contiguous."""
     tensors = (x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade)
     geo = (stride, padding, dilation, activation)
-    act, nd, n, d, st, pd, dl, ks, ins, outs = _plans.get(tensors, geo, lambda: _check_conv(*tensors, *geo))
-    bsz, cin = x.shape[0], x.shape[1]
-    out_sp = outs[3 - nd :]
-    y = conv_empty(x, (bsz, n), out_sp)
-    h = conv_empty(x, (bsz, d, n), out_sp) if save_for_backward else x.new_empty((0,))
-    os_ = outs[0] * outs[1] * outs[2]
-    rows = bsz * os_
-    if rows == 0 or n == 0:
-        return y, h
-    if x.is_cuda and cin > 1 and x.stride(1) != 1:
-        # The reduction walks channels innermost: with channel stride 1 x's tile is rows of contiguous runs that
-        # the pipeliner fetches with cp.async (checked on sm_90). NCHW inputs pay one transposing copy here (for
-        # x about a fifth of a 3x3 conv's time at 64 channels); feed channels_last to skip it.
-        x = _channels_last(x, 1)
-    p = next_pow2(1 + d)
-    kk = ks[0] * ks[1] * ks[2]
-    w_tma = _use_weight_tma(x, cin, kk, p, rows)
-    if w_tma:
-        wpack = _pack_weights(weight, dendrite_weight)
-        ws, vs, v_t = (0,) * 5, (0, 0), x
-    else:
-        if x.is_cuda and cin > 1:  # the weight tile's channel runs contiguous too (see above)
-            if weight.stride(1) != 1:
-                weight = _channels_last(weight, 1)
-            if d > 0 and dendrite_weight.stride(2) != 1:
-                dendrite_weight = _channels_last(dendrite_weight, 2)
-        ws = _w_strides(weight, nd)
-        if d > 0 and _w_strides(dendrite_weight[0], nd)[1:] != ws[1:]:
-            weight, dendrite_weight = weight.contiguous(), dendrite_weight.contiguous()
-            ws = _w_strides(weight, nd)
-        v_t = dendrite_weight if d > 0 else weight
-        vs = dendrite_weight.stride()[:2] if d > 0 else (0, 0)
-    has_bias = bias is not None
-    cs = dendrite_bias.stride() if has_bias else (0, 0)
-    ys = _merged_strides(y, 2)  # (b, n, spatial)
-    hs = _merged_strides(h, 3) if save_for_backward else (0, 0, 0, 0)  # (b, d, n, spatial)
-    args = [
-        x, weight, v_t, bias if has_bias else y, dendrite_bias if has_bias else y, gate, cascade, y, h,
-        rows, n, cin, os_, outs[1], outs[2], ins[0], ins[1], ins[2], min(next_pow2(rows), 65536),
-        *_x_strides(x, nd),
-        ws[0], vs[0], vs[1], *ws[1:],
-        *st, *pd, *dl,
-        bias.stride(0) if has_bias else 0, cs[0], cs[1],
-        gate.stride(0), gate.stride(1),
-        cascade.stride(0), cascade.stride(1), cascade.stride(2),
-        ys[0], ys[2], ys[1],
-        hs[0], hs[3], hs[1], hs[2],
-    ]  # fmt: skip
-    meta = dict(
-        KD=ks[0],
-        KH=ks[1],
-        KW=ks[2],
-        D=d,
-        P=p,
-        ACT=act,
-        HAS_BIAS=has_bias,
-        SAVE_H=bool(save_for_backward) and d > 0,
-        ACC_DTYPE=acc_dtype(x.dtype),
-        DOT_PRECISION=dot_precision(x.dtype),
-        W_TMA=w_tma,
+    tf32 = x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    plan = _plans.get(
+        tensors,
+        (*geo, save_for_backward, tf32, launch_state(), _state["weight_tma"]),
+        lambda: _ConvFwdPlan(*tensors, geo, save_for_backward),
     )
-
-    def grid(meta_):
-        return (cdiv(rows, meta_["BLOCK_M"]) * cdiv(n, meta_["BLOCK_C"] // p),)
-
-    cfg = launch_config(lambda: _heuristic_config(rows, n, cin, p, x.dtype))
-    if w_tma:
-        # The box of the default (or forced) config; the autotuner's pre-hook re-sets it per candidate.
-        box = cfg or tma_configs(x.dtype)[0].kwargs
-        box = [p, box["BLOCK_C"] // p, box["BLOCK_K"]]
-        args[1] = TensorDescriptor(wpack, list(wpack.shape), list(wpack.stride()), box)
-        launch = _launch_tma_tuned if cfg is None else _launch_fwd
-    else:
-        launch = _launch_fwd_tuned if cfg is None else _launch_fwd
+    dev, dt = x.device, x.dtype
+    y = torch.empty_strided(plan.y_shape, plan.y_strides, device=dev, dtype=dt)
+    h = torch.empty_strided(plan.h_shape, plan.h_strides, device=dev, dtype=dt)
+    if plan.rows == 0 or plan.n == 0:
+        return y, h
+    if plan.x_cl:
+        x = _channels_last(x, 1)
+    has_bias = plan.has_bias
+    b_t, c_t = (bias, dendrite_bias) if has_bias else (y, y)
+    cfg = plan.cfg
+    if plan.w_tma:
+        wpack = _pack_weights(weight, dendrite_weight)
+        desc = TensorDescriptor(wpack, list(wpack.shape), list(wpack.stride()), plan.box)
+        args = (x, desc, x, b_t, c_t, gate, cascade, y, h, *plan.ints)
+        if cfg is None:
+            _launch_tma_tuned(plan.grid, args, plan.meta)
+        else:
+            _launch_fwd(plan.grid, args, {**plan.meta, **cfg})
+        return y, h
+    weight, dendrite_weight = plan.weights(weight, dendrite_weight)
+    ptrs = (x, weight, dendrite_weight if plan.d > 0 else weight, b_t, c_t, gate, cascade, y, h)
+    # The plan fixes every integer argument and constexpr: the launch key adds only the pointers' alignment.
+    key = (plan.serial, aligned16(ptrs))
     if cfg is None:
-        launch(grid, tuple(args), meta)
+        _launch_fwd_tuned(plan.grid, ptrs + plan.ints, plan.meta, key)
     else:
-        launch(grid(cfg), tuple(args), {**meta, **cfg})
+        _launch_fwd(plan.grid, ptrs + plan.ints, {**plan.meta, **cfg}, key)
     return y, h
 
 
@@ -552,11 +609,10 @@ def _merged_strides(t: torch.Tensor, lead: int) -> tuple[int, ...] | None:
 
 def _stacked_weight(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor:
     """Wcat [(1+D)Cout, Cin, *k]: a zero-copy view when W and V sit back to back in one storage, else a copy."""
-    shape = ((1 + dendrite_weight.shape[0]) * weight.shape[0], *weight.shape[1:])
-    view = stacked_view(weight, dendrite_weight)
+    view = stacked_view(weight, dendrite_weight, flat=True)
     if view is not None:
-        return view.reshape(shape)
-    return torch.cat([weight.unsqueeze(0), dendrite_weight], 0).reshape(shape)
+        return view
+    return torch.cat([weight.unsqueeze(0), dendrite_weight], 0).flatten(0, 1)
 
 
 def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -568,6 +624,65 @@ def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return t
     out.copy_(t)
     return out
+
+
+class _ConvBwdPlan:
+    """What one backward call signature fixes: sizes, which operands get re-laid out per call, dZ's layout and
+    the dZ launch."""
+
+    __slots__ = ("nd", "n", "d", "rows", "w_rows", "cast_dy", "dy_contig", "h_contig", "z_shape", "z_strides",
+                 "dz_launch", "small_dtype", "acc_t")  # fmt: skip
+
+    def __init__(self, grad_y, x, weight, dendrite_weight, gate, cascade, h, activation):
+        act = check_common("conv_bwd", x, weight, activation)
+        self.nd = nd = weight.dim() - 2
+        self.n, self.d = n, d = weight.shape[0], dendrite_weight.shape[0]
+        bsz = x.shape[0]
+        out_sp = tuple(grad_y.shape[2:])
+        if grad_y.dim() != nd + 2 or tuple(grad_y.shape[:2]) != (bsz, n):
+            raise ValueError(f"conv_bwd: grad_y must be [{bsz}, {n}, *out], got {list(grad_y.shape)}")
+        if d > 0 and tuple(h.shape) != (bsz, d, n, *out_sp):
+            raise ValueError(
+                f"conv_bwd: h must be [{bsz}, {d}, {n}, *out] (forward run with save_for_backward), got {list(h.shape)}"
+            )
+        self.w_rows = ((1 + d) * n, *weight.shape[1:])
+        self.small_dtype, self.acc_t = gate.dtype, torch_acc_dtype(x.dtype)
+        self.cast_dy = grad_y.dtype != x.dtype
+        if self.cast_dy:
+            grad_y = grad_y.to(x.dtype)
+        os_ = 1
+        for v in out_sp:
+            os_ *= v
+        self.rows = rows = bsz * os_
+        self.dy_contig = self.h_contig = False
+        self.dz_launch = None
+        self.z_shape = self.z_strides = None
+        if rows == 0 or n == 0 or d == 0:
+            return
+        gs = _merged_strides(grad_y, 2)
+        if gs is None:
+            self.dy_contig = True
+            gs = _merged_strides(grad_y.contiguous(), 2)
+        hs = _merged_strides(h, 3)
+        if hs is None:
+            self.h_contig = True
+            hs = _merged_strides(h.contiguous(), 3)
+        # dZcat in x's memory format, so that cuDNN's backward gets one layout for all its operands.
+        dz = conv_empty(x, (bsz, (1 + d) * n), out_sp)
+        self.z_shape, self.z_strides = dz.shape, dz.stride()
+        zs = _merged_strides(dz, 2)
+        self.dz_launch = DzLaunch(
+            (gs[0], gs[2], gs[1]),
+            (hs[0], hs[3], hs[1], hs[2]),
+            (zs[0], zs[2], n * zs[1], zs[1]),
+            gate,
+            cascade,
+            rows,
+            n,
+            os_,
+            act,
+            x.dtype,
+        )
 
 
 def conv_bwd_packed(
@@ -585,63 +700,34 @@ def conv_bwd_packed(
     has_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dwcat, dsmall), packed as pai_fast._layout says; see the module docstring."""
-    act = check_common("conv_bwd", x, weight, activation)
-    nd = weight.dim() - 2
-    n, d = weight.shape[0], dendrite_weight.shape[0]
-    bsz = x.shape[0]
-    out_sp = tuple(grad_y.shape[2:])
-    if grad_y.dim() != nd + 2 or tuple(grad_y.shape[:2]) != (bsz, n):
-        raise ValueError(f"conv_bwd: grad_y must be [{bsz}, {n}, *out], got {list(grad_y.shape)}")
-    if d > 0 and tuple(h.shape) != (bsz, d, n, *out_sp):
-        raise ValueError(
-            f"conv_bwd: h must be [{bsz}, {d}, {n}, *out] (forward run with save_for_backward), got {list(h.shape)}"
-        )
+    tensors = (grad_y, x, weight, dendrite_weight, gate, cascade, h)
+    plan = _bwd_plans.get(tensors, (activation,), lambda: _ConvBwdPlan(*tensors, activation))
     dev, dt = x.device, x.dtype
-    acc_t = torch_acc_dtype(dt)
-    if grad_y.dtype != dt:
+    n, d, nd = plan.n, plan.d, plan.nd
+    if plan.cast_dy:
         grad_y = grad_y.to(dt)
-    os_ = 1
-    for s in out_sp:
-        os_ *= s
-    rows = bsz * os_
-    if rows == 0 or n == 0:
+    if plan.rows == 0 or n == 0:
         return (
             torch.zeros_like(x),
-            torch.zeros(((1 + d) * n, *weight.shape[1:]), device=dev, dtype=dt),
-            torch.zeros((small_rows(d), n), device=dev, dtype=gate.dtype),
+            torch.zeros(plan.w_rows, device=dev, dtype=dt),
+            torch.zeros((small_rows(d), n), device=dev, dtype=plan.small_dtype),
         )
     if d == 0:
         dz = grad_y
-        red = grad_y.sum([0, *range(2, nd + 2)], dtype=acc_t)[None]
+        red = grad_y.sum([0, *range(2, nd + 2)], dtype=plan.acc_t)[None]
         wcat = weight
     else:
-        gs = _merged_strides(grad_y, 2)
-        if gs is None:
+        if plan.dy_contig:
             grad_y = grad_y.contiguous()
-            gs = _merged_strides(grad_y, 2)
-        hs = _merged_strides(h, 3)
-        if hs is None:
+        if plan.h_contig:
             h = h.contiguous()
-            hs = _merged_strides(h, 3)
-        # dZcat in x's memory format, so that cuDNN's backward gets one layout for all its operands.
-        dz = conv_empty(x, (bsz, (1 + d) * n), out_sp)
-        zs = _merged_strides(dz, 2)
-        red = dz_and_reductions(
-            (grad_y, gs[0], gs[2], gs[1]),
-            (h, hs[0], hs[3], hs[1], hs[2]),
-            (dz, zs[0], zs[2], n * zs[1], zs[1]),
-            gate,
-            cascade,
-            rows,
-            n,
-            os_,
-            act,
-        )
+        dz = torch.empty_strided(plan.z_shape, plan.z_strides, device=dev, dtype=dt)
+        red = plan.dz_launch(grad_y, h, gate, cascade, dz)
         wcat = _stacked_weight(weight, dendrite_weight)
     dx, dwcat, _ = torch.ops.aten.convolution_backward(
         dz, x, wcat, None, list(stride), list(padding), list(dilation), False, [0] * nd, 1, [True, True, False]
     )
-    return _like(dx, x), dwcat.contiguous(), red.to(gate.dtype)
+    return _like(dx, x), dwcat.contiguous(), red.to(plan.small_dtype)
 
 
 conv_bwd = seven_grads(conv_bwd_packed)
