@@ -519,9 +519,10 @@ class _ConvFwdPlan:
         )
         self.cfg = cfg = launch_config(lambda: _heuristic_config(rows, n, cin, p, x.dtype))
         self.grid = self._grid if cfg is None else self._grid(cfg)
-        # TMA: the box of the default (or forced) config; the autotuner's pre-hook re-sets it per candidate.
-        box = cfg or tma_configs(x.dtype)[0].kwargs
-        self.box = [p, box["BLOCK_C"] // p, box["BLOCK_K"]]
+        self.box = None
+        if self.w_tma:  # the box of the default (or forced) config; the autotuner's pre-hook re-sets it per candidate
+            box = cfg or tma_configs(x.dtype)[0].kwargs
+            self.box = [p, box["BLOCK_C"] // p, box["BLOCK_K"]]
 
     def _grid(self, meta: dict) -> tuple[int]:
         return (cdiv(self.rows, meta["BLOCK_M"]) * cdiv(self.n, meta["BLOCK_C"] // self.p),)

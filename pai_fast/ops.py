@@ -149,6 +149,14 @@ def _conv_bwd_fake(
     return _packed_grads_fake(x, weight, dendrite_weight, gate)
 
 
+try:  # a tensor left over from a torch.func transform (a "dead wrapper"): Function.apply unwraps it
+    from torch._C._functorch import is_functorch_wrapped_tensor as _functorch_wrapped
+except ImportError:  # pragma: no cover
+
+    def _functorch_wrapped(t) -> bool:
+        return False
+
+
 def _direct(*tensors) -> bool:
     """Whether to call the registered kernels themselves rather than through the dispatcher: nothing traces or
     intercepts this call (no torch.compile / export / jit trace, no dispatch or function mode such as fake tensors,
@@ -159,7 +167,7 @@ def _direct(*tensors) -> bool:
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
         and not torch.jit.is_tracing()
-        and all(t is None or type(t) is torch.Tensor for t in tensors)
+        and all(t is None or (type(t) is torch.Tensor and not _functorch_wrapped(t)) for t in tensors)
     )
 
 
@@ -245,8 +253,8 @@ def _needs_grad(*tensors) -> bool:
 
 def _c_apply(cls):
     """cls.apply without Function.apply's Python layer (setup_context binding, which these Functions do not use,
-    and functorch's dead-wrapper unwrap, which only matters under functorch transforms): ~5 µs per call. Used
-    only for direct calls (nothing traces) outside functorch transforms; Function.apply otherwise."""
+    and functorch's dead-wrapper unwrap, a no-op for the plain tensors _direct admits): ~5 µs per call. Used only
+    for direct calls (nothing traces, no functorch-wrapped tensor) outside functorch transforms."""
     c_apply = getattr(torch._C._FunctionBase, "__dict__", {}).get("apply")
     return c_apply.__get__(None, cls) if c_apply is not None else cls.apply
 

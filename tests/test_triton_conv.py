@@ -337,6 +337,14 @@ def test_gpu_conv_d8_and_inference():
 
 
 @apply(gpu)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_gpu_conv_autotuned_every_dtype(dtype):
+    """The default GPU path (autotune on, no forced config) for every dtype, fp64 included (it has no TMA
+    candidates: its plan must not ask for one)."""
+    conv_case("cuda", dtype, 4, 16, 24, (9, 11), 3, 2, "sigmoid", 1, 1, 1)
+
+
+@apply(gpu)
 @pytest.mark.parametrize("weight_tma", [False, True])
 def test_gpu_conv_every_config(weight_tma):
     """Every pointer-pool config forced, through both mainloops (on Hopper the weight-TMA one takes this problem
@@ -381,10 +389,9 @@ def test_gpu_conv_weight_tma(dtype, d, c):
     b, n, sp = 4, 40, (17, 19)
     x = _channels_last(torch.randn(b, c, *sp, device="cuda", dtype=dtype))
     old_mode = conv._state["weight_tma"]
-    conv._state["weight_tma"] = True  # this small problem takes the pointer mainloop under "auto"
-    p = K.dendritic_linear.next_pow2(1 + d)
-    assert conv._use_weight_tma(x, c, 9, p, b * 17 * 19, n)
     try:
+        conv._state["weight_tma"] = True  # this small problem takes the pointer mainloop under "auto"
+        assert conv._use_weight_tma(x, c, 9, K.dendritic_linear.next_pow2(1 + d), b * 17 * 19, n)
         K.set_autotune(False)
         for cfg in conv.tma_configs(dtype):
             with K.use_config(cfg):

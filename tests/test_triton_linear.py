@@ -595,6 +595,8 @@ def test_gpu_linear_autotuned(d):
     K.set_autotune(True)
     try:
         linear_case("cuda", torch.bfloat16, 2048, 1024, 512, d, "sigmoid")
+        for dtype in (torch.float64, torch.float32, torch.float16):  # every dtype's default path, small
+            linear_case("cuda", dtype, 33, 40, 24, d, "tanh")
     finally:
         K.set_autotune(old)
 
