@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._layout import conv_empty, seven_grads, small_rows, stacked_view
+from .._layout import conv_empty, seven_grads, small_rows, stacked_view, weight_rows_like
 from .._plans import PlanCache, serial
 from ..backends import device_capability
 from ._common import (
@@ -327,9 +327,13 @@ def _use_weight_tma(x: torch.Tensor, cin: int, kk: int, p: int, rows: int, n: in
 
 def _pack_weights(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor:
     """Wpack [1 + D, Cout, KD*KH*KW*Cin]: every branch's weights with the channels innermost (one row per output
-    channel, kernel positions outer), the layout the TMA box walks."""
-    d, n, cin = dendrite_weight.shape[0], weight.shape[0], weight.shape[1]
-    wpack = weight.new_empty((1 + d, n, *weight.shape[2:], cin))
+    channel, kernel positions outer), the layout the TMA box walks. A free view of weights stacked channels_last
+    (module.to(memory_format=torch.channels_last)); one copy otherwise."""
+    d, n = dendrite_weight.shape[0], weight.shape[0]
+    stacked = stacked_view(weight, dendrite_weight) if d > 0 else weight[None]
+    if stacked is not None:
+        return stacked.movedim(2, -1).reshape(1 + d, n, -1)
+    wpack = weight.new_empty((1 + d, n, *weight.shape[2:], weight.shape[1]))
     wpack[0].copy_(weight.movedim(1, -1))
     if d > 0:
         wpack[1:].copy_(dendrite_weight.movedim(2, -1))
@@ -728,7 +732,7 @@ def conv_bwd_packed(
     dx, dwcat, _ = torch.ops.aten.convolution_backward(
         dz, x, wcat, None, list(stride), list(padding), list(dilation), False, [0] * nd, 1, [True, True, False]
     )
-    return _like(dx, x), dwcat.contiguous(), red.to(plan.small_dtype)
+    return _like(dx, x), weight_rows_like(dwcat, weight), red.to(plan.small_dtype)
 
 
 conv_bwd = seven_grads(conv_bwd_packed)

@@ -66,21 +66,54 @@ def seven_grads(packed_backward: Callable[..., tuple[torch.Tensor, torch.Tensor,
     return backward
 
 
+def _named_format(t: torch.Tensor) -> torch.memory_format | None:
+    """The memory format t is dense in (contiguous, channels_last for 4-D, channels_last_3d for 5-D), else None.
+    In each, dim 0 is outermost: [1 + D, *t.shape] stacks with strides (t.numel(), *t.stride())."""
+    if t.is_contiguous():
+        return torch.contiguous_format
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
+
+
+def stacked_strides(weight: torch.Tensor) -> tuple[int, ...] | None:
+    """Strides of a stacked Wcat [1 + D, *weight.shape] that keeps weight's memory format, or None when weight is
+    in none of the named formats (DendriteMixin._pack_weights then stacks contiguously)."""
+    return None if _named_format(weight) is None else (weight.numel(), *weight.stride())
+
+
 def stacked_view(weight: torch.Tensor, dendrite_weight: torch.Tensor, flat: bool = False) -> torch.Tensor | None:
-    """Wcat [1 + D, N, *rest] (flat: [(1 + D) * N, *rest]) as a zero-copy view when both are contiguous and
-    adjacent in memory, else None."""
+    """Wcat [1 + D, N, *rest] (flat: [(1 + D) * N, *rest]) as a zero-copy view when both sit back to back in
+    memory in one named memory format (contiguous, or channels_last after module.to(memory_format=...)), else
+    None."""
     if dendrite_weight.data_ptr() != weight.data_ptr() + weight.numel() * weight.element_size():
         return None
-    if not (weight.is_contiguous() and dendrite_weight.is_contiguous()):
+    strides = stacked_strides(weight)
+    d = dendrite_weight.shape[0]
+    if strides is None or dendrite_weight.stride()[1:] != weight.stride():
         return None
-    n, d = weight.shape[0], dendrite_weight.shape[0]
-    shape, strides = ((1 + d) * n, *weight.shape[1:]), weight.stride()
-    if not flat:
-        shape, strides = (1 + d, *weight.shape), (weight.numel(), *strides)
+    if d > 1 and dendrite_weight.stride(0) != strides[0]:
+        return None
+    n = weight.shape[0]
+    shape = (1 + d, *weight.shape)
+    if flat:
+        shape, strides = ((1 + d) * n, *weight.shape[1:]), weight.stride()
     try:  # as_strided checks the view against weight's storage: adjacent memory of another storage fails here
         return weight.as_strided(shape, strides)
     except RuntimeError:
         return None
+
+
+def weight_rows_like(dwcat: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """dwcat [(1 + D) N, *rest] in weight's memory format (a no-op when it already is), so that the dweight /
+    ddendrite_weight views have their parameters' strides and autograd accumulates them without a copy. The fused
+    backends and the ops' fake kernels all pass their dwcat through here, so their strides agree."""
+    fmt = _named_format(weight) or torch.contiguous_format
+    if fmt is not torch.contiguous_format and dwcat.dim() != weight.dim():
+        fmt = torch.contiguous_format
+    return dwcat.contiguous(memory_format=fmt)
 
 
 def conv_channels_last(x: torch.Tensor) -> bool:

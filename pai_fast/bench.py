@@ -100,15 +100,11 @@ def _conv_case(b, cin, hw, cout, d, dtype, device):
     def r(*s, scale=1.0):
         return (torch.randn(s, generator=g) * scale).to(device=device, dtype=dtype)
 
+    # A channels_last model (model.to(memory_format=torch.channels_last)): x and every conv weight channels-innermost,
+    # weight and dendrite_weight views of one such buffer, as DendriticConv2d keeps them.
     x = r(b, cin, hw, hw).contiguous(memory_format=torch.channels_last)
-    params = [
-        r(cout, cin, 3, 3, scale=fan**-0.5),
-        r(cout, scale=0.1),
-        r(d, cout, cin, 3, 3, scale=fan**-0.5),
-        r(d, cout, scale=0.1),
-        r(d, cout),
-        r(d, d, cout, scale=0.1),
-    ]
+    wcat = r(1 + d, cout, 3, 3, cin, scale=fan**-0.5).movedim(-1, 2)
+    params = [wcat[0], r(cout, scale=0.1), wcat[1:], r(d, cout, scale=0.1), r(d, cout), r(d, d, cout, scale=0.1)]
     return x, params
 
 
@@ -170,7 +166,8 @@ def run(
         dtype = getattr(torch, dtype_name)
         make = _linear_case if kind == "linear" else _conv_case
         x, params = make(*dims, d, dtype, device)
-        params.append(torch.cat([params[0][None], params[2]]).flatten(0, 1))  # the limit's weight, (1+D)*N rows
+        limit_w = torch.cat([params[0][None], params[2]]).flatten(0, 1)  # the limit's weight, (1+D)*N rows
+        params.append(limit_w if kind == "linear" else limit_w.contiguous(memory_format=torch.channels_last))
         provs = _providers(kind, x, params, d, device, list(providers))
         for mode in modes:
             calls = {}

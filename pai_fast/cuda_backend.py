@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._layout import conv_empty, seven_grads, small_rows, split_small, split_weights
+from ._layout import conv_empty, seven_grads, small_rows, split_small, split_weights, weight_rows_like
 from .backends import FUSED_BACKEND_API, device_capability
 
 try:  # the extension is optional: pure-Python installs and CPU-only machines lack it
@@ -413,7 +413,7 @@ def conv_bwd_packed(
     ]
     with _DeviceGuard(x):
         _run_with_workspace(lib.conv_backward, args, x.device, _stream(x))
-    return out
+    return out[0], weight_rows_like(out[1], weight), out[2]
 
 
 conv_bwd = seven_grads(conv_bwd_packed)

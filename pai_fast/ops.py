@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import backends
-from ._layout import conv_empty, small_rows, unpack_grads
+from ._layout import conv_empty, small_rows, unpack_grads, weight_rows_like
 
 _lib = torch.library.Library("pai_fast", "DEF")  # noqa: TOR901 (the namespace is ours)
 _lib.define(
@@ -122,7 +122,7 @@ def _packed_grads_fake(x, weight, dendrite_weight, gate):
     n, d = weight.shape[0], dendrite_weight.shape[0]
     return (
         torch.empty_like(x),
-        x.new_empty(((1 + d) * n, *weight.shape[1:])),
+        weight_rows_like(x.new_empty(((1 + d) * n, *weight.shape[1:])), weight),
         gate.new_empty((small_rows(d), n)),
     )
 

@@ -60,6 +60,71 @@ def test_opcheck_linear_interpret(d):
     )
 
 
+def _channels_last_conv_layer(device, dtype, d=2):
+    torch.manual_seed(0)
+    layer = pai_fast.DendriticConv2d(8, 12, 3, padding=1, dendrites=d).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        layer.dendrite_gate.normal_()
+        layer.dendrite_cascade.normal_(std=0.3)
+    return layer.to(memory_format=torch.channels_last)
+
+
+def _check_channels_last_conv(name, device, dtype, tol):
+    """A channels_last dendritic Conv2d through a fused backend: the op's outputs have the strides its fake kernel
+    promises (dwcat in the weights' channels_last format), and forward and gradients match the torch backend."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    layer = _channels_last_conv_layer(device, dtype)
+    x = torch.randn(3, 8, 7, 9, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w, b, dw, db, g, c = layer.weight, layer.bias, *layer.dendrite_args()
+    geo = ([1, 1], [1, 1], [1, 1], "sigmoid", name)
+    with torch.no_grad():
+        y, h = torch.ops.pai_fast.dendritic_conv_fwd(x, w, b, dw, db, g, c, *geo, True)
+        bwd_args = (torch.randn_like(y), x, w, dw, g, c, h, *geo, True)
+        real = torch.ops.pai_fast.dendritic_conv_bwd(*bwd_args)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = torch.ops.pai_fast.dendritic_conv_bwd(*[mode.from_tensor(a) if torch.is_tensor(a) else a
+                                                         for a in bwd_args])  # fmt: skip
+    assert [t.stride() for t in real] == [t.stride() for t in fake]
+    assert real[1].is_contiguous(memory_format=torch.channels_last)
+    outs, grads = [], []
+    for backend in (name, "torch"):
+        layer.zero_grad(set_to_none=True)
+        with _backend(backend):
+            out = layer(x)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in layer.parameters()])
+        assert all(p.grad.stride() == p.stride() for p in layer.parameters())
+    torch.testing.assert_close(outs[0], outs[1], **tol)
+    for a, b_ in zip(*grads):
+        torch.testing.assert_close(a, b_, **tol)
+
+
+class _backend:
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        backends.set_backend(self.name)
+
+    def __exit__(self, *exc):
+        backends.set_backend(None)
+
+
+@interpret
+@pytest.mark.interpret
+def test_channels_last_conv_module_interpret():
+    _check_channels_last_conv("triton", "cpu", torch.float64, dict(rtol=1e-9, atol=1e-9))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", GPU_BACKENDS)
+def test_channels_last_conv_module_gpu(name):
+    _require(name, "cuda")
+    _check_channels_last_conv(name, "cuda", torch.float32, dict(rtol=2e-3, atol=2e-3))
+
+
 @interpret
 @pytest.mark.interpret
 @pytest.mark.parametrize("bias", [True, False])

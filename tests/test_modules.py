@@ -236,3 +236,41 @@ def test_weight_and_dendrite_weight_stay_in_one_storage(cls, args, xshape):
     fresh = cls(*args, dendrites=1).double()
     fresh.load_state_dict(layer.state_dict())
     torch.testing.assert_close(fresh(x.double()), layer(x.double()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dendrites", [0, 1, 3])
+def test_channels_last_module_conversion(dendrites):
+    """model.to(memory_format=torch.channels_last) works on a dendritic Conv2d (its 5-D dendrite weight converts as
+    D stacked 4-D weights), keeps weight and dendrite_weight stacked in one storage in that format, changes no
+    value, and gradients come back in the parameters' own layout (autograd accumulates them without a copy)."""
+    from pai_fast._layout import stacked_view
+
+    torch.manual_seed(0)
+    layer = pai_fast.DendriticConv2d(6, 10, 3, padding=1, dendrites=dendrites)
+    with torch.no_grad():
+        layer.dendrite_gate.normal_()
+        layer.dendrite_cascade.normal_()
+    x = torch.randn(2, 6, 9, 8)
+    before = layer(x)
+    ids = [id(p) for p in layer.parameters()]
+    layer.to(memory_format=torch.channels_last)
+    assert [id(p) for p in layer.parameters()] == ids
+    assert layer.weight.is_contiguous(memory_format=torch.channels_last) and not layer.weight.is_contiguous()
+    if dendrites:
+        assert stacked_view(layer.weight, layer.dendrite_weight) is not None
+        assert layer.dendrite_weight.stride()[1:] == layer.weight.stride()
+    xc = x.contiguous(memory_format=torch.channels_last)
+    y = layer(xc)
+    torch.testing.assert_close(y, before, rtol=1e-5, atol=1e-6)
+    y.square().sum().backward()
+    for p in layer.parameters():
+        assert p.grad.stride() == p.stride()
+    layer.double()
+    assert layer.weight.is_contiguous(memory_format=torch.channels_last)
+    if dendrites:
+        assert stacked_view(layer.weight, layer.dendrite_weight) is not None
+    fresh = pai_fast.DendriticConv2d(6, 10, 3, padding=1, dendrites=dendrites).double()
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(fresh(x.double()), layer(xc.double()), rtol=1e-9, atol=1e-12)
+    layer.to(memory_format=torch.contiguous_format)
+    assert layer.weight.is_contiguous() and layer.dendrite_weight.is_contiguous()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._layout import stacked_view
+from .._layout import stacked_strides, stacked_view
 from ..activations import ActivationLike, activation_name
 
 INIT_STD = 0.01  # perforatedai's candidate_weight_initialization_multiplier
@@ -108,15 +108,31 @@ class DendriteMixin:
             return
         if stacked_view(w, v) is not None:
             return
-        buf = torch.empty((1 + d, *w.shape), dtype=w.dtype, device=w.device)
+        # The stacked buffer keeps weight's memory format (channels_last after module.to(memory_format=...)):
+        # the fused conv reads its weight tiles channels-innermost, so it then runs with no per-call re-layout.
+        strides = stacked_strides(w) or torch.empty((1 + d, *w.shape), device="meta").stride()
+        buf = torch.empty_strided((1 + d, *w.shape), strides, dtype=w.dtype, device=w.device)
         buf[0].copy_(w)
         buf[1:].copy_(v)
         w.data = buf[0]
         v.data = buf[1:]
 
     def _apply(self, fn, recurse=True):
+        # A dendrite weight [D, *S] is D weights of shape S: it converts as one weight [D * N, *S[1:]], so that a
+        # conversion meant for S applies to it too (module.to(memory_format=torch.channels_last) refuses a 5-D
+        # tensor; a Conv2d's dendrite weight is one).
+        shape = self.dendrite_weight.shape
+
+        def convert(t):
+            if t.dim() >= 3 and t.shape == shape:
+                return fn(t.flatten(0, 1)).unflatten(0, tuple(shape[:2]))
+            return fn(t)
+
+        if recurse:
+            for child in self.children():  # type: ignore[attr-defined]
+                child._apply(fn)
+        out = super()._apply(convert, recurse=False)  # type: ignore[misc]
         # .to()/.cuda()/.half() give every parameter a storage of its own: stack the weights again.
-        out = super()._apply(fn, recurse)  # type: ignore[misc]
         self._pack_weights()
         return out
 
