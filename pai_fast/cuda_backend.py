@@ -341,6 +341,10 @@ def conv_fwd(
     y = conv_empty(x, (b, cout), out_sp)
     h = conv_empty(x, (b, d, cout), out_sp) if save_for_backward else x.new_empty((0,))
     v, vb, g, c = _dendrite_args(d, dendrite_weight, dendrite_bias, gate, cascade)
+    # Re-laid-out copies are held in locals until the launch is enqueued: a temporary freed inside the argument
+    # list goes back to the caching allocator, and the next copy could overwrite it before the kernel reads it.
+    wf = _flat_weight(weight, 0)
+    vf = None if v is None else _flat_weight(v, 1)
     with _DeviceGuard(x):
         lib.conv_forward(
             dt,
@@ -351,9 +355,9 @@ def conv_fwd(
             pad,
             dil,
             _t(x),
-            _t(_flat_weight(weight, 0)),
+            _t(wf),
             _t(bias),
-            _t(None if v is None else _flat_weight(v, 1)),
+            _t(vf),
             _t(vb),
             _t(g),
             _t(c),
@@ -388,6 +392,10 @@ def conv_bwd_packed(
         _check_same(x, h=h)
     out, (dw, ddw, dbias, ddb, dg, dc) = _grad_buffers(x, weight, gate, d, has_bias)
     v, _, g, c = _dendrite_args(d, dendrite_weight, None, gate, cascade)
+    # Held until the launch (see conv_fwd): temporaries inside the argument list could be overwritten first.
+    gyf, wf = _flat_spatial(grad_y, 2), _flat_weight(weight, 0)
+    vf = None if v is None else _flat_weight(v, 1)
+    hf = _flat_spatial(h, 3) if d > 0 else None
     args = [
         dt,
         act,
@@ -396,13 +404,13 @@ def conv_bwd_packed(
         st,
         pad,
         dil,
-        _t(_flat_spatial(grad_y, 2)),
+        _t(gyf),
         _t(x),
-        _t(_flat_weight(weight, 0)),
-        _t(None if v is None else _flat_weight(v, 1)),
+        _t(wf),
+        _t(vf),
         _t(g),
         _t(c),
-        _t(_flat_spatial(h, 3) if d > 0 else None),
+        _t(hf),
         _t(out[0]),
         _t(dw),
         _t(dbias) if has_bias else None,
