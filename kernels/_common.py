@@ -86,9 +86,10 @@ def launch_config(heuristic) -> dict | None:
     return None if autotuning() else heuristic()
 
 
-def launch_state() -> tuple:
-    """What of this module's state changes a launch (the autotune switch, a forced config): plans key on it."""
-    return _state["autotune"], _state["config"]
+def plan_state(dtype: torch.dtype) -> tuple:
+    """The process state that changes a launch, which every launch plan keys on: TF32 for fp32 inputs, the autotune
+    switch, a forced config."""
+    return dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32, _state["autotune"], _state["config"]
 
 
 def cdiv(a: int, b: int) -> int:
@@ -428,9 +429,9 @@ class DzLaunch:
 
     __slots__ = ("serial", "ints", "meta", "grid", "part_shape", "acc_t")
 
-    def __init__(self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, cached=True):
+    def __init__(self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype):
         d = gate.shape[0]
-        self.serial = serial() if cached else None  # one-shot launches key the launch cache by their arguments
+        self.serial = serial()
         self.acc_t = torch_acc_dtype(dtype)
         pd = next_pow2(max(d, 1))
         # [PD, BLOCK_N] tiles with PD inside each thread: a load puts 16 bytes per thread along N, so BLOCK_N =
@@ -455,22 +456,5 @@ class DzLaunch:
         over a fixed number of programs: one buffer, one launch, one torch sum."""
         part = torch.empty(self.part_shape, device=dy.device, dtype=self.acc_t)
         ptrs = (dy, h, gate, cascade, dz, part)
-        key = None if self.serial is None else (self.serial, aligned16(ptrs))
-        _launch_dz(self.grid, ptrs + self.ints, self.meta, key)
+        _launch_dz(self.grid, ptrs + self.ints, self.meta, (self.serial, aligned16(ptrs)))
         return part.sum(0)
-
-
-def dz_and_reductions(
-    dy: tuple[torch.Tensor, int, int, int],
-    h: tuple[torch.Tensor, int, int, int, int],
-    dz: tuple[torch.Tensor, int, int, int, int],
-    gate: torch.Tensor,
-    cascade: torch.Tensor,
-    rows: int,
-    n: int,
-    s: int,
-    act: int,
-) -> torch.Tensor:
-    """Launch the dZ kernel once (DzLaunch with the strides given beside each tensor)."""
-    launch = DzLaunch(dy[1:], h[1:], dz[1:], gate, cascade, rows, n, s, act, dy[0].dtype, cached=False)
-    return launch(dy[0], h[0], gate, cascade, dz[0])

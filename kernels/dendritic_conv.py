@@ -53,8 +53,8 @@ from ._common import (
     dot_precision,
     interpreting,
     launch_config,
-    launch_state,
     next_pow2,
+    plan_state,
     rows_of_128_bytes,
     select_configs,
     torch_acc_dtype,
@@ -454,8 +454,8 @@ class _ConvFwdPlan:
     same strides out) and launch with the recorded integers."""
 
     __slots__ = (
-        "serial", "rows", "n", "d", "p", "lead", "y_shape", "y_strides", "h_shape", "h_strides", "x_cl", "w_tma",
-        "w_cl", "v_cl", "w_contig", "has_bias", "ints", "meta", "cfg", "grid", "box",
+        "serial", "rows", "n", "d", "p", "y_shape", "y_strides", "h_shape", "h_strides", "x_cl", "w_tma",
+        "w_cl", "v_cl", "w_contig", "has_bias", "ints", "meta", "grid", "launch", "box",
     )  # fmt: skip
 
     def __init__(self, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, geo, save):
@@ -521,8 +521,11 @@ class _ConvFwdPlan:
             DOT_PRECISION=dot_precision(x.dtype),
             W_TMA=self.w_tma,
         )
-        self.cfg = cfg = launch_config(lambda: _heuristic_config(rows, n, cin, p, x.dtype))
+        cfg = launch_config(lambda: _heuristic_config(rows, n, cin, p, x.dtype))
         self.grid = self._grid if cfg is None else self._grid(cfg)
+        self.launch = _launch_fwd if cfg is not None else _launch_tma_tuned if self.w_tma else _launch_fwd_tuned
+        if cfg is not None:
+            self.meta.update(cfg)
         self.box = None
         if self.w_tma:  # the box of the default (or forced) config; the autotuner's pre-hook re-sets it per candidate
             box = cfg or tma_configs(x.dtype)[0].kwargs
@@ -560,10 +563,9 @@ def conv_fwd(
     when x is channels_last (pai_fast._layout.conv_empty), else contiguous."""
     tensors = (x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade)
     geo = (stride, padding, dilation, activation)
-    tf32 = x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
     plan = _plans.get(
         tensors,
-        (*geo, save_for_backward, tf32, launch_state(), _state["weight_tma"]),
+        (*geo, save_for_backward, *plan_state(x.dtype), _state["weight_tma"]),
         lambda: _ConvFwdPlan(*tensors, geo, save_for_backward),
     )
     dev, dt = x.device, x.dtype
@@ -575,24 +577,15 @@ def conv_fwd(
         x = _channels_last(x, 1)
     has_bias = plan.has_bias
     b_t, c_t = (bias, dendrite_bias) if has_bias else (y, y)
-    cfg = plan.cfg
     if plan.w_tma:
         wpack = _pack_weights(weight, dendrite_weight)
         desc = TensorDescriptor(wpack, list(wpack.shape), list(wpack.stride()), plan.box)
-        args = (x, desc, x, b_t, c_t, gate, cascade, y, h, *plan.ints)
-        if cfg is None:
-            _launch_tma_tuned(plan.grid, args, plan.meta)
-        else:
-            _launch_fwd(plan.grid, args, {**plan.meta, **cfg})
+        plan.launch(plan.grid, (x, desc, x, b_t, c_t, gate, cascade, y, h, *plan.ints), plan.meta)
         return y, h
     weight, dendrite_weight = plan.weights(weight, dendrite_weight)
     ptrs = (x, weight, dendrite_weight if plan.d > 0 else weight, b_t, c_t, gate, cascade, y, h)
     # The plan fixes every integer argument and constexpr: the launch key adds only the pointers' alignment.
-    key = (plan.serial, aligned16(ptrs))
-    if cfg is None:
-        _launch_fwd_tuned(plan.grid, ptrs + plan.ints, plan.meta, key)
-    else:
-        _launch_fwd(plan.grid, ptrs + plan.ints, {**plan.meta, **cfg}, key)
+    plan.launch(plan.grid, ptrs + plan.ints, plan.meta, (plan.serial, aligned16(ptrs)))
     return y, h
 
 

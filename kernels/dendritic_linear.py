@@ -62,8 +62,8 @@ from ._common import (
     dot_precision,
     interpreting,
     launch_config,
-    launch_state,
     next_pow2,
+    plan_state,
     rows_of_128_bytes,
     select_configs,
     torch_acc_dtype,
@@ -427,7 +427,8 @@ class _FwdPlan:
     """What one forward call signature (shapes, strides, dtypes, devices, activation, flags) fixes: output
     shapes, the kernel's integer arguments and constexprs, the launch config and grid."""
 
-    __slots__ = ("serial", "m", "n", "d", "p", "has_bias", "save", "copy_w", "tma", "ints", "meta", "cfg", "grid")
+    __slots__ = ("serial", "m", "n", "d", "p", "has_bias", "save", "copy_w", "tma", "ints", "meta", "grid",
+                 "launch", "tma_meta", "tma_launch", "x_box", "w_box")  # fmt: skip
 
     def __init__(self, x2d, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation, save):
         act, n, k, d = _check_linear(x2d, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, activation)
@@ -460,20 +461,22 @@ class _FwdPlan:
             ACC_DTYPE=acc_dtype(x2d.dtype),
             DOT_PRECISION=dot_precision(x2d.dtype),
         )
-        self.cfg = launch_config(lambda: _heuristic_config(m, n, k, p, x2d.dtype))
-        self.grid = self._grid if self.cfg is None else self._grid(self.cfg)
+        cfg = launch_config(lambda: _heuristic_config(m, n, k, p, x2d.dtype))
+        self.grid = self._grid if cfg is None else self._grid(cfg)
+        self.launch = _launch_fwd_tuned if cfg is None else _launch_fwd
+        if cfg is not None:
+            self.meta.update(cfg)
         # Whether the TMA kernel may run (the per-call part, storage adjacency and alignment, is _tma_weight's).
         self.tma = _tma_weight(x2d, weight, dendrite_weight, p, shape_only=True)
+        if self.tma:
+            self.tma_meta = {key: v for key, v in self.meta.items() if key != "ACC_DTYPE"}
+            self.tma_launch = _launch_tma_tuned if cfg is None else _launch_tma
+            box = cfg or tma_configs(x2d.dtype)[0].kwargs  # the autotuner's pre-hook re-sets the boxes per config
+            self.x_box = [box["BLOCK_M"], box["BLOCK_K"]]
+            self.w_box = [p, box["BLOCK_C"] // p, box["BLOCK_K"]]
 
     def _grid(self, meta: dict) -> tuple[int]:
         return (cdiv(self.m, meta["BLOCK_M"]) * cdiv(self.n, meta["BLOCK_C"] // self.p),)
-
-
-def _plan_key_extra(activation: str, save: bool, dtype: torch.dtype) -> tuple:
-    """The non-tensor inputs of a plan: flags, and the process state that changes a launch (TF32 for fp32, the
-    forced config or autotune switch of _common)."""
-    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    return activation, save, tf32, launch_state()
 
 
 def linear_fwd(
@@ -491,7 +494,7 @@ def linear_fwd(
     tensors = (x2d, weight, bias, dendrite_weight, dendrite_bias, gate, cascade)
     plan = _plans.get(
         tensors,
-        _plan_key_extra(activation, save_for_backward, x2d.dtype),
+        (activation, save_for_backward, *plan_state(x2d.dtype)),
         lambda: _FwdPlan(*tensors, activation, save_for_backward),
     )
     m, n, d = plan.m, plan.n, plan.d
@@ -508,29 +511,18 @@ def linear_fwd(
         bias if has_bias else y, dendrite_bias if has_bias else y,
         gate, cascade, y, h,
     )  # fmt: skip
-    cfg = plan.cfg
     wcat3 = _tma_weight(x2d, weight, dendrite_weight, plan.p) if plan.tma else None
     if wcat3 is not None:
-        p, k = plan.p, x2d.shape[1]
-        box = cfg or tma_configs(dt)[0].kwargs  # the autotuner's pre-hook re-sets the boxes per config
+        k = x2d.shape[1]
         descs = (
-            TensorDescriptor(x2d, [m, k], [x2d.stride(0), 1], [box["BLOCK_M"], box["BLOCK_K"]]),
-            TensorDescriptor(wcat3, [d + 1, n, k], list(wcat3.stride()), [p, box["BLOCK_C"] // p, box["BLOCK_K"]]),
+            TensorDescriptor(x2d, [m, k], [x2d.stride(0), 1], plan.x_box),
+            TensorDescriptor(wcat3, [d + 1, n, k], list(wcat3.stride()), plan.w_box),
         )
         ints = plan.ints
-        targs = descs + ptrs[3:] + ints[:4] + ints[10:]
-        tmeta = {key: v for key, v in plan.meta.items() if key != "ACC_DTYPE"}
-        if cfg is None:
-            _launch_tma_tuned(plan.grid, targs, tmeta)
-        else:
-            _launch_tma(plan.grid, targs, {**tmeta, **cfg})
+        plan.tma_launch(plan.grid, descs + ptrs[3:] + ints[:4] + ints[10:], plan.tma_meta)
         return y, h
     # The plan fixes every integer argument and constexpr: the launch key adds only the pointers' alignment.
-    key = (plan.serial, aligned16(ptrs))
-    if cfg is None:
-        _launch_fwd_tuned(plan.grid, ptrs + plan.ints, plan.meta, key)
-    else:
-        _launch_fwd(plan.grid, ptrs + plan.ints, {**plan.meta, **cfg}, key)
+    plan.launch(plan.grid, ptrs + plan.ints, plan.meta, (plan.serial, aligned16(ptrs)))
     return y, h
 
 

@@ -110,10 +110,7 @@ def weight_rows_like(dwcat: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """dwcat [(1 + D) N, *rest] in weight's memory format (a no-op when it already is), so that the dweight /
     ddendrite_weight views have their parameters' strides and autograd accumulates them without a copy. The fused
     backends and the ops' fake kernels all pass their dwcat through here, so their strides agree."""
-    fmt = _named_format(weight) or torch.contiguous_format
-    if fmt is not torch.contiguous_format and dwcat.dim() != weight.dim():
-        fmt = torch.contiguous_format
-    return dwcat.contiguous(memory_format=fmt)
+    return dwcat.contiguous(memory_format=_named_format(weight) or torch.contiguous_format)
 
 
 def conv_channels_last(x: torch.Tensor) -> bool:
