@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, test, benchmark. Full results go under $OUT; a short table is printed last.
-#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [probeconv] [ctest]
+#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [probeconv] [probebwd] [ctest]
 #     [sanitize] [export]
 #   (default: build test bench). probe: the TMA-forward and host-overhead probes; ctest: the standalone CMake build
 #   of csrc/ (no Python), its C++ test program under ctest and compute-sanitizer (memcheck/racecheck/synccheck/initcheck).
@@ -85,6 +85,12 @@ if has sanitize && [ -f benchmarks/sanitize.sh ]; then
   summary+=("sanitize rc=$? ($(grep -E '^== .*: (PASS|FAIL)' "$OUT/sanitize.log" | tr '\n' ' '))")
 fi
 
+if has probebwd; then
+  timeout 400 python3 benchmarks/probe_linear_bwd.py --out "$OUT/probe_linear_bwd.json" ${PAI_PROBE_ARGS:-} \
+    >"$OUT/probe_linear_bwd.log" 2>&1
+  summary+=("probe_linear_bwd rc=$? (probe_linear_bwd.log)")
+fi
+
 if has probeconv; then
   timeout 300 python3 benchmarks/probe_conv.py --out "$OUT/probe_conv.json" >"$OUT/probe_conv.log" 2>&1
   summary+=("probe_conv rc=$? (probe_conv.log)")
@@ -109,7 +115,7 @@ if has export && [ -f benchmarks/bench_export.py ]; then
   tail -10 "$OUT/export_gpu.log"
 fi
 
-for f in probe_fwd_tma.log probe_host.log probe_conv.log; do [ -f "$OUT/$f" ] && { echo "---- $f"; grep -vE '^\s*$' "$OUT/$f" | cut -c1-160 | tail -70; }; done
+for f in probe_fwd_tma.log probe_host.log probe_conv.log probe_linear_bwd.log; do [ -f "$OUT/$f" ] && { echo "---- $f"; grep -vE '^\s*$' "$OUT/$f" | cut -c1-160 | tail -70; }; done
 echo "================ summary ================"
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
 [ -f "$OUT/bench.log" ] && grep -E "^(case|linear|conv)" "$OUT/bench.log" | cut -c1-150

@@ -11,7 +11,9 @@ tensors in Triton's interpreter (CI; fp32/fp64, small shapes).
 On the GPU the forward kernels autotune on the first call of each shape bucket (a few candidates, see
 _common.CONFIG_POOLS). PAI_FAST_TRITON_AUTOTUNE=0 or set_autotune(False) switches to a fixed heuristic config (no
 benchmarking, so even the first call can be captured in a CUDA graph); use_config(cfg) forces one config (tests).
-After the first call of a shape, launches skip Triton's per-call argument binding (_launch.py);
+The Linear backward of a small layer (M (1 + D) N K up to dendritic_linear.ONEPASS_MAX_MACS, 1 <= D <= 7) is one
+launch that recomputes dZ inside both GEMMs; larger layers run the dZ kernel, then cuBLAS. backward_path(path)
+forces one (tests). After the first call of a shape, launches skip Triton's per-call argument binding (_launch.py);
 PAI_FAST_TRITON_FAST_LAUNCH=0 or set_fast_launch(False) turns that off.
 """
 
@@ -23,7 +25,7 @@ import torch
 
 from ..backends import FUSED_BACKEND_API, device_capability
 
-__all__ = [*FUSED_BACKEND_API, "set_autotune", "use_config", "set_fast_launch", "IMPORT_ERROR"]
+__all__ = [*FUSED_BACKEND_API, "set_autotune", "use_config", "backward_path", "set_fast_launch", "IMPORT_ERROR"]
 
 try:
     import triton  # noqa: F401
@@ -33,7 +35,16 @@ else:
     IMPORT_ERROR = None
 
 if IMPORT_ERROR is None:
-    from ._common import ACT_CODES, ALL_CONFIGS, INTERPRET, MAX_D, SUPPORTED_DTYPES, set_autotune, use_config
+    from ._common import (
+        ACT_CODES,
+        ALL_CONFIGS,
+        INTERPRET,
+        MAX_D,
+        SUPPORTED_DTYPES,
+        backward_path,
+        set_autotune,
+        use_config,
+    )
     from ._launch import set_fast_launch
     from .dendritic_conv import conv_bwd, conv_bwd_packed, conv_fwd
     from .dendritic_linear import linear_bwd, linear_bwd_packed, linear_fwd
@@ -47,7 +58,7 @@ else:
         raise ImportError(f"pai_fast.kernels (the triton backend) cannot run: {IMPORT_ERROR}; pip install triton")
 
     linear_fwd = linear_bwd = linear_bwd_packed = conv_fwd = conv_bwd = conv_bwd_packed = _missing
-    set_autotune = use_config = set_fast_launch = _missing
+    set_autotune = use_config = backward_path = set_fast_launch = _missing
     ALL_CONFIGS = []
 
 

@@ -47,7 +47,8 @@ MAX_D = 31
 # Read ONCE, at import: triton.jit decides at decoration time whether a kernel is interpreted, and the launchers
 # must agree with how the kernels were decorated even if the environment changes later.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_state = {"autotune": os.environ.get("PAI_FAST_TRITON_AUTOTUNE", "1") != "0", "config": None}
+_state = {"autotune": os.environ.get("PAI_FAST_TRITON_AUTOTUNE", "1") != "0", "config": None, "bwd_path": "auto"}
+BACKWARD_PATHS = ("auto", "onepass", "gemm")
 
 
 def interpreting() -> bool:
@@ -76,6 +77,20 @@ def use_config(config: triton.Config | None):
         yield
     finally:
         _state["config"] = old
+
+
+@contextlib.contextmanager
+def backward_path(path: str):
+    """Choose the Linear backward inside the block: "onepass" (one launch, dZ recomputed inside the GEMMs, for
+    1 <= D <= 7), "gemm" (the dZ kernel, then cuBLAS) or "auto" (onepass for small layers). Tests run both."""
+    if path not in BACKWARD_PATHS:
+        raise ValueError(f"backward_path: path must be one of {BACKWARD_PATHS}, got {path!r}")
+    old = _state["bwd_path"]
+    _state["bwd_path"] = path
+    try:
+        yield
+    finally:
+        _state["bwd_path"] = old
 
 
 def launch_config(heuristic) -> dict | None:
@@ -421,6 +436,52 @@ def _dendritic_dz_kernel(
 
 
 _launch_dz = Launcher(_dendritic_dz_kernel)
+
+
+@triton.jit
+def _dz_tile(
+    dy,  # [BM, BN] grad_y tile in ACC_DTYPE (zero outside the problem)
+    h_ptrs,  # [BM, BN] pointers to h[row, 0, n]
+    h_mask,  # [BM, BN]
+    stride_hd,
+    g_ptr,
+    stride_gd,
+    stride_gn,
+    cas_ptr,
+    stride_ai,
+    stride_aj,
+    stride_an,
+    offs_n,
+    n_mask,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    ACT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):
+    """dZcat of one [BM, BN] tile in registers, as [BM, P, BN] (block 0 = dy, block i + 1 = ds_i, blocks past D
+    zero): the dZ kernel's recursion (da_i = G[i] dy + sum_{k>i} B[k, i] ds_k, ds_i = da_i act'(a_i)) for the
+    one-pass backward, which recomputes it where a GEMM needs it instead of reading it from memory. Rows and
+    channels where dy is zero get dZ = 0, so masked tiles add nothing to the GEMMs."""
+    p = tl.arange(0, P)
+    p3 = p[None, :, None]
+    dz = tl.where(p3 == 0, dy[:, None, :], 0.0)
+    for ii in tl.static_range(D):
+        i = D - 1 - ii
+        a_i = tl.load(h_ptrs + i * stride_hd, mask=h_mask, other=0.0).to(ACC_DTYPE)
+        g_i = tl.load(g_ptr + i * stride_gd + offs_n * stride_gn, mask=n_mask, other=0.0).to(ACC_DTYPE)
+        da = g_i[None, :] * dy
+        if i < D - 1:
+            # B[k, i] in row block k + 1 for every later dendrite k (zero elsewhere)
+            later = ((p - 1 > i) & (p <= D))[:, None] & n_mask[None, :]
+            b_col = tl.load(
+                cas_ptr + tl.maximum(p - 1, 0)[:, None] * stride_ai + i * stride_aj + offs_n[None, :] * stride_an,
+                mask=later,
+                other=0.0,
+            ).to(ACC_DTYPE)
+            da += tl.sum(b_col[None, :, :] * dz, axis=1)
+        ds = da * _act_grad(a_i, ACT)
+        dz = tl.where(p3 == i + 1, ds[:, None, :], dz)
+    return dz
 
 
 class DzLaunch:

@@ -53,8 +53,10 @@ from ._common import (
     ALL_CONFIGS,
     DzLaunch,
     _dendritic_epilogue,
+    _dz_tile,
     _grouped_tile,
     _stacked_weight_rows,
+    _state,
     acc_dtype,
     autotuned,
     cdiv,
@@ -339,6 +341,165 @@ _fwd_tma_tuned = autotuned(_linear_fwd_tma_kernel, TMA_CONFIGS, _TUNE_KEY, _prun
 
 _launch_tma_tuned = Launcher(_fwd_tma_tuned)
 _launch_tma = Launcher(_linear_fwd_tma_kernel)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One-pass backward kernel (small layers)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _linear_bwd_onepass_kernel(
+    dy_ptr,
+    x_ptr,
+    w_ptr,
+    v_ptr,
+    g_ptr,
+    cas_ptr,
+    h_ptr,
+    dx_ptr,
+    dw_ptr,  # dWcat [(1 + D) N, K], contiguous
+    ds_ptr,  # dsmall [1 + 2D + D*D, N], contiguous
+    M,
+    N,
+    K,
+    stride_dym,
+    stride_dyn,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_vd,
+    stride_vn,
+    stride_wk,
+    stride_gd,
+    stride_gn,
+    stride_ai,
+    stride_aj,
+    stride_an,
+    stride_hm,
+    stride_hd,
+    stride_hn,
+    stride_dxm,
+    stride_dxk,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    ACT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BN: tl.constexpr,
+    BM_W: tl.constexpr,
+    BK_W: tl.constexpr,
+    BM_X: tl.constexpr,
+    BK_X: tl.constexpr,
+):
+    """The whole backward in one launch; dZcat never reaches memory. Programs [0, T_W) own a [P * BN, BK_W] tile
+    of dWcat (every branch of BN channels) and walk all rows: dWcat tile += dZcat[rows, tile]^T x[rows, k-block],
+    with dZcat recomputed in registers from dy and h (_dz_tile); the ones with k-block 0 also walk the rows for the
+    four reductions (db, dc, dG, dB: sums over rows per channel, in a fixed order, so deterministic with no
+    atomics). Programs past T_W own a [BM_X, BK_X] tile of dX and walk all channels: dX tile += dZcat[rows, c]
+    Wcat[c, k-block], recomputing dZcat per channel block. The recomputation repeats the elementwise dZ work once
+    per k-block: cheap next to the launches it saves where a layer is small (the launcher's threshold)."""
+    BLOCK_C: tl.constexpr = P * BN
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BN)
+    tiles_w = num_n * tl.cdiv(K, BK_W)
+    offs_c = tl.arange(0, BLOCK_C)
+    branch = offs_c // BN
+    if pid < tiles_w:
+        pid_n = pid % num_n
+        pid_k = pid // num_n  # k-block 0 first: those programs also run the reductions
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        n_mask = offs_n < N
+        offs_k = pid_k * BK_W + tl.arange(0, BK_W)
+        k_mask = offs_k < K
+        acc = tl.zeros((BLOCK_C, BK_W), dtype=ACC_DTYPE)
+        for m0 in range(0, M, BM_W):
+            rows = m0 + tl.arange(0, BM_W)
+            r_mask = rows < M
+            rows64 = rows.to(tl.int64)
+            mn = r_mask[:, None] & n_mask[None, :]
+            dy = tl.load(dy_ptr + rows64[:, None] * stride_dym + offs_n[None, :] * stride_dyn, mask=mn, other=0.0)
+            h_ptrs = h_ptr + rows64[:, None] * stride_hm + offs_n[None, :] * stride_hn
+            dz = _dz_tile(dy.to(ACC_DTYPE), h_ptrs, mn, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai,
+                          stride_aj, stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
+            dzc = tl.reshape(dz, (BM_W, BLOCK_C)).to(x_ptr.dtype.element_ty)
+            xt = tl.load(
+                x_ptr + rows64[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                mask=r_mask[:, None] & k_mask[None, :],
+                other=0.0,
+            )
+            acc = tl.dot(tl.trans(dzc), xt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        chan = pid_n * BN + offs_c % BN
+        w_rows = (branch * N + chan).to(tl.int64)
+        w_mask = ((branch <= D) & (chan < N))[:, None] & k_mask[None, :]
+        tl.store(dw_ptr + w_rows[:, None] * K + offs_k[None, :], acc.to(dw_ptr.dtype.element_ty), mask=w_mask)
+        if pid_k == 0:
+            p = tl.arange(0, P)
+            red_z = tl.zeros((P, BN), dtype=ACC_DTYPE)  # block 0: db, block i + 1: dc_i (= sum ds_i)
+            red_g = tl.zeros((P, BN), dtype=ACC_DTYPE)  # block i + 1: dG[i]
+            red_b = tl.zeros((P, P, BN), dtype=ACC_DTYPE)  # [k + 1, i]: dB[k, i] (k > i kept at the store)
+            for m0 in range(0, M, BM_W):
+                rows = m0 + tl.arange(0, BM_W)
+                rows64 = rows.to(tl.int64)
+                mn = (rows < M)[:, None] & n_mask[None, :]
+                dy = tl.load(dy_ptr + rows64[:, None] * stride_dym + offs_n[None, :] * stride_dyn, mask=mn, other=0.0)
+                dy = dy.to(ACC_DTYPE)
+                h_ptrs = h_ptr + rows64[:, None] * stride_hm + offs_n[None, :] * stride_hn
+                dz = _dz_tile(dy, h_ptrs, mn, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj,
+                              stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
+                red_z += tl.sum(dz, axis=0)
+                for i in tl.static_range(D):
+                    a_i = tl.load(h_ptrs + i * stride_hd, mask=mn, other=0.0).to(ACC_DTYPE)
+                    red_g += tl.where(p[:, None] == i + 1, tl.sum(dy * a_i, axis=0)[None, :], 0.0)
+                    red_b += tl.where(p[None, :, None] == i, tl.sum(dz * a_i[:, None, :], axis=0)[:, None, :], 0.0)
+            out_t = ds_ptr.dtype.element_ty
+            # dsmall rows: block p <= D of red_z is row p (db, then dc_i); dG[i] is row 1 + D + i; dB[k, i] is
+            # row 1 + 2D + k D + i.
+            pn = (p <= D)[:, None] & n_mask[None, :]
+            tl.store(ds_ptr + p[:, None] * N + offs_n[None, :], red_z.to(out_t), mask=pn)
+            g_mask = ((p >= 1) & (p <= D))[:, None] & n_mask[None, :]
+            tl.store(ds_ptr + (D + p)[:, None] * N + offs_n[None, :], red_g.to(out_t), mask=g_mask)
+            pk = p[:, None, None]
+            pi = p[None, :, None]
+            b_rows = 1 + 2 * D + (pk - 1) * D + pi
+            b_mask = (pk >= 1) & (pk <= D) & (pi < D) & n_mask[None, None, :]
+            b_val = tl.where(pk - 1 > pi, red_b, 0.0)  # entries k <= i are unused by the forward: zero gradient
+            tl.store(ds_ptr + b_rows * N + offs_n[None, None, :], b_val.to(out_t), mask=b_mask)
+    else:
+        pid_x = pid - tiles_w
+        num_kx = tl.cdiv(K, BK_X)
+        pid_m = pid_x // num_kx
+        pid_k = pid_x % num_kx
+        rows = pid_m * BM_X + tl.arange(0, BM_X)
+        r_mask = rows < M
+        rows64 = rows.to(tl.int64)
+        offs_k = pid_k * BK_X + tl.arange(0, BK_X)
+        k_mask = offs_k < K
+        dend = tl.maximum(branch - 1, 0).to(tl.int64)
+        acc = tl.zeros((BM_X, BK_X), dtype=ACC_DTYPE)
+        for n0 in range(0, N, BN):
+            offs_n = n0 + tl.arange(0, BN)
+            n_mask = offs_n < N
+            mn = r_mask[:, None] & n_mask[None, :]
+            dy = tl.load(dy_ptr + rows64[:, None] * stride_dym + offs_n[None, :] * stride_dyn, mask=mn, other=0.0)
+            h_ptrs = h_ptr + rows64[:, None] * stride_hm + offs_n[None, :] * stride_hn
+            dz = _dz_tile(dy.to(ACC_DTYPE), h_ptrs, mn, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai,
+                          stride_aj, stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
+            dzc = tl.reshape(dz, (BM_X, BLOCK_C)).to(x_ptr.dtype.element_ty)
+            chan = (n0 + offs_c % BN).to(tl.int64)
+            w_rows = tl.where(branch == 0, w_ptr + chan * stride_wn, v_ptr + dend * stride_vd + chan * stride_vn)
+            c_mask = (branch <= D) & (chan < N)
+            wt = tl.load(w_rows[:, None] + offs_k[None, :] * stride_wk, mask=c_mask[:, None] & k_mask[None, :],
+                         other=0.0)  # fmt: skip
+            acc = tl.dot(dzc, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        tl.store(
+            dx_ptr + rows64[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
+            acc.to(dx_ptr.dtype.element_ty),
+            mask=r_mask[:, None] & k_mask[None, :],
+        )
+
+
+_launch_onepass = Launcher(_linear_bwd_onepass_kernel)
 _TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -542,11 +703,28 @@ def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class _BwdPlan:
-    """What one backward call signature fixes: sizes, whether grad_y needs a cast, whether dx must be restrided to
-    x's layout, and the dZ launch."""
+# The one-pass backward (one launch, dZ recomputed inside both GEMMs) runs up to this many multiply-adds per GEMM
+# (M (1 + D) N K); past it the split backward's cuBLAS GEMMs win on device time. See _onepass_config.
+ONEPASS_MAX_MACS = 1 << 31
 
-    __slots__ = ("m", "n", "k", "d", "cast_dy", "dz_shape", "restride_dx", "dz_launch", "small_dtype")
+
+def _onepass_config(p: int, elem_size: int) -> dict:
+    """Tiles of the one-pass backward: P * BN = 128 stacked dZ columns (the MMA width), K blocks of 128 bytes for
+    2-byte types (64 bytes otherwise), row blocks of 64 (dW: the MMA depth) and 32 (dX: twice the programs)."""
+    bn = max(16, 128 // p)
+    if interpreting():  # interpreter cost ~ programs x tile ops: few, mid-size tiles
+        return dict(BN=bn, BM_W=32, BK_W=32, BM_X=16, BK_X=32, num_warps=4)
+    bk = 64 if elem_size <= 2 else 32
+    return dict(BN=bn, BM_W=64, BK_W=bk, BM_X=32, BK_X=bk, num_warps=4, num_stages=2)
+
+
+class _BwdPlan:
+    """What one backward call signature fixes: sizes, which backward runs (onepass: its integer arguments,
+    constexprs and grid; else whether grad_y needs a cast, whether dx must be restrided to x's layout, and the dZ
+    launch)."""
+
+    __slots__ = ("serial", "m", "n", "k", "d", "cast_dy", "dz_shape", "restride_dx", "dz_launch", "small_dtype",
+                 "onepass", "op_ints", "op_meta", "op_grid")  # fmt: skip
 
     def __init__(self, grad_y, x2d, weight, dendrite_weight, gate, cascade, h, activation, has_bias):
         act = check_common("linear_bwd", x2d, weight, activation)
@@ -559,13 +737,38 @@ class _BwdPlan:
             raise ValueError(
                 f"linear_bwd: h must be [{m}, {d}, {n}] (forward run with save_for_backward), got {list(h.shape)}"
             )
+        self.serial = serial()
         self.m, self.n, self.k, self.d = m, n, k, d
         self.cast_dy = grad_y.dtype != x2d.dtype  # cast to a contiguous tensor of x's dtype
         self.small_dtype = gate.dtype
         self.dz_shape = (m, (1 + d) * n)
         self.restride_dx = not (x2d.is_contiguous() or x2d.numel() <= 1)
         self.dz_launch = None
-        if d > 0 and m > 0 and n > 0:
+        p = next_pow2(1 + d)
+        path = _state["bwd_path"]
+        self.onepass = (
+            path != "gemm"
+            and 1 <= d
+            and p <= 8
+            and m * n * k > 0
+            and weight.stride(1) == dendrite_weight.stride(2)
+            and (path == "onepass" or m * (1 + d) * n * k <= ONEPASS_MAX_MACS)
+        )
+        if self.onepass:
+            dx_strides = torch.empty_like(x2d).stride()  # the op's dx is empty_like(x) (its fake kernel's promise)
+            self.op_ints = (
+                m, n, k,
+                *grad_y.stride(), *x2d.stride(),
+                weight.stride(0), dendrite_weight.stride(0), dendrite_weight.stride(1), weight.stride(1),
+                *gate.stride(), *cascade.stride(), *h.stride(), *dx_strides,
+            )  # fmt: skip
+            cfg = _onepass_config(p, x2d.element_size())
+            self.op_meta = dict(
+                D=d, P=p, ACT=act, ACC_DTYPE=acc_dtype(x2d.dtype), DOT_PRECISION=dot_precision(x2d.dtype), **cfg
+            )
+            tiles_w = cdiv(n, cfg["BN"]) * cdiv(k, cfg["BK_W"])
+            self.op_grid = (tiles_w + cdiv(m, cfg["BM_X"]) * cdiv(k, cfg["BK_X"]),)
+        elif d > 0 and m > 0 and n > 0:
             gs = (n, 1) if self.cast_dy else grad_y.stride()
             self.dz_launch = DzLaunch(
                 (gs[0], 0, gs[1]),
@@ -594,9 +797,20 @@ def linear_bwd_packed(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dwcat, dsmall), packed as pai_fast._layout says; see the module docstring."""
     tensors = (grad_y, x2d, weight, dendrite_weight, gate, cascade, h)
-    plan = _bwd_plans.get(tensors, (activation, has_bias), lambda: _BwdPlan(*tensors, activation, has_bias))
+    plan = _bwd_plans.get(
+        tensors,
+        (activation, has_bias, _state["bwd_path"], *plan_state(x2d.dtype)),
+        lambda: _BwdPlan(*tensors, activation, has_bias),
+    )
     m, n, d = plan.m, plan.n, plan.d
     dev, dt = x2d.device, x2d.dtype
+    if plan.onepass:
+        dx = torch.empty_like(x2d)
+        dwcat = torch.empty(((1 + d) * n, plan.k), device=dev, dtype=dt)
+        dsmall = torch.empty((small_rows(d), n), device=dev, dtype=plan.small_dtype)
+        ptrs = (grad_y, x2d, weight, dendrite_weight, gate, cascade, h, dx, dwcat, dsmall)
+        _launch_onepass(plan.op_grid, ptrs + plan.op_ints, plan.op_meta, (plan.serial, aligned16(ptrs)))
+        return dx, dwcat, dsmall
     if plan.cast_dy:
         grad_y = grad_y.to(dt, memory_format=torch.contiguous_format)
     if m == 0 or n == 0:

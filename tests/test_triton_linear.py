@@ -215,6 +215,33 @@ def test_linear_shapes(mkn, d, bias):
 
 
 @apply(interp)
+@pytest.mark.parametrize("path", ["onepass", "gemm"])
+@pytest.mark.parametrize(("d", "act"), [(1, "tanh"), (2, "relu"), (3, "sigmoid"), (7, "identity")])
+def test_linear_backward_paths(d, act, path):
+    """Both Linear backwards (one launch with dZ recomputed in the GEMMs; the dZ kernel + cuBLAS) against the
+    float64 oracle, on an odd shape whose rows, channels and K all leave partial tiles."""
+    with K.backward_path(path):
+        linear_case(DEVICE, torch.float64, 37, 45, 29, d, act)
+
+
+@apply(interp)
+def test_linear_backward_paths_agree_and_bad_path():
+    x, w, b, dw, db, g, c = make(70, 40, 130, 3, torch.float32, DEVICE)
+    _, h = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
+    gy = torch.randn(70, 130, device=DEVICE)
+    out = {}
+    for path in ("onepass", "gemm"):
+        with K.backward_path(path):
+            out[path] = K.linear_bwd_packed(gy, x, w, dw, g, c, h, "sigmoid", True)
+    for a, b_ in zip(out["onepass"], out["gemm"]):
+        assert a.stride() == b_.stride()
+        torch.testing.assert_close(a, b_, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="backward_path: path must be one of"):
+        with K.backward_path("fast"):
+            pass
+
+
+@apply(interp)
 def test_linear_fp16_forward():
     linear_case(DEVICE, torch.float16, 19, 48, 21, 2, "tanh", backward=False)
 
@@ -442,6 +469,18 @@ def test_gpu_linear_grid(dtype, d, mkn):
 
 
 @apply(gpu)
+@pytest.mark.usefixtures("fixed_config")
+@pytest.mark.parametrize("path", ["onepass", "gemm"])
+@pytest.mark.parametrize("mkn", [(1000, 513, 257), (4096, 512, 640)])
+@pytest.mark.parametrize("d", [1, 3, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gpu_linear_backward_paths(dtype, d, mkn, path):
+    """Each Linear backward forced on shapes where auto picks one or the other (GPU_SHAPES run auto)."""
+    with K.backward_path(path):
+        linear_case("cuda", dtype, *mkn, d, "sigmoid")
+
+
+@apply(gpu)
 @pytest.mark.parametrize("autotune", [False, True])
 def test_gpu_fast_launch_replays_what_triton_runs(autotune):
     """The direct-launch cache (kernels/_launch.py) gives bitwise what Triton's own launch gives, also when the
@@ -456,17 +495,19 @@ def test_gpu_fast_launch_replays_what_triton_runs(autotune):
             x = x[:, off : off + k]  # row stride k + 1; off = 1 moves the data pointer off 16-byte alignment
             w, dw = w[:, :k].contiguous(), dw[:, :, :k].contiguous()
             gy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
-            runs = []
-            for fast in (False, True, True, True):
-                K.set_fast_launch(fast)
-                y, h = K.linear_fwd(x, w, b, dw, db, g, c, "tanh", True)
-                grads = K.linear_bwd_packed(gy, x, w, dw, g, c, h, "tanh", True)
-                runs.append((y, h, *grads))
-            for run in runs[1:]:
-                for got, want in zip(run, runs[0]):
-                    assert torch.equal(got, want)
+            for path in ("onepass", "gemm"):
+                runs = []
+                for fast in (False, True, True, True):
+                    K.set_fast_launch(fast)
+                    y, h = K.linear_fwd(x, w, b, dw, db, g, c, "tanh", True)
+                    with K.backward_path(path):
+                        grads = K.linear_bwd_packed(gy, x, w, dw, g, c, h, "tanh", True)
+                    runs.append((y, h, *grads))
+                for run in runs[1:]:
+                    for got, want in zip(run, runs[0]):
+                        assert torch.equal(got, want)
         used = lin._launch_fwd_tuned if autotune else lin._launch_fwd
-        assert used._cache and common._launch_dz._cache
+        assert used._cache and common._launch_dz._cache and lin._launch_onepass._cache
     finally:
         K.set_fast_launch(True)
         K.set_autotune(old)

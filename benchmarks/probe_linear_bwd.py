@@ -1,0 +1,103 @@
+"""The two Linear backwards of the triton backend side by side, to place the one-pass threshold on measurements.
+
+    python benchmarks/probe_linear_bwd.py [--out probe_linear_bwd.json]
+
+For each shape, dtype and D it times the backward op (pai_fast.kernels.linear_bwd_packed) under
+backward_path("onepass") and backward_path("gemm"):
+  - device: a CUDA graph of 20 backward calls, replayed (triton.testing.do_bench median / 20): GPU time only;
+  - eager:  the eager call (do_bench median): what a training step pays, host time included where it dominates.
+The two paths' results are checked against each other first (time only what is correct).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pai_fast.kernels import dendritic_linear as L  # noqa: E402
+
+from pai_fast import bench as pbench  # noqa: E402
+from pai_fast import kernels as K  # noqa: E402
+
+SHAPES = [
+    (64, 784, 128), (256, 1024, 1024), (1024, 1024, 1024), (2048, 2048, 2048), (4096, 512, 640), (8192, 4096, 4096)
+]  # fmt: skip
+
+
+def case(m, k, n, d, dtype):
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def r(*s, scale=1.0):
+        return (torch.randn(s, generator=g) * scale).to("cuda", dtype)
+
+    wcat = r(1 + d, n, k, scale=k**-0.5)
+    x, w, dw = r(m, k), wcat[0], wcat[1:]
+    b, db, gate, cas = r(n, scale=0.1), r(d, n, scale=0.1), r(d, n), r(d, d, n, scale=0.1)
+    _, h = K.linear_fwd(x, w, b, dw, db, gate, cas, "sigmoid", True)
+    gy = r(m, n)
+    return (gy, x, w, dw, gate, cas, h, "sigmoid", True)
+
+
+def graph_time(fn, reps=20) -> float:
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    return do_bench(graph.replay, warmup=10, rep=60, return_mode="median") / reps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--dtypes", default="bfloat16,float32")
+    ap.add_argument("--dendrites", default="1,3,7")
+    args = ap.parse_args()
+    K.set_autotune(False)
+    rows = []
+    print(f"{'shape':>18} {'dtype':>9} {'D':>2} {'GMAC':>7} | {'device onepass':>14} {'gemm':>8} {'ratio':>6} | "
+          f"{'eager onepass':>13} {'gemm':>8}")  # fmt: skip
+    for dtype_name in args.dtypes.split(","):
+        dtype = getattr(torch, dtype_name)
+        for d in map(int, args.dendrites.split(",")):
+            for m, k, n in SHAPES:
+                a = case(m, k, n, d, dtype)
+                res = {}
+                outs = {}
+                for path in ("onepass", "gemm"):
+                    with K.backward_path(path):
+                        outs[path] = L.linear_bwd_packed(*a)
+                        fn = lambda a=a: L.linear_bwd_packed(*a)  # noqa: E731
+                        res[path] = (graph_time(fn), do_bench(fn, warmup=10, rep=60, return_mode="median"))
+                err = max(
+                    ((u.float() - v.float()).abs().max() / v.float().abs().max().clamp_min(1e-30)).item()
+                    for u, v in zip(outs["onepass"], outs["gemm"])
+                )
+                macs = m * (1 + d) * n * k
+                row = dict(shape=f"{m}x{k}->{n}", dtype=dtype_name, D=d, macs=macs, rel_diff=err,
+                           onepass_device_ms=res["onepass"][0], gemm_device_ms=res["gemm"][0],
+                           onepass_eager_ms=res["onepass"][1], gemm_eager_ms=res["gemm"][1])  # fmt: skip
+                rows.append(row)
+                print(f"{row['shape']:>18} {dtype_name:>9} {d:>2} {macs / 1e9:7.2f} | "
+                      f"{res['onepass'][0] * 1e3:11.1f} us {res['gemm'][0] * 1e3:6.1f}us "
+                      f"{res['onepass'][0] / res['gemm'][0]:6.2f} | {res['onepass'][1] * 1e3:10.1f} us "
+                      f"{res['gemm'][1] * 1e3:6.1f}us  diff {err:.1e}")  # fmt: skip
+                torch.cuda.empty_cache()
+    if args.out:
+        Path(args.out).write_text(json.dumps({"environment": pbench.environment(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
