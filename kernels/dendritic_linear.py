@@ -349,6 +349,132 @@ _launch_tma = Launcher(_linear_fwd_tma_kernel)
 
 
 @triton.jit
+def _onepass_dz(
+    rows64, r_mask, offs_n, n_mask, dy_ptr, stride_dym, stride_dyn, h_ptr, stride_hm, stride_hd, stride_hn,
+    g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj, stride_an,
+    D: tl.constexpr, P: tl.constexpr, ACT: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """(dy, h row pointers, tile mask, dZcat [rows, P, BN]) of one tile of rows x channels."""
+    mn = r_mask[:, None] & n_mask[None, :]
+    dy = tl.load(dy_ptr + rows64[:, None] * stride_dym + offs_n[None, :] * stride_dyn, mask=mn, other=0.0)
+    dy = dy.to(ACC_DTYPE)
+    h_ptrs = h_ptr + rows64[:, None] * stride_hm + offs_n[None, :] * stride_hn
+    dz = _dz_tile(dy, h_ptrs, mn, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj, stride_an,
+                  offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
+    return dy, h_ptrs, mn, dz
+
+
+@triton.jit
+def _onepass_dw(
+    pid, num_n, dy_ptr, x_ptr, g_ptr, cas_ptr, h_ptr, dw_ptr, ds_ptr, M, N, K,
+    stride_dym, stride_dyn, stride_xm, stride_xk, stride_gd, stride_gn, stride_ai, stride_aj, stride_an,
+    stride_hm, stride_hd, stride_hn,
+    D: tl.constexpr, P: tl.constexpr, ACT: tl.constexpr, ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BN: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    """One [P * BN, BK] tile of dWcat (every branch of BN channels): += dZcat[rows, tile]^T x[rows, k-block] over
+    all rows; k-block 0 also writes the channels' reductions to dsmall."""
+    BLOCK_C: tl.constexpr = P * BN
+    pid_n = pid % num_n
+    pid_k = pid // num_n  # k-block 0 first: those programs also run the reductions
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    n_mask = offs_n < N
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    k_mask = offs_k < K
+    acc = tl.zeros((BLOCK_C, BK), dtype=ACC_DTYPE)
+    for m0 in range(0, M, BM):
+        rows = m0 + tl.arange(0, BM)
+        r_mask = rows < M
+        rows64 = rows.to(tl.int64)
+        _, _, _, dz = _onepass_dz(rows64, r_mask, offs_n, n_mask, dy_ptr, stride_dym, stride_dyn, h_ptr, stride_hm,
+                                  stride_hd, stride_hn, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj,
+                                  stride_an, D, P, ACT, ACC_DTYPE)  # fmt: skip
+        dzc = tl.reshape(dz, (BM, BLOCK_C)).to(x_ptr.dtype.element_ty)
+        xt = tl.load(
+            x_ptr + rows64[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+            mask=r_mask[:, None] & k_mask[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(tl.trans(dzc), xt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    offs_c = tl.arange(0, BLOCK_C)
+    branch = offs_c // BN
+    chan = pid_n * BN + offs_c % BN
+    w_rows = (branch * N + chan).to(tl.int64)
+    w_mask = ((branch <= D) & (chan < N))[:, None] & k_mask[None, :]
+    tl.store(dw_ptr + w_rows[:, None] * K + offs_k[None, :], acc.to(dw_ptr.dtype.element_ty), mask=w_mask)
+    if pid_k == 0:
+        p = tl.arange(0, P)
+        red_z = tl.zeros((P, BN), dtype=ACC_DTYPE)  # block 0: db, block i + 1: dc_i (= sum ds_i)
+        red_g = tl.zeros((P, BN), dtype=ACC_DTYPE)  # block i + 1: dG[i]
+        red_b = tl.zeros((P, P, BN), dtype=ACC_DTYPE)  # [k + 1, i]: dB[k, i] (k > i kept at the store)
+        for m0 in range(0, M, BM):
+            rows = m0 + tl.arange(0, BM)
+            dy, h_ptrs, mn, dz = _onepass_dz(rows.to(tl.int64), rows < M, offs_n, n_mask, dy_ptr, stride_dym,
+                                             stride_dyn, h_ptr, stride_hm, stride_hd, stride_hn, g_ptr, stride_gd,
+                                             stride_gn, cas_ptr, stride_ai, stride_aj, stride_an, D, P, ACT,
+                                             ACC_DTYPE)  # fmt: skip
+            red_z += tl.sum(dz, axis=0)
+            for i in tl.static_range(D):
+                a_i = tl.load(h_ptrs + i * stride_hd, mask=mn, other=0.0).to(ACC_DTYPE)
+                red_g += tl.where(p[:, None] == i + 1, tl.sum(dy * a_i, axis=0)[None, :], 0.0)
+                red_b += tl.where(p[None, :, None] == i, tl.sum(dz * a_i[:, None, :], axis=0)[:, None, :], 0.0)
+        out_t = ds_ptr.dtype.element_ty
+        # dsmall rows: block p <= D of red_z is row p (db, then dc_i); dG[i] is row 1 + D + i; dB[k, i] is
+        # row 1 + 2D + k D + i.
+        pn = (p <= D)[:, None] & n_mask[None, :]
+        tl.store(ds_ptr + p[:, None] * N + offs_n[None, :], red_z.to(out_t), mask=pn)
+        g_mask = ((p >= 1) & (p <= D))[:, None] & n_mask[None, :]
+        tl.store(ds_ptr + (D + p)[:, None] * N + offs_n[None, :], red_g.to(out_t), mask=g_mask)
+        pk = p[:, None, None]
+        pi = p[None, :, None]
+        b_rows = 1 + 2 * D + (pk - 1) * D + pi
+        b_mask = (pk >= 1) & (pk <= D) & (pi < D) & n_mask[None, None, :]
+        b_val = tl.where(pk - 1 > pi, red_b, 0.0)  # entries k <= i are unused by the forward: zero gradient
+        tl.store(ds_ptr + b_rows * N + offs_n[None, None, :], b_val.to(out_t), mask=b_mask)
+
+
+@triton.jit
+def _onepass_dx(
+    pid, dy_ptr, w_ptr, v_ptr, g_ptr, cas_ptr, h_ptr, dx_ptr, M, N, K,
+    stride_dym, stride_dyn, stride_wn, stride_vd, stride_vn, stride_wk, stride_gd, stride_gn,
+    stride_ai, stride_aj, stride_an, stride_hm, stride_hd, stride_hn, stride_dxm, stride_dxk,
+    D: tl.constexpr, P: tl.constexpr, ACT: tl.constexpr, ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BN: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    """One [BM, BK] tile of dX: += dZcat[rows, c] Wcat[c, k-block] over all stacked channels c."""
+    BLOCK_C: tl.constexpr = P * BN
+    num_k = tl.cdiv(K, BK)
+    pid_m = pid // num_k
+    pid_k = pid % num_k
+    rows = pid_m * BM + tl.arange(0, BM)
+    r_mask = rows < M
+    rows64 = rows.to(tl.int64)
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    k_mask = offs_k < K
+    offs_c = tl.arange(0, BLOCK_C)
+    branch = offs_c // BN
+    dend = tl.maximum(branch - 1, 0).to(tl.int64)
+    acc = tl.zeros((BM, BK), dtype=ACC_DTYPE)
+    for n0 in range(0, N, BN):
+        offs_n = n0 + tl.arange(0, BN)
+        n_mask = offs_n < N
+        _, _, _, dz = _onepass_dz(rows64, r_mask, offs_n, n_mask, dy_ptr, stride_dym, stride_dyn, h_ptr, stride_hm,
+                                  stride_hd, stride_hn, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj,
+                                  stride_an, D, P, ACT, ACC_DTYPE)  # fmt: skip
+        dzc = tl.reshape(dz, (BM, BLOCK_C)).to(w_ptr.dtype.element_ty)
+        chan = (n0 + offs_c % BN).to(tl.int64)
+        w_rows = tl.where(branch == 0, w_ptr + chan * stride_wn, v_ptr + dend * stride_vd + chan * stride_vn)
+        c_mask = (branch <= D) & (chan < N)
+        wt = tl.load(w_rows[:, None] + offs_k[None, :] * stride_wk, mask=c_mask[:, None] & k_mask[None, :], other=0.0)
+        acc = tl.dot(dzc, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    tl.store(
+        dx_ptr + rows64[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
+        acc.to(dx_ptr.dtype.element_ty),
+        mask=r_mask[:, None] & k_mask[None, :],
+    )
+
+
+@triton.jit
 def _linear_bwd_onepass_kernel(
     dy_ptr,
     x_ptr,
@@ -399,104 +525,19 @@ def _linear_bwd_onepass_kernel(
     atomics). Programs past T_W own a [BM_X, BK_X] tile of dX and walk all channels: dX tile += dZcat[rows, c]
     Wcat[c, k-block], recomputing dZcat per channel block. The recomputation repeats the elementwise dZ work once
     per k-block: cheap next to the launches it saves where a layer is small (the launcher's threshold)."""
-    BLOCK_C: tl.constexpr = P * BN
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BN)
     tiles_w = num_n * tl.cdiv(K, BK_W)
-    offs_c = tl.arange(0, BLOCK_C)
-    branch = offs_c // BN
+    # Each part in its own function: Triton merges same-named variables across the two branches.
     if pid < tiles_w:
-        pid_n = pid % num_n
-        pid_k = pid // num_n  # k-block 0 first: those programs also run the reductions
-        offs_n = pid_n * BN + tl.arange(0, BN)
-        n_mask = offs_n < N
-        offs_k = pid_k * BK_W + tl.arange(0, BK_W)
-        k_mask = offs_k < K
-        acc = tl.zeros((BLOCK_C, BK_W), dtype=ACC_DTYPE)
-        for m0 in range(0, M, BM_W):
-            rows = m0 + tl.arange(0, BM_W)
-            r_mask = rows < M
-            rows64 = rows.to(tl.int64)
-            mn = r_mask[:, None] & n_mask[None, :]
-            dy = tl.load(dy_ptr + rows64[:, None] * stride_dym + offs_n[None, :] * stride_dyn, mask=mn, other=0.0)
-            h_ptrs = h_ptr + rows64[:, None] * stride_hm + offs_n[None, :] * stride_hn
-            dz = _dz_tile(dy.to(ACC_DTYPE), h_ptrs, mn, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai,
-                          stride_aj, stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
-            dzc = tl.reshape(dz, (BM_W, BLOCK_C)).to(x_ptr.dtype.element_ty)
-            xt = tl.load(
-                x_ptr + rows64[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-                mask=r_mask[:, None] & k_mask[None, :],
-                other=0.0,
-            )
-            acc = tl.dot(tl.trans(dzc), xt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        chan = pid_n * BN + offs_c % BN
-        w_rows = (branch * N + chan).to(tl.int64)
-        w_mask = ((branch <= D) & (chan < N))[:, None] & k_mask[None, :]
-        tl.store(dw_ptr + w_rows[:, None] * K + offs_k[None, :], acc.to(dw_ptr.dtype.element_ty), mask=w_mask)
-        if pid_k == 0:
-            p = tl.arange(0, P)
-            red_z = tl.zeros((P, BN), dtype=ACC_DTYPE)  # block 0: db, block i + 1: dc_i (= sum ds_i)
-            red_g = tl.zeros((P, BN), dtype=ACC_DTYPE)  # block i + 1: dG[i]
-            red_b = tl.zeros((P, P, BN), dtype=ACC_DTYPE)  # [k + 1, i]: dB[k, i] (k > i kept at the store)
-            for m0 in range(0, M, BM_W):
-                rows = m0 + tl.arange(0, BM_W)
-                rows64 = rows.to(tl.int64)
-                mn = (rows < M)[:, None] & n_mask[None, :]
-                dy = tl.load(dy_ptr + rows64[:, None] * stride_dym + offs_n[None, :] * stride_dyn, mask=mn, other=0.0)
-                dy = dy.to(ACC_DTYPE)
-                h_ptrs = h_ptr + rows64[:, None] * stride_hm + offs_n[None, :] * stride_hn
-                dz = _dz_tile(dy, h_ptrs, mn, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj,
-                              stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
-                red_z += tl.sum(dz, axis=0)
-                for i in tl.static_range(D):
-                    a_i = tl.load(h_ptrs + i * stride_hd, mask=mn, other=0.0).to(ACC_DTYPE)
-                    red_g += tl.where(p[:, None] == i + 1, tl.sum(dy * a_i, axis=0)[None, :], 0.0)
-                    red_b += tl.where(p[None, :, None] == i, tl.sum(dz * a_i[:, None, :], axis=0)[:, None, :], 0.0)
-            out_t = ds_ptr.dtype.element_ty
-            # dsmall rows: block p <= D of red_z is row p (db, then dc_i); dG[i] is row 1 + D + i; dB[k, i] is
-            # row 1 + 2D + k D + i.
-            pn = (p <= D)[:, None] & n_mask[None, :]
-            tl.store(ds_ptr + p[:, None] * N + offs_n[None, :], red_z.to(out_t), mask=pn)
-            g_mask = ((p >= 1) & (p <= D))[:, None] & n_mask[None, :]
-            tl.store(ds_ptr + (D + p)[:, None] * N + offs_n[None, :], red_g.to(out_t), mask=g_mask)
-            pk = p[:, None, None]
-            pi = p[None, :, None]
-            b_rows = 1 + 2 * D + (pk - 1) * D + pi
-            b_mask = (pk >= 1) & (pk <= D) & (pi < D) & n_mask[None, None, :]
-            b_val = tl.where(pk - 1 > pi, red_b, 0.0)  # entries k <= i are unused by the forward: zero gradient
-            tl.store(ds_ptr + b_rows * N + offs_n[None, None, :], b_val.to(out_t), mask=b_mask)
+        _onepass_dw(pid, num_n, dy_ptr, x_ptr, g_ptr, cas_ptr, h_ptr, dw_ptr, ds_ptr, M, N, K, stride_dym,
+                    stride_dyn, stride_xm, stride_xk, stride_gd, stride_gn, stride_ai, stride_aj, stride_an,
+                    stride_hm, stride_hd, stride_hn, D, P, ACT, ACC_DTYPE, DOT_PRECISION, BN, BM_W, BK_W)  # fmt: skip
     else:
-        pid_x = pid - tiles_w
-        num_kx = tl.cdiv(K, BK_X)
-        pid_m = pid_x // num_kx
-        pid_k = pid_x % num_kx
-        rows = pid_m * BM_X + tl.arange(0, BM_X)
-        r_mask = rows < M
-        rows64 = rows.to(tl.int64)
-        offs_k = pid_k * BK_X + tl.arange(0, BK_X)
-        k_mask = offs_k < K
-        dend = tl.maximum(branch - 1, 0).to(tl.int64)
-        acc = tl.zeros((BM_X, BK_X), dtype=ACC_DTYPE)
-        for n0 in range(0, N, BN):
-            offs_n = n0 + tl.arange(0, BN)
-            n_mask = offs_n < N
-            mn = r_mask[:, None] & n_mask[None, :]
-            dy = tl.load(dy_ptr + rows64[:, None] * stride_dym + offs_n[None, :] * stride_dyn, mask=mn, other=0.0)
-            h_ptrs = h_ptr + rows64[:, None] * stride_hm + offs_n[None, :] * stride_hn
-            dz = _dz_tile(dy.to(ACC_DTYPE), h_ptrs, mn, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai,
-                          stride_aj, stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
-            dzc = tl.reshape(dz, (BM_X, BLOCK_C)).to(x_ptr.dtype.element_ty)
-            chan = (n0 + offs_c % BN).to(tl.int64)
-            w_rows = tl.where(branch == 0, w_ptr + chan * stride_wn, v_ptr + dend * stride_vd + chan * stride_vn)
-            c_mask = (branch <= D) & (chan < N)
-            wt = tl.load(w_rows[:, None] + offs_k[None, :] * stride_wk, mask=c_mask[:, None] & k_mask[None, :],
-                         other=0.0)  # fmt: skip
-            acc = tl.dot(dzc, wt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
-        tl.store(
-            dx_ptr + rows64[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
-            acc.to(dx_ptr.dtype.element_ty),
-            mask=r_mask[:, None] & k_mask[None, :],
-        )
+        _onepass_dx(pid - tiles_w, dy_ptr, w_ptr, v_ptr, g_ptr, cas_ptr, h_ptr, dx_ptr, M, N, K, stride_dym,
+                    stride_dyn, stride_wn, stride_vd, stride_vn, stride_wk, stride_gd, stride_gn, stride_ai,
+                    stride_aj, stride_an, stride_hm, stride_hd, stride_hn, stride_dxm, stride_dxk, D, P, ACT,
+                    ACC_DTYPE, DOT_PRECISION, BN, BM_X, BK_X)  # fmt: skip
 
 
 _launch_onepass = Launcher(_linear_bwd_onepass_kernel)
