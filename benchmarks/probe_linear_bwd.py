@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--dendrites", default="1,3,7")
+    ap.add_argument("--max-macs", type=float, default=float("inf"), help="skip shapes with more M (1+D) N K")
     args = ap.parse_args()
     K.set_autotune(False)
     rows = []
@@ -73,6 +74,8 @@ def main() -> None:
         dtype = getattr(torch, dtype_name)
         for d in map(int, args.dendrites.split(",")):
             for m, k, n in SHAPES:
+                if m * (1 + d) * n * k > args.max_macs:
+                    continue
                 a = case(m, k, n, d, dtype)
                 res = {}
                 outs = {}

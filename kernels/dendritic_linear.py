@@ -53,8 +53,9 @@ from ._common import (
     ALL_CONFIGS,
     DzLaunch,
     _dendritic_epilogue,
-    _dz_tile,
+    _dz_branches,
     _grouped_tile,
+    _stack_branches,
     _stacked_weight_rows,
     _state,
     acc_dtype,
@@ -354,13 +355,13 @@ def _onepass_dz(
     g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj, stride_an,
     D: tl.constexpr, P: tl.constexpr, ACT: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
-    """(dy, h row pointers, tile mask, dZcat [rows, P, BN]) of one tile of rows x channels."""
+    """(dy, h row pointers, tile mask, dZcat branches) of one tile of rows x channels (_dz_branches)."""
     mn = r_mask[:, None] & n_mask[None, :]
     dy = tl.load(dy_ptr + rows64[:, None] * stride_dym + offs_n[None, :] * stride_dyn, mask=mn, other=0.0)
     dy = dy.to(ACC_DTYPE)
     h_ptrs = h_ptr + rows64[:, None] * stride_hm + offs_n[None, :] * stride_hn
-    dz = _dz_tile(dy, h_ptrs, mn, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj, stride_an,
-                  offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
+    dz = _dz_branches(dy, h_ptrs, mn, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj,
+                      stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
     return dy, h_ptrs, mn, dz
 
 
@@ -372,8 +373,8 @@ def _onepass_dw(
     D: tl.constexpr, P: tl.constexpr, ACT: tl.constexpr, ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BN: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
-    """One [P * BN, BK] tile of dWcat (every branch of BN channels): += dZcat[rows, tile]^T x[rows, k-block] over
-    all rows; k-block 0 also writes the channels' reductions to dsmall."""
+    """One [BN * P, BK] tile of dWcat (every branch of BN channels; row n * P + b = branch b of channel n):
+    += dZcat[rows, tile]^T x[rows, k-block] over all rows; k-block 0 also writes the channels' reductions."""
     BLOCK_C: tl.constexpr = P * BN
     pid_n = pid % num_n
     pid_k = pid // num_n  # k-block 0 first: those programs also run the reductions
@@ -389,7 +390,7 @@ def _onepass_dw(
         _, _, _, dz = _onepass_dz(rows64, r_mask, offs_n, n_mask, dy_ptr, stride_dym, stride_dyn, h_ptr, stride_hm,
                                   stride_hd, stride_hn, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj,
                                   stride_an, D, P, ACT, ACC_DTYPE)  # fmt: skip
-        dzc = tl.reshape(dz, (BM, BLOCK_C)).to(x_ptr.dtype.element_ty)
+        dzc = tl.reshape(_stack_branches(dz, P), (BM, BLOCK_C)).to(x_ptr.dtype.element_ty)
         xt = tl.load(
             x_ptr + rows64[:, None] * stride_xm + offs_k[None, :] * stride_xk,
             mask=r_mask[:, None] & k_mask[None, :],
@@ -397,30 +398,33 @@ def _onepass_dw(
         )
         acc = tl.dot(tl.trans(dzc), xt, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
     offs_c = tl.arange(0, BLOCK_C)
-    branch = offs_c // BN
-    chan = pid_n * BN + offs_c % BN
+    branch = offs_c % P
+    chan = pid_n * BN + offs_c // P
     w_rows = (branch * N + chan).to(tl.int64)
     w_mask = ((branch <= D) & (chan < N))[:, None] & k_mask[None, :]
     tl.store(dw_ptr + w_rows[:, None] * K + offs_k[None, :], acc.to(dw_ptr.dtype.element_ty), mask=w_mask)
     if pid_k == 0:
         p = tl.arange(0, P)
-        red_z = tl.zeros((P, BN), dtype=ACC_DTYPE)  # block 0: db, block i + 1: dc_i (= sum ds_i)
-        red_g = tl.zeros((P, BN), dtype=ACC_DTYPE)  # block i + 1: dG[i]
-        red_b = tl.zeros((P, P, BN), dtype=ACC_DTYPE)  # [k + 1, i]: dB[k, i] (k > i kept at the store)
+        red_z = tl.zeros((P, BN), dtype=ACC_DTYPE)  # row 0: db, row i + 1: dc_i (= sum ds_i)
+        red_g = tl.zeros((P, BN), dtype=ACC_DTYPE)  # row i + 1: dG[i]
+        red_b = tl.zeros((P, P, BN), dtype=ACC_DTYPE)  # [k + 1, i]: dB[k, i], k > i
         for m0 in range(0, M, BM):
             rows = m0 + tl.arange(0, BM)
             dy, h_ptrs, mn, dz = _onepass_dz(rows.to(tl.int64), rows < M, offs_n, n_mask, dy_ptr, stride_dym,
                                              stride_dyn, h_ptr, stride_hm, stride_hd, stride_hn, g_ptr, stride_gd,
                                              stride_gn, cas_ptr, stride_ai, stride_aj, stride_an, D, P, ACT,
                                              ACC_DTYPE)  # fmt: skip
-            red_z += tl.sum(dz, axis=0)
+            red_z += tl.where(p[:, None] == 0, tl.sum(dy, axis=0)[None, :], 0.0)
             for i in tl.static_range(D):
                 a_i = tl.load(h_ptrs + i * stride_hd, mask=mn, other=0.0).to(ACC_DTYPE)
+                red_z += tl.where(p[:, None] == i + 1, tl.sum(dz[i + 1], axis=0)[None, :], 0.0)
                 red_g += tl.where(p[:, None] == i + 1, tl.sum(dy * a_i, axis=0)[None, :], 0.0)
-                red_b += tl.where(p[None, :, None] == i, tl.sum(dz * a_i[:, None, :], axis=0)[:, None, :], 0.0)
+                for k in tl.static_range(i + 1, D):
+                    s_ki = tl.sum(dz[k + 1] * a_i, axis=0)
+                    red_b += tl.where((p[:, None, None] == k + 1) & (p[None, :, None] == i), s_ki[None, None, :], 0.0)
         out_t = ds_ptr.dtype.element_ty
-        # dsmall rows: block p <= D of red_z is row p (db, then dc_i); dG[i] is row 1 + D + i; dB[k, i] is
-        # row 1 + 2D + k D + i.
+        # dsmall rows: row p <= D of red_z is row p (db, then dc_i); dG[i] is row 1 + D + i; dB[k, i] is
+        # row 1 + 2D + k D + i (zero where k <= i: those entries are unused by the forward).
         pn = (p <= D)[:, None] & n_mask[None, :]
         tl.store(ds_ptr + p[:, None] * N + offs_n[None, :], red_z.to(out_t), mask=pn)
         g_mask = ((p >= 1) & (p <= D))[:, None] & n_mask[None, :]
@@ -429,8 +433,7 @@ def _onepass_dw(
         pi = p[None, :, None]
         b_rows = 1 + 2 * D + (pk - 1) * D + pi
         b_mask = (pk >= 1) & (pk <= D) & (pi < D) & n_mask[None, None, :]
-        b_val = tl.where(pk - 1 > pi, red_b, 0.0)  # entries k <= i are unused by the forward: zero gradient
-        tl.store(ds_ptr + b_rows * N + offs_n[None, None, :], b_val.to(out_t), mask=b_mask)
+        tl.store(ds_ptr + b_rows * N + offs_n[None, None, :], red_b.to(out_t), mask=b_mask)
 
 
 @triton.jit
@@ -452,7 +455,7 @@ def _onepass_dx(
     offs_k = pid_k * BK + tl.arange(0, BK)
     k_mask = offs_k < K
     offs_c = tl.arange(0, BLOCK_C)
-    branch = offs_c // BN
+    branch = offs_c % P  # stacked column n * P + b: branch b of channel n
     dend = tl.maximum(branch - 1, 0).to(tl.int64)
     acc = tl.zeros((BM, BK), dtype=ACC_DTYPE)
     for n0 in range(0, N, BN):
@@ -461,8 +464,8 @@ def _onepass_dx(
         _, _, _, dz = _onepass_dz(rows64, r_mask, offs_n, n_mask, dy_ptr, stride_dym, stride_dyn, h_ptr, stride_hm,
                                   stride_hd, stride_hn, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj,
                                   stride_an, D, P, ACT, ACC_DTYPE)  # fmt: skip
-        dzc = tl.reshape(dz, (BM, BLOCK_C)).to(w_ptr.dtype.element_ty)
-        chan = (n0 + offs_c % BN).to(tl.int64)
+        dzc = tl.reshape(_stack_branches(dz, P), (BM, BLOCK_C)).to(w_ptr.dtype.element_ty)
+        chan = (n0 + offs_c // P).to(tl.int64)
         w_rows = tl.where(branch == 0, w_ptr + chan * stride_wn, v_ptr + dend * stride_vd + chan * stride_vn)
         c_mask = (branch <= D) & (chan < N)
         wt = tl.load(w_rows[:, None] + offs_k[None, :] * stride_wk, mask=c_mask[:, None] & k_mask[None, :], other=0.0)
@@ -520,7 +523,7 @@ def _linear_bwd_onepass_kernel(
 ):
     """The whole backward in one launch; dZcat never reaches memory. Programs [0, T_W) own a [P * BN, BK_W] tile
     of dWcat (every branch of BN channels) and walk all rows: dWcat tile += dZcat[rows, tile]^T x[rows, k-block],
-    with dZcat recomputed in registers from dy and h (_dz_tile); the ones with k-block 0 also walk the rows for the
+    with dZcat recomputed in registers from dy and h (_dz_branches); the ones with k-block 0 also walk the rows for the
     four reductions (db, dc, dG, dB: sums over rows per channel, in a fixed order, so deterministic with no
     atomics). Programs past T_W own a [BM_X, BK_X] tile of dX and walk all channels: dX tile += dZcat[rows, c]
     Wcat[c, k-block], recomputing dZcat per channel block. The recomputation repeats the elementwise dZ work once
@@ -747,16 +750,18 @@ def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 # The one-pass backward (one launch, dZ recomputed inside both GEMMs) runs up to this many multiply-adds per GEMM
 # (M (1 + D) N K); past it the split backward's cuBLAS GEMMs win on device time. See _onepass_config.
 ONEPASS_MAX_MACS = 1 << 31
+ONEPASS_MAX_P = 4  # auto: D <= 3 (P = 8 spills registers; backward_path("onepass") still runs D <= 7)
 
 
 def _onepass_config(p: int, elem_size: int) -> dict:
-    """Tiles of the one-pass backward: P * BN = 128 stacked dZ columns (the MMA width), K blocks of 128 bytes for
-    2-byte types (64 bytes otherwise), row blocks of 64 (dW: the MMA depth) and 32 (dX: twice the programs)."""
+    """Tiles of the one-pass backward: BN * P = 128 stacked dZ columns (the MMA width), K blocks of 128 bytes for
+    2-byte types (64 bytes otherwise), row blocks of 64 / 32 (dW: the MMA depth, smaller as P grows; dX: 32, twice
+    the programs). ptxas (sm_90, bf16/fp32): no spills up to P = 4; P = 8 spills a little (forced only)."""
     bn = max(16, 128 // p)
     if interpreting():  # interpreter cost ~ programs x tile ops: few, mid-size tiles
         return dict(BN=bn, BM_W=32, BK_W=32, BM_X=16, BK_X=32, num_warps=4)
-    bk = 64 if elem_size <= 2 else 32
-    return dict(BN=bn, BM_W=64, BK_W=bk, BM_X=32, BK_X=bk, num_warps=4, num_stages=2)
+    bk = 64 if elem_size <= 2 and p <= 4 else 32
+    return dict(BN=bn, BM_W=64 if p <= 2 else 32, BK_W=bk, BM_X=32, BK_X=bk, num_warps=4, num_stages=2)
 
 
 class _BwdPlan:
@@ -793,7 +798,7 @@ class _BwdPlan:
             and p <= 8
             and m * n * k > 0
             and weight.stride(1) == dendrite_weight.stride(2)
-            and (path == "onepass" or m * (1 + d) * n * k <= ONEPASS_MAX_MACS)
+            and (path == "onepass" or (p <= ONEPASS_MAX_P and m * (1 + d) * n * k <= ONEPASS_MAX_MACS))
         )
         if self.onepass:
             dx_strides = torch.empty_like(x2d).stride()  # the op's dx is empty_like(x) (its fake kernel's promise)

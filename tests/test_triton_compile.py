@@ -27,23 +27,36 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 TL_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
 
 
-def compile_for(fn, arch: int, dtype: torch.dtype, constexprs: dict, pointer_dtypes: dict | None = None, **opts):
-    """Compile JIT function fn for sm_<arch>: pointer arguments (named *_ptr) of dtype (or pointer_dtypes[name]),
-    other runtime arguments i32, constexprs as given. Returns the compiled kernel."""
+def compile_for(
+    fn, arch: int, dtype: torch.dtype, constexprs: dict, pointer_dtypes: dict | None = None, ints: dict | None = None,
+    **opts,
+):  # fmt: skip
+    """Compile JIT function fn for sm_<arch> as a launch would: pointer arguments (named *_ptr) of dtype (or
+    pointer_dtypes[name]) and 16-byte aligned; the other runtime arguments i32 with the values in ints (default 7),
+    specialized as Triton's launcher does (== 1 becomes a constant, % 16 == 0 a divisibility hint); constexprs as
+    given. Returns the compiled kernel."""
     while not isinstance(fn, JITFunction):  # through heuristics / autotune wrappers
         fn = fn.fn
     const_names = {fn.arg_names[i] for i in fn.constexprs}
-    sig = {}
-    for name in fn.arg_names:
+    missing = const_names - set(constexprs)
+    assert not missing, f"constexprs not given: {sorted(missing)}"
+    sig, consts, attrs = {}, dict(constexprs), {}
+    for i, name in enumerate(fn.arg_names):
         if name in const_names:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = "*" + TL_NAME[(pointer_dtypes or {}).get(name, dtype)]
+            attrs[(i,)] = [["tt.divisibility", 16]]
         else:
-            sig[name] = "i32"
-    missing = const_names - set(constexprs)
-    assert not missing, f"constexprs not given: {sorted(missing)}"
-    return triton.compile(ASTSource(fn, sig, constexprs), target=GPUTarget("cuda", arch, 32), options=opts)
+            value = (ints or {}).get(name, 7)
+            if value == 1:
+                sig[name], consts[name] = "constexpr", 1
+            else:
+                sig[name] = "i32"
+                if value % 16 == 0:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn, sig, consts, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
 
 
 def acc(dtype):
@@ -59,8 +72,14 @@ def test_onepass_linear_backward_compiles(arch, dtype, d):
     opts = {k: cfg.pop(k) for k in ("num_warps", "num_stages") if k in cfg}
     prec = "tf32" if dtype == torch.float32 else "ieee"
     meta = dict(D=d, P=p, ACT=1, ACC_DTYPE=acc(dtype), DOT_PRECISION=prec, **cfg)
-    k = compile_for(L._linear_bwd_onepass_kernel, arch, dtype, meta, **opts)
-    assert k.asm["cubin"]
+    m, n, k = 256, 1024, 1024  # contiguous tensors: unit strides become constants, as in a launch
+    ints = dict(M=m, N=n, K=k, stride_dym=n, stride_dyn=1, stride_xm=k, stride_xk=1, stride_wn=k, stride_vd=n * k,
+                stride_vn=k, stride_wk=1, stride_gd=n, stride_gn=1, stride_ai=d * n, stride_aj=n, stride_an=1,
+                stride_hm=d * n, stride_hd=n, stride_hn=1, stride_dxm=k, stride_dxk=1)  # fmt: skip
+    compiled = compile_for(L._linear_bwd_onepass_kernel, arch, dtype, meta, ints=ints, **opts)
+    assert compiled.asm["cubin"]
+    # and with every stride a runtime value (a non-contiguous call)
+    assert compile_for(L._linear_bwd_onepass_kernel, arch, dtype, meta, **opts).asm["cubin"]
 
 
 @pytest.mark.parametrize("d", [0, 3])
