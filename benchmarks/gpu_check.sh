@@ -86,7 +86,7 @@ if has sanitize && [ -f benchmarks/sanitize.sh ]; then
 fi
 
 if has probebwd; then
-  timeout 400 python3 benchmarks/probe_linear_bwd.py --out "$OUT/probe_linear_bwd.json" ${PAI_PROBE_ARGS:-} \
+  timeout "${PAI_PROBE_TIMEOUT:-400}" python3 benchmarks/probe_linear_bwd.py --out "$OUT/probe_linear_bwd.json" ${PAI_PROBE_ARGS:-} \
     >"$OUT/probe_linear_bwd.log" 2>&1
   summary+=("probe_linear_bwd rc=$? (probe_linear_bwd.log)")
 fi
