@@ -748,7 +748,12 @@ def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 # The one-pass backward (one launch, dZ recomputed inside both GEMMs) runs up to this many multiply-adds per GEMM
-# (M (1 + D) N K); past it the split backward's cuBLAS GEMMs win on device time. See _onepass_config.
+# (M (1 + D) N K). Measured on the H200 (benchmarks/probe_linear_bwd.py, bf16 and fp32, D = 1 and 3): its device
+# time passes the split backward's (dZ kernel + two cuBLAS GEMMs) near 0.3 GMAC (64x784->128: 0.4-0.9x; 256x1024->
+# 1024: 1.3-2.7x), but the split backward's host-side ops cost ~130-180 µs per call there against ~25-100 µs, so
+# in eager mode the one-pass one is ahead up to ~2 GMAC (1024x1024->1024 D = 1: 77 vs 178 µs; 4096x512->640 D = 1,
+# 2.7 GMAC: 212 vs 178 µs). The choice does not depend on CUDA-graph capture (a path first taken inside a capture
+# would compile there); a graph-captured model of mid-size layers pays the one-pass device time.
 ONEPASS_MAX_MACS = 1 << 31
 ONEPASS_MAX_P = 4  # auto: D <= 3 (P = 8 spills registers; backward_path("onepass") still runs D <= 7)
 
