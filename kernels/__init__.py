@@ -11,8 +11,8 @@ tensors in Triton's interpreter (CI; fp32/fp64, small shapes).
 On the GPU the forward kernels autotune on the first call of each shape bucket (a few candidates, see
 _common.CONFIG_POOLS). PAI_FAST_TRITON_AUTOTUNE=0 or set_autotune(False) switches to a fixed heuristic config (no
 benchmarking, so even the first call can be captured in a CUDA graph); use_config(cfg) forces one config (tests).
-The Linear backward of a small layer (M (1 + D) N K up to dendritic_linear.ONEPASS_MAX_MACS, 1 <= D <= 7) is one
-launch that recomputes dZ inside both GEMMs; larger layers run the dZ kernel, then cuBLAS. backward_path(path)
+The Linear backward of a small layer (M (1 + D) N K up to dendritic_linear.onepass_max_macs(dtype), 1 <= D <= 3) is
+one launch that recomputes dZ inside both GEMMs; larger layers run the dZ kernel, then cuBLAS. backward_path(path)
 forces one (tests). After the first call of a shape, launches skip Triton's per-call argument binding (_launch.py);
 PAI_FAST_TRITON_FAST_LAUNCH=0 or set_fast_launch(False) turns that off.
 """

@@ -27,8 +27,17 @@ copies (one 3-D descriptor over Wcat [1 + D, N, K] whose [P, BN, BLOCK_K] box IS
 come back as zeros). Measured on the H100 (bf16 8192x4096->4096, benchmarks/probe_fwd_tma.py): 9-10 % faster
 than the pointer-gather kernel at D = 1 and 3. (With D = 0 the op layer runs cuBLAS instead: pai_fast.ops.)
 
-Backward: ONE elementwise Triton kernel (_common._dendritic_dz_kernel) writes dZcat [M, (1+D)N] in x's dtype and
-per-program partial sums of db, dc, dG, dB into one buffer (one torch sum: deterministic), then cuBLAS:
+Backward of a small layer (1 <= D <= 3 and M (1+D) N K up to onepass_max_macs: 2 GMAC for 16-bit types, less for
+fp32): ONE launch, _linear_bwd_onepass_kernel. Its first programs own tiles of dWcat, the others tiles of dX; each
+recomputes the dZcat tiles it needs in registers from dy and h (_common._dz_branches) and feeds them straight into
+its MMAs, and the dWcat programs of the first K block also sum the reductions (db, dc, dG, dB) over all rows, in a
+fixed order. No dZ buffer, no partial sums, no torch sum or cast: one launch and three allocations, where the split
+backward below makes six host-side calls; small layers are host-bound, so that is what they feel (measured on the
+H200: 25 vs 169 µs per eager backward call at 64x784->128 D = 3, bf16; benchmarks/probe_linear_bwd.py). The
+recomputation repeats the elementwise dZ work once per K block, so past the threshold the split backward wins.
+
+Backward otherwise: ONE elementwise Triton kernel (_common._dendritic_dz_kernel) writes dZcat [M, (1+D)N] in x's dtype
+and per-program partial sums of db, dc, dG, dB into one buffer (one torch sum: deterministic), then cuBLAS:
 dWcat = dZcat^T X is one GEMM, already the packed weight gradient (pai_fast._layout); dX = dZcat Wcat is
 one GEMM when weight and dendrite_weight are adjacent in one storage (DendriticLinear), else two
 (dz_0 W + dZ_dend V_flat, no copy of the weights).
@@ -748,13 +757,23 @@ def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 # The one-pass backward (one launch, dZ recomputed inside both GEMMs) runs up to this many multiply-adds per GEMM
-# (M (1 + D) N K). Measured on the H200 (benchmarks/probe_linear_bwd.py, bf16 and fp32, D = 1 and 3): its device
-# time passes the split backward's (dZ kernel + two cuBLAS GEMMs) near 0.3 GMAC (64x784->128: 0.4-0.9x; 256x1024->
-# 1024: 1.3-2.7x), but the split backward's host-side ops cost ~130-180 µs per call there against ~25-100 µs, so
-# in eager mode the one-pass one is ahead up to ~2 GMAC (1024x1024->1024 D = 1: 77 vs 178 µs; 4096x512->640 D = 1,
-# 2.7 GMAC: 212 vs 178 µs). The choice does not depend on CUDA-graph capture (a path first taken inside a capture
-# would compile there); a graph-captured model of mid-size layers pays the one-pass device time.
-ONEPASS_MAX_MACS = 1 << 31
+# (M (1 + D) N K), by how its GEMMs run. Measured on the H200 (benchmarks/probe_linear_bwd.py, D = 1 and 3): its
+# device time passes the split backward's (dZ kernel + two cuBLAS GEMMs) near 0.3 GMAC, but the split backward's
+# host-side ops cost ~130-190 µs per call there against ~10-100 µs, so in eager mode the one-pass one is ahead:
+#   bf16 (tensor cores) up to ~2 GMAC: 1024x1024->1024 D = 1 77 vs 178 µs; 4096x512->640 D = 1 (2.7 GMAC) 212 vs
+#   178 µs; 256x1024->1024 D = 3 (1.07 GMAC) 97 vs 177 µs;
+#   true fp32 (FMA dots, TF32 off) up to ~0.5 GMAC: 256x1024->1024 D = 1 103 vs 194 µs, D = 3 237 vs 127 µs.
+# TF32 sits between (tensor cores at half the bf16 rate): 2^30, where the bench's 256x1024->1024 D = 3 row lies.
+# The choice does not depend on CUDA-graph capture (a path first taken inside a capture would compile there); a
+# graph-captured model of mid-size layers pays the one-pass device time.
+ONEPASS_MAX_MACS = {"bf16": 1 << 31, "tf32": 1 << 30, "ieee": 1 << 29}
+
+
+def onepass_max_macs(dtype: torch.dtype) -> int:
+    """The auto threshold for an input dtype (see ONEPASS_MAX_MACS): by the dot its GEMMs run."""
+    return ONEPASS_MAX_MACS["bf16" if torch.empty((), dtype=dtype).element_size() == 2 else dot_precision(dtype)]
+
+
 ONEPASS_MAX_P = 4  # auto: D <= 3 (P = 8 spills registers; backward_path("onepass") still runs D <= 7)
 
 
@@ -803,7 +822,7 @@ class _BwdPlan:
             and p <= 8
             and m * n * k > 0
             and weight.stride(1) == dendrite_weight.stride(2)
-            and (path == "onepass" or (p <= ONEPASS_MAX_P and m * (1 + d) * n * k <= ONEPASS_MAX_MACS))
+            and (path == "onepass" or (p <= ONEPASS_MAX_P and m * (1 + d) * n * k <= onepass_max_macs(x2d.dtype)))
         )
         if self.onepass:
             dx_strides = torch.empty_like(x2d).stride()  # the op's dx is empty_like(x) (its fake kernel's promise)

@@ -242,6 +242,30 @@ def test_linear_backward_paths_agree_and_bad_path():
 
 
 @apply(interp)
+def test_linear_backward_auto_choice():
+    """auto takes the one-pass backward for 1 <= D <= 3 up to the dtype's MAC threshold, else the split one;
+    backward_path forces either (the one-pass one up to D = 7)."""
+    lin = sys.modules["pai_fast.kernels.dendritic_linear"]
+
+    def onepass(m, k, n, d, dtype=torch.float32):
+        x, w, _, dw, _, g, c = make(m, k, n, d, dtype, DEVICE)
+        h = torch.empty(m, d, n, dtype=dtype, device=DEVICE)
+        gy = torch.empty(m, n, dtype=dtype, device=DEVICE)
+        return lin._BwdPlan(gy, x, w, dw, g, c, h, "sigmoid", True).onepass
+
+    limit = lin.onepass_max_macs(torch.float32)
+    assert limit == lin.ONEPASS_MAX_MACS["ieee"] and lin.onepass_max_macs(torch.bfloat16) > limit
+    assert onepass(64, 64, 32, 3)
+    assert not onepass(limit // (4 * 512 * 256) + 1, 512, 256, 3)  # just past the threshold
+    assert not onepass(64, 64, 32, 4) and not onepass(64, 64, 32, 0)  # auto: D <= 3; D = 0 has no dZ to fuse
+    with K.backward_path("onepass"):
+        assert onepass(64, 64, 32, 7) and onepass(limit // (4 * 512 * 256) + 1, 512, 256, 3)
+        assert not onepass(16, 16, 8, 8)  # P = 16: past the one-pass kernel's tiles
+    with K.backward_path("gemm"):
+        assert not onepass(64, 64, 32, 3)
+
+
+@apply(interp)
 def test_linear_fp16_forward():
     linear_case(DEVICE, torch.float16, 19, 48, 21, 2, "tanh", backward=False)
 
