@@ -81,8 +81,10 @@ def use_config(config: triton.Config | None):
 
 @contextlib.contextmanager
 def backward_path(path: str):
-    """Choose the Linear backward inside the block: "onepass" (one launch, dZ recomputed inside the GEMMs, for
-    1 <= D <= 7), "gemm" (the dZ kernel, then cuBLAS) or "auto" (onepass for small layers). Tests run both."""
+    """Choose the Linear backward inside the block: "onepass" (one launch, dZ recomputed inside the GEMMs),
+    "gemm" (the dZ kernel, then cuBLAS) or "auto" (onepass for small layers). Tests run both. "onepass" runs where
+    its kernel can: 1 <= D <= 7, a non-empty problem, weight and dendrite_weight with one K stride and column
+    offsets within int32; other calls take the split backward as before."""
     if path not in BACKWARD_PATHS:
         raise ValueError(f"backward_path: path must be one of {BACKWARD_PATHS}, got {path!r}")
     old = _state["bwd_path"]

@@ -764,6 +764,7 @@ def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 #   178 µs; 256x1024->1024 D = 3 (1.07 GMAC) 97 vs 177 µs;
 #   true fp32 (FMA dots, TF32 off) up to ~0.5 GMAC: 256x1024->1024 D = 1 103 vs 194 µs, D = 3 237 vs 127 µs.
 # TF32 sits between (tensor cores at half the bf16 rate): 2^30, where the bench's 256x1024->1024 D = 3 row lies.
+# fp64 shares true fp32's limit (not probed; its dots are no faster).
 # The choice does not depend on CUDA-graph capture (a path first taken inside a capture would compile there); a
 # graph-captured model of mid-size layers pays the one-pass device time.
 ONEPASS_MAX_MACS = {"bf16": 1 << 31, "tf32": 1 << 30, "ieee": 1 << 29}
@@ -777,10 +778,23 @@ def onepass_max_macs(dtype: torch.dtype) -> int:
 ONEPASS_MAX_P = 4  # auto: D <= 3 (P = 8 spills registers; backward_path("onepass") still runs D <= 7)
 
 
+def _columns_fit_int32(grad_y, x2d, weight, dendrite_weight, gate, cascade, h) -> bool:
+    """Whether every offset the one-pass kernel computes in int32 fits: it widens row (and weight-row) offsets to
+    int64 but indexes columns, branches and K in int32 (cheaper address math). True for dense layers within the
+    MAC threshold; a forced call on huge strided views may fail it (and take the split backward)."""
+
+    def span(t, first):
+        return sum((size - 1) * abs(st) for size, st in zip(t.shape[first:], t.stride()[first:]))
+
+    rows_wide = (grad_y, x2d, weight, dendrite_weight, h)  # dim 0 offsets are int64 in the kernel
+    return max(*(span(t, 1) for t in rows_wide), span(gate, 0), span(cascade, 0)) < 1 << 31
+
+
 def _onepass_config(p: int, elem_size: int) -> dict:
-    """Tiles of the one-pass backward: BN * P = 128 stacked dZ columns (the MMA width), K blocks of 128 bytes for
-    2-byte types (64 bytes otherwise), row blocks of 64 / 32 (dW: the MMA depth, smaller as P grows; dX: 32, twice
-    the programs). ptxas (sm_90, bf16/fp32): no spills up to P = 4; P = 8 spills a little (forced only)."""
+    """Tiles of the one-pass backward: BN * P = 128 stacked dZ columns (the MMA width); K blocks of 64 elements for
+    2-byte types up to P = 4, else 32; row blocks of 64 for dW at P = 2, else 32 (register pressure grows with P),
+    and 32 for dX (twice the programs). ptxas (sm_90): no spills up to P = 4 (bf16, fp16, fp32; fp64 at P = 2:
+    16 bytes); P = 8 spills a little (forced only)."""
     bn = max(16, 128 // p)
     if interpreting():  # interpreter cost ~ programs x tile ops: few, mid-size tiles
         return dict(BN=bn, BM_W=32, BK_W=32, BM_X=16, BK_X=32, num_warps=4)
@@ -822,6 +836,7 @@ class _BwdPlan:
             and p <= 8
             and m * n * k > 0
             and weight.stride(1) == dendrite_weight.stride(2)
+            and _columns_fit_int32(grad_y, x2d, weight, dendrite_weight, gate, cascade, h)
             and (path == "onepass" or (p <= ONEPASS_MAX_P and m * (1 + d) * n * k <= onepass_max_macs(x2d.dtype)))
         )
         if self.onepass:

@@ -64,13 +64,19 @@ def acc(dtype):
 
 
 @pytest.mark.parametrize(
-    ("arch", "dtype", "d"), [(90, torch.bfloat16, 3), (90, torch.float32, 7), (80, torch.float16, 1)]
+    ("arch", "dtype", "d", "prec"),
+    [
+        (90, torch.bfloat16, 3, "ieee"),
+        (90, torch.float32, 7, "tf32"),
+        (90, torch.float32, 2, "ieee"),
+        (80, torch.float16, 1, "ieee"),
+        (90, torch.float64, 3, "ieee"),
+    ],
 )
-def test_onepass_linear_backward_compiles(arch, dtype, d):
+def test_onepass_linear_backward_compiles(arch, dtype, d, prec):
     p = 1 << d.bit_length()  # next_pow2(1 + d)
     cfg = L._onepass_config(p, torch.empty((), dtype=dtype).element_size())
     opts = {k: cfg.pop(k) for k in ("num_warps", "num_stages") if k in cfg}
-    prec = "tf32" if dtype == torch.float32 else "ieee"
     meta = dict(D=d, P=p, ACT=1, ACC_DTYPE=acc(dtype), DOT_PRECISION=prec, **cfg)
     m, n, k = 256, 1024, 1024  # contiguous tensors: unit strides become constants, as in a launch
     ints = dict(M=m, N=n, K=k, stride_dym=n, stride_dyn=1, stride_xm=k, stride_xk=1, stride_wn=k, stride_vd=n * k,

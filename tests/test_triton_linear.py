@@ -217,11 +217,16 @@ def test_linear_shapes(mkn, d, bias):
 @apply(interp)
 @pytest.mark.parametrize("path", ["onepass", "gemm"])
 @pytest.mark.parametrize(("d", "act"), [(1, "tanh"), (2, "relu"), (3, "sigmoid"), (7, "identity")])
-def test_linear_backward_paths(d, act, path):
+def test_linear_backward_paths(d, act, path, monkeypatch):
     """Both Linear backwards (one launch with dZ recomputed in the GEMMs; the dZ kernel + cuBLAS) against the
-    float64 oracle, on an odd shape whose rows, channels and K all leave partial tiles."""
+    float64 oracle, on an odd shape whose rows, channels and K all leave partial tiles; the forced one ran."""
+    lin = sys.modules["pai_fast.kernels.dendritic_linear"]
+    launches = []
+    real = lin._launch_onepass
+    monkeypatch.setattr(lin, "_launch_onepass", lambda *a, **k: launches.append(1) or real(*a, **k))
     with K.backward_path(path):
         linear_case(DEVICE, torch.float64, 37, 45, 29, d, act)
+    assert len(launches) == (1 if path == "onepass" else 0)
 
 
 @apply(interp)
@@ -263,6 +268,15 @@ def test_linear_backward_auto_choice():
         assert not onepass(16, 16, 8, 8)  # P = 16: past the one-pass kernel's tiles
     with K.backward_path("gemm"):
         assert not onepass(64, 64, 32, 3)
+    x, w, _, dw, _, g, c = make(8, 16, 4, 2, torch.float32, DEVICE)
+    h, gy = torch.empty(8, 2, 4, device=DEVICE), torch.empty(8, 4, device=DEVICE)
+    with K.backward_path("onepass"):  # W and V walked with one K stride, so mismatched ones take the split path
+        assert not lin._BwdPlan(gy, x, w.t().contiguous().t(), dw, g, c, h, "sigmoid", True).onepass
+        assert lin._BwdPlan(gy, x, w, dw, g, c, h, "sigmoid", True).onepass
+        assert not lin._BwdPlan(gy[:0], x[:0], w, dw, g, c, h[:0], "sigmoid", True).onepass  # nothing to launch
+    # column offsets are int32 in the kernel: a grad_y whose columns span 2^31 elements is refused (meta: no memory)
+    wide = torch.empty_strided((8, 4), (1, 1 << 30), device="meta")
+    assert lin._columns_fit_int32(gy, x, w, dw, g, c, h) and not lin._columns_fit_int32(wide, x, w, dw, g, c, h)
 
 
 @apply(interp)
@@ -348,12 +362,14 @@ def test_linear_nan_stays_in_its_row():
 
 
 @apply(interp)
-def test_linear_backward_is_deterministic():
+@pytest.mark.parametrize("path", ["onepass", "gemm"])
+def test_linear_backward_is_deterministic(path):
     x, w, b, dw, db, g, c = make(150, 33, 45, 3, torch.float32, DEVICE)
     _, h = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
     gy = torch.randn(150, 45, device=DEVICE)
-    g1 = K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True)
-    g2 = K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True)
+    with K.backward_path(path):
+        g1 = K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True)
+        g2 = K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True)
     for a, b_ in zip(g1, g2):
         assert torch.equal(a, b_)
 
@@ -368,8 +384,9 @@ def test_linear_weights_in_one_storage_use_the_stacked_view():
     assert K.dendritic_linear._stacked_view(w, dw) is None
     _, h = K.linear_fwd(x, w, b, dw, db, g, c, "tanh", True)
     gy = torch.randn(23, n, dtype=torch.float64, device=DEVICE)
-    ga = K.linear_bwd(gy, x, w, dw, g, c, h, "tanh", True)
-    gb = K.linear_bwd(gy, x, w1, dw1, g, c, h, "tanh", True)
+    with K.backward_path("gemm"):  # the split backward's dX is the GEMM that reads the stacked view
+        ga = K.linear_bwd(gy, x, w, dw, g, c, h, "tanh", True)
+        gb = K.linear_bwd(gy, x, w1, dw1, g, c, h, "tanh", True)
     for a, b_ in zip(ga, gb):
         torch.testing.assert_close(a, b_, atol=1e-12, rtol=1e-12)
 
@@ -404,12 +421,14 @@ class _KernelLinear(torch.autograd.Function):
     "d,act,bias",
     [(0, "sigmoid", True), (1, "tanh", False), (2, "relu", True), (3, "sigmoid", True), (2, "identity", True)],
 )
-def test_linear_gradcheck_fp64(d, act, bias):
+@pytest.mark.parametrize("path", ["onepass", "gemm"])
+def test_linear_gradcheck_fp64(d, act, bias, path):
     x, w, b, dw, db, g, c = make(3, 4, 3, d, torch.float64, DEVICE, bias=bias, seed=3)
     inputs = [None if t is None else t.requires_grad_() for t in (x, w, b, dw, db, g, c)]
-    assert torch.autograd.gradcheck(
-        lambda *a: _KernelLinear.apply(*a, act), inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=d != 1
-    )
+    with K.backward_path(path):
+        assert torch.autograd.gradcheck(
+            lambda *a: _KernelLinear.apply(*a, act), inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=d != 1
+        )
 
 
 @apply(interp)
