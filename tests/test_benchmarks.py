@@ -37,3 +37,32 @@ def test_bench_conv_small(benchmark, d):
     x = torch.randn(4, 8, 16, 16)
     y = benchmark(lambda: PF.dendritic_conv2d(x, w, b, dw, db, g, c, 1, 1))
     assert y.shape == F.conv2d(x, w, b, 1, 1).shape
+
+
+def test_bench_harness_cli_writes_json_png_and_summary(tmp_path, capsys):
+    """`pai-fast bench` (the GPU harness) end to end on the CPU: one small case, two providers, one round."""
+    import json
+
+    from pai_fast import bench
+
+    out = tmp_path / "b"
+    argv = ["--shapes", "64x784->128", "--dendrites", "1", "--modes", "fb", "--providers", "plain,eager"]
+    assert bench.main([*argv, "--rounds", "1", "--out", str(out)]) == 0
+    data = json.loads((out.parent / "b.json").read_text())
+    assert (out.parent / "b.png").stat().st_size > 0
+    assert {r["provider"] for r in data["rows"]} == {"plain", "eager"}
+    assert all(r["ms"] > 0 and r["mode"] == "fb" and r["D"] == 1 for r in data["rows"])
+    assert data["environment"]["torch"] == torch.__version__
+    assert "linear 64x784->128 float32 D=1 fb" in capsys.readouterr().out
+
+
+def test_bench_summary_ratios():
+    from pai_fast.bench import summarize
+
+    case = dict(kind="linear", shape="s", dtype="bfloat16", D=3, mode="fb")
+    ms = {"plain": 0.5, "cat_gemm": 0.4, "eager": 3.0, "compiled": 2.0, "triton": 1.0, "cuda": 1.5}
+    table = summarize([dict(case, provider=p, ms=v) for p, v in ms.items()])
+    header, row = table.splitlines()
+    assert header.split()[-4:] == ["best/limit", "best/compiled", "eager/triton", "eager/cuda"]
+    # best fused = triton 1.0: 1.0/0.4, 1.0/2.0; eager 3.0 over triton and cuda
+    assert row.split()[-4:] == ["2.50", "0.50", "3.00", "2.00"]
