@@ -4,7 +4,7 @@
 
 For each shape, dtype and D it times the backward op (pai_fast.kernels.linear_bwd_packed) under
 backward_path("onepass") and backward_path("gemm"):
-  - device: a CUDA graph of 20 backward calls, replayed (triton.testing.do_bench median / 20): GPU time only;
+  - device: the call captured in a CUDA graph and replayed (triton.testing.do_bench_cudagraph median): GPU time;
   - eager:  the eager call (do_bench median): what a training step pays, host time included where it dominates.
 The two paths' results are checked against each other first; a case where they differ is reported, not timed.
 """
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
-from triton.testing import do_bench
+from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,31 +36,10 @@ TOLERANCE = {"bfloat16": 3e-2, "float16": 1e-2, "float32": 1e-4, "float64": 1e-1
 
 
 def case(m, k, n, d, dtype):
-    g = torch.Generator(device="cpu").manual_seed(0)
-
-    def r(*s, scale=1.0):
-        return (torch.randn(s, generator=g) * scale).to("cuda", dtype)
-
-    wcat = r(1 + d, n, k, scale=k**-0.5)
-    x, w, dw = r(m, k), wcat[0], wcat[1:]
-    b, db, gate, cas = r(n, scale=0.1), r(d, n, scale=0.1), r(d, n), r(d, d, n, scale=0.1)
+    """The backward's arguments for the bench's Linear case (same inputs as `pai-fast bench`)."""
+    x, (w, b, dw, db, gate, cas) = pbench._linear_case(m, k, n, d, dtype, "cuda")
     _, h = K.linear_fwd(x, w, b, dw, db, gate, cas, "sigmoid", True)
-    gy = r(m, n)
-    return (gy, x, w, dw, gate, cas, h, "sigmoid", True)
-
-
-def graph_time(fn, reps=20) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    return do_bench(graph.replay, warmup=10, rep=60, return_mode="median") / reps
+    return (torch.randn(m, n, device="cuda", dtype=dtype), x, w, dw, gate, cas, h, "sigmoid", True)
 
 
 def main() -> None:
@@ -96,7 +75,8 @@ def main() -> None:
                 for path in ("onepass", "gemm"):
                     with K.backward_path(path):
                         fn = lambda a=a: L.linear_bwd_packed(*a)  # noqa: E731
-                        res[path] = (graph_time(fn), do_bench(fn, warmup=10, rep=60, return_mode="median"))
+                        device = do_bench_cudagraph(fn, rep=60, return_mode="median")
+                        res[path] = (device, do_bench(fn, warmup=10, rep=60, return_mode="median"))
                 macs = m * (1 + d) * n * k
                 row = dict(shape=f"{m}x{k}->{n}", dtype=dtype_name, D=d, macs=macs, rel_diff=err,
                            onepass_device_ms=res["onepass"][0], gemm_device_ms=res["gemm"][0],

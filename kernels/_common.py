@@ -69,17 +69,21 @@ def set_autotune(enabled: bool) -> None:
 
 
 @contextlib.contextmanager
-def use_config(config: triton.Config | None):
-    """Force one launch config on the forward kernels inside the block (tests: check every autotune candidate)."""
-    old = _state["config"]
-    _state["config"] = config
+def _overriding(key: str, value):
+    """_state[key] = value inside the block, restored after (the launch plans key on it, so no stale plan runs)."""
+    old = _state[key]
+    _state[key] = value
     try:
         yield
     finally:
-        _state["config"] = old
+        _state[key] = old
 
 
-@contextlib.contextmanager
+def use_config(config: triton.Config | None):
+    """Force one launch config on the forward kernels inside the block (tests: check every autotune candidate)."""
+    return _overriding("config", config)
+
+
 def backward_path(path: str):
     """Choose the Linear backward inside the block: "onepass" (one launch, dZ recomputed inside the GEMMs),
     "gemm" (the dZ kernel, then cuBLAS) or "auto" (onepass for small layers). Tests run both. "onepass" runs where
@@ -87,12 +91,7 @@ def backward_path(path: str):
     offsets within int32; other calls take the split backward as before."""
     if path not in BACKWARD_PATHS:
         raise ValueError(f"backward_path: path must be one of {BACKWARD_PATHS}, got {path!r}")
-    old = _state["bwd_path"]
-    _state["bwd_path"] = path
-    try:
-        yield
-    finally:
-        _state["bwd_path"] = old
+    return _overriding("bwd_path", path)
 
 
 def launch_config(heuristic) -> dict | None:

@@ -767,12 +767,12 @@ def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 # fp64 shares true fp32's limit (not probed; its dots are no faster).
 # The choice does not depend on CUDA-graph capture (a path first taken inside a capture would compile there); a
 # graph-captured model of mid-size layers pays the one-pass device time.
-ONEPASS_MAX_MACS = {"bf16": 1 << 31, "tf32": 1 << 30, "ieee": 1 << 29}
+ONEPASS_MAX_MACS = {"16-bit": 1 << 31, "tf32": 1 << 30, "ieee": 1 << 29}
 
 
 def onepass_max_macs(dtype: torch.dtype) -> int:
     """The auto threshold for an input dtype (see ONEPASS_MAX_MACS): by the dot its GEMMs run."""
-    return ONEPASS_MAX_MACS["bf16" if torch.empty((), dtype=dtype).element_size() == 2 else dot_precision(dtype)]
+    return ONEPASS_MAX_MACS["16-bit" if dtype.itemsize == 2 else dot_precision(dtype)]
 
 
 ONEPASS_MAX_P = 4  # auto: D <= 3 (P = 8 spills registers; backward_path("onepass") still runs D <= 7)
