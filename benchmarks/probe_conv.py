@@ -13,6 +13,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
 SHAPES = {"32x64x56x56->64": (32, 64, 56, 64), "32x256x14x14->256": (32, 256, 14, 256)}
@@ -48,27 +49,38 @@ def _case(name: str, b: int, c: int, hw: int, n: int, d: int, dt: torch.dtype, r
         "cudnn_plain": lambda: F.conv2d(x, w, bias, 1, 1),
         "cudnn_cat": lambda: F.conv2d(x, wcat, None, 1, 1),
     }
-    for label, tma, xin in (("ptr", False, x), ("tma", True, x), ("tma_nchw", True, x.contiguous())):
+    # label: (weight_tma, x_tma, input). "box": both tiles by TMA, x as a spatial box (X_TMA 2).
+    variants = {
+        "ptr": (False, False, x),
+        "tma_w": (True, False, x),
+        "box": (True, "auto", x),
+        "box_nchw": (True, "auto", x.contiguous()),
+    }
 
-        def fwd(tma=tma, xin=xin):
-            conv._state["weight_tma"] = tma
+    def setting(label):
+        tma, xt, _ = variants.get(label, ("auto", "auto", x))
+        conv._state.update(weight_tma=tma, x_tma=xt)
+
+    for label, (_, _, xin) in variants.items():
+
+        def fwd(label=label, xin=xin):
+            setting(label)
             return K.conv_fwd(xin, w, bias, dw, db, gate, cas, *geo, "sigmoid", False)[0]
 
         fns[label] = fwd
     want = None
     for label, fn in fns.items():
-        conv._state["weight_tma"] = label.startswith("tma")
+        setting(label)
         try:
             y = fn()
             torch.cuda.synchronize()
-            if label in ("ptr", "tma", "tma_nchw"):
-                zero = K.conv_fwd(x, w, bias, dw, db, gate * 0, cas, *geo, "sigmoid", False)[
-                    0
-                ].float()  # gate 0: y is the main conv alone, comparable to cuDNN's
+            if label in variants:
+                # gate 0: y is the main conv alone, comparable to cuDNN's
+                zero = K.conv_fwd(x, w, bias, dw, db, gate * 0, cas, *geo, "sigmoid", False)[0].float()
                 err = (zero - ref).abs().max().item() / ref.abs().max().item()
                 if want is None:
                     want = y.float()
-                err_y = (y.float() - want).abs().max().item()
+                err_y = (y.float() - want).abs().max().item() / want.abs().max().item()
             else:
                 err = err_y = 0.0
             dev = do_bench_cudagraph(fn, rep=60, return_mode="median")
@@ -77,25 +89,32 @@ def _case(name: str, b: int, c: int, hw: int, n: int, d: int, dt: torch.dtype, r
             print(f"{name} D={d} {label}: FAILED {type(e).__name__}: {e}")
             continue
         rows.append(dict(shape=name, D=d, variant=label, device_ms=dev, wall_ms=wall, rel_err=err, vs_ptr=err_y))
-    conv._state["weight_tma"] = "auto"
+    conv._state.update(weight_tma="auto", x_tma="auto")
     info = {
         "ptr": _compiled_info(conv._launch_fwd_tuned),
-        "tma": _compiled_info(conv._launch_tma_tuned),
+        "tma_w": _compiled_info(conv._launch_tma_tuned),
+        "box": _compiled_info(conv._launch_box_tuned),
         "ptr_cfg": str(getattr(conv._fwd_kernel_tuned, "best_config", None)),
-        "tma_cfg": str(getattr(conv._fwd_tma_tuned, "best_config", None)),
+        "tma_w_cfg": str(getattr(conv._fwd_tma_tuned, "best_config", None)),
+        "box_cfg": str(getattr(conv._fwd_box_tuned, "best_config", None)),
     }
     print(f"{name} D={d} compiled: {json.dumps(info)}")
-    # Every TMA candidate forced, device time only: how much the autotuner's pick leaves.
-    for cfg in conv.tma_configs(dt):
-        with K.use_config(cfg):
-            fn = fns["tma"]
-            try:
-                fn()
-                dev = do_bench_cudagraph(fn, rep=40, return_mode="median")
-            except Exception as e:
-                print(f"  forced {cfg}: FAILED {type(e).__name__}: {e}")
+    # Every spatial-box candidate forced, device time only: how much the autotuner's pick leaves.
+    for base in conv.rows_of_128_bytes(conv.BOX_CONFIGS, x.element_size()):
+        for bc in (128, 256):
+            if base.kwargs["BLOCK_M"] * bc > 4096 * base.num_warps:
                 continue
-        rows.append(dict(shape=name, D=d, variant=f"tma[{cfg}]", device_ms=dev, wall_ms=None))
+            cfg = triton.Config({**base.kwargs, "BLOCK_C": bc}, num_warps=base.num_warps, num_stages=base.num_stages)
+            with K.use_config(cfg):
+                fn = fns["box"]
+                try:
+                    fn()
+                    dev = do_bench_cudagraph(fn, rep=40, return_mode="median")
+                except Exception as e:
+                    print(f"  forced {cfg}: FAILED {type(e).__name__}: {e}")
+                    continue
+            rows.append(dict(shape=name, D=d, variant=f"box[{cfg}]", device_ms=dev, wall_ms=None))
+    conv._state.update(weight_tma="auto", x_tma="auto")
 
 
 def main() -> None:
@@ -110,7 +129,8 @@ def main() -> None:
     for name, (b, c, hw, n) in SHAPES.items():
         for d in (int(v) for v in args.ds.split(",")):
             _case(name, b, c, hw, n, d, dt, rows)
-    print(f"{'shape':20} {'D':>2} {'variant':60} {'device ms':>10} {'wall ms':>9} {'x cudnn_cat':>11} {'err':>8}")
+    head = f"{'shape':20} {'D':>2} {'variant':60} {'device ms':>10} {'wall ms':>9} {'x cudnn_cat':>11}"
+    print(f"{head} {'err':>8} {'vs ptr':>8}")
     for row in rows:
         cat = next(
             q["device_ms"]
@@ -120,7 +140,7 @@ def main() -> None:
         wall = "" if row["wall_ms"] is None else f"{row['wall_ms']:.4f}"
         print(
             f"{row['shape']:20} {row['D']:>2} {row['variant'][:60]:60} {row['device_ms']:10.4f} {wall:>9} "
-            f"{row['device_ms'] / cat:11.2f} {row.get('rel_err', 0.0):8.1e}"
+            f"{row['device_ms'] / cat:11.2f} {row.get('rel_err', 0.0):8.1e} {row.get('vs_ptr', 0.0):8.1e}"
         )
     with open(args.out, "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)

@@ -163,36 +163,81 @@ def _conv_fwd_kernel(
     ACC_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     W_TMA: tl.constexpr,
+    X_TMA: tl.constexpr,  # 0: x tile by pointers; 1: by TMA, flat rows (stride 1, no padding); 2: TMA spatial box
     EVEN_C: tl.constexpr,
+    BW: tl.constexpr,  # X_TMA 2: the box is BLOCK_M // BW output rows by BW output columns
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
     BN: tl.constexpr = BLOCK_C // P
-    pid_m, pid_n = _grouped_tile(ROWS, N, BLOCK_M, BN, GROUP_M)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ohw = OH * OW
+    if X_TMA == 2:
+        # A tile is a BH x BW block of one output plane; tap (kd, kh, kw) reads the input block at a fixed offset,
+        # one [1, 1, BH, BW, BLOCK_K] box of x [B, ID, IH, IW, CIN] whose parts in the padding (or past the end)
+        # TMA returns as zeros: no masks, both wgmma operands straight from shared memory.
+        BH: tl.constexpr = BLOCK_M // BW
+        tiles_w = tl.cdiv(OW, BW)
+        tiles_h = tl.cdiv(OH, BH)
+        od_n = OS // ohw
+        pid_m, pid_n = _grouped_tile((ROWS // OS) * od_n * tiles_h * tiles_w, N, 1, BN, GROUP_M)
+        tw = pid_m % tiles_w
+        t_ = pid_m // tiles_w
+        th = t_ % tiles_h
+        t_ = t_ // tiles_h
+        od = t_ % od_n
+        b_i = t_ // od_n
+        bb = b_i.to(tl.int64)
+        oh = th * BH + tl.arange(0, BLOCK_M) // BW
+        ow = tw * BW + tl.arange(0, BLOCK_M) % BW
+        row_out = (oh < OH) & (ow < OW)
+        sp = od * ohw + oh * OW + ow
+    else:
+        pid_m, pid_n = _grouped_tile(ROWS, N, BLOCK_M, BN, GROUP_M)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BLOCK_K)
-    # Output position of every row (rows past the end wrap around; they are never stored).
-    rows = (offs_m % ROWS).to(tl.int64)
-    bb = rows // OS
-    sp = rows - bb * OS
-    ohw = OH * OW
-    od = sp // ohw
-    rem = sp - od * ohw
-    oh = rem // OW
-    ow = rem - oh * OW
-    id0 = od * conv_sd - pad_d
-    ih0 = oh * conv_sh - pad_h
-    iw0 = ow * conv_sw - pad_w
-    x_rows = x_ptr + bb * stride_xb
+    if X_TMA == 1:
+        # Rows are positions of the INPUT grid (stride 1, no padding, ROWS = B * ID * IH * IW < 2**31): the tap
+        # (kd, kh, kw) of every row is the row `shift` further on, so x's tile is one TMA box of the [ROWS, CIN]
+        # matrix. A row is an output only where its position lies inside the output grid, and there every tap
+        # lies inside the input.
+        ihw = IH * IW
+        isz = ID * ihw
+        bb = offs_m // isz
+        rem = offs_m - bb * isz
+        od = rem // ihw
+        rem = rem - od * ihw
+        oh = rem // IW
+        ow = rem - oh * IW
+        row_out = (offs_m < ROWS) & (od < OS // ohw) & (oh < OH) & (ow < OW)
+        sp = od * ohw + oh * OW + ow
+        bb = bb.to(tl.int64)
+    elif X_TMA == 0:
+        # Output position of every row (rows past the end wrap around; they are never stored).
+        rows = (offs_m % ROWS).to(tl.int64)
+        bb = rows // OS
+        sp = rows - bb * OS
+        od = sp // ohw
+        rem = sp - od * ohw
+        oh = rem // OW
+        ow = rem - oh * OW
+        row_out = offs_m < ROWS
+        id0 = od * conv_sd - pad_d
+        ih0 = oh * conv_sh - pad_h
+        iw0 = ow * conv_sw - pad_w
+        x_rows = x_ptr + bb * stride_xb
 
     if not W_TMA:
         w_rows, c_mask = _stacked_weight_rows(w_ptr, v_ptr, pid_n, N, stride_wn, stride_vd, stride_vn, D, BN, BLOCK_C)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC_DTYPE)
+    if X_TMA == 2:
+        # x's tile is wgmma's B operand here (acc transposed): Triton keeps a reshaped TMA box in shared memory
+        # only as B, and the stacked weight tile, one plain 2-D box, is A.
+        acc = tl.zeros((BLOCK_C, BLOCK_M), dtype=ACC_DTYPE)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC_DTYPE)
     ncb = tl.cdiv(CIN, BLOCK_K)
     KK: tl.constexpr = KD * KH * KW
     for t in range(0, KK * ncb):
@@ -201,18 +246,31 @@ def _conv_fwd_kernel(
         kd = kpos // (KH * KW)
         kh = (kpos // KW) % KH
         kw = kpos % KW
-        i_d = id0 + kd * dil_d
-        i_h = ih0 + kh * dil_h
-        i_w = iw0 + kw * dil_w
-        row_ok = (i_d >= 0) & (i_d < ID) & (i_h >= 0) & (i_h < IH) & (i_w >= 0) & (i_w < IW)
         ci = cb * BLOCK_K + offs_k
-        x_ptrs = (x_rows + i_d * stride_xd + i_h * stride_xh + i_w * stride_xw)[:, None] + ci[None, :] * stride_xc
         k_ok = ci < CIN
-        if EVEN_C:
-            a = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+        # TMA returns channels past CIN as zeros, and rows before the first or past the last.
+        if X_TMA == 2:
+            i_h = th * BH + kh * dil_h - pad_h
+            i_w = tw * BW + kw * dil_w - pad_w
+            a = x_ptr.load([b_i, od + kd * dil_d - pad_d, i_h, i_w, cb * BLOCK_K])
+            a = tl.reshape(a, (BLOCK_M, BLOCK_K))
+        elif X_TMA == 1:
+            shift = kd * dil_d * ihw + kh * dil_h * IW + kw * dil_w
+            a = x_ptr.load([pid_m * BLOCK_M + shift, cb * BLOCK_K])
         else:
-            a = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if W_TMA:
+            i_d = id0 + kd * dil_d
+            i_h = ih0 + kh * dil_h
+            i_w = iw0 + kw * dil_w
+            row_ok = (i_d >= 0) & (i_d < ID) & (i_h >= 0) & (i_h < IH) & (i_w >= 0) & (i_w < IW)
+            x_ptrs = (x_rows + i_d * stride_xd + i_h * stride_xh + i_w * stride_xw)[:, None] + ci[None, :] * stride_xc
+            if EVEN_C:
+                a = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+            else:
+                a = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if X_TMA == 2:
+            # Wtiles [N-tiles * P * BN, KK * CIN]: the stacked tile of N-tile pid_n is BLOCK_C consecutive rows.
+            b = w_ptr.load([pid_n * BLOCK_C, kpos * CIN + cb * BLOCK_K])
+        elif W_TMA:
             # The [P, BN, BLOCK_K] box is the stacked tile; branch rows past D come back as zeros. Where BLOCK_K
             # does not divide Cin the box runs into the next kernel position's channels, which meet the zeroed
             # (masked) x columns.
@@ -223,13 +281,18 @@ def _conv_fwd_kernel(
                 b = tl.load(w_ptrs, mask=c_mask[:, None], other=0.0)
             else:
                 b = tl.load(w_ptrs, mask=c_mask[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        if X_TMA == 2:
+            acc = tl.dot(b, tl.trans(a), acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+        else:
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
+    if X_TMA == 2:
+        acc = tl.trans(acc)
 
     _dendritic_epilogue(
         acc,
         offs_n,
         offs_n < N,
-        offs_m < ROWS,
+        row_out,
         y_ptr + bb * stride_yb + sp * stride_ys,
         h_ptr + bb * stride_hb + sp * stride_hs,
         stride_yn,
@@ -263,19 +326,45 @@ def _prune(configs, named_args, **kwargs):
     return select_configs(configs, a["ROWS"], a["N"], a["CIN"], kwargs["P"], a["x_ptr"].element_size())
 
 
-_heuristics = triton.heuristics({"EVEN_C": lambda a: a["CIN"] % a["BLOCK_K"] == 0})
+def box_width(oh: int, ow: int, block_m: int) -> int:
+    """BW of the spatial box (X_TMA 2): the power of two (>= 8 unless BLOCK_M is smaller) whose BLOCK_M // BW by
+    BW tiles cover the OH x OW output plane with the fewest wasted rows; ties go to the wider box."""
+    best = None
+    bw = min(8, block_m)
+    while bw <= block_m:
+        bh = block_m // bw
+        cost = cdiv(oh, bh) * bh * cdiv(ow, bw) * bw
+        if best is None or cost <= best[0]:
+            best = (cost, bw)
+        bw *= 2
+    return best[1]
+
+
+_heuristics = triton.heuristics(
+    {
+        "EVEN_C": lambda a: a["CIN"] % a["BLOCK_K"] == 0,
+        "BW": lambda a: box_width(a["OH"], a["OW"], a["BLOCK_M"]) if a["X_TMA"] == 2 else 1,
+    }
+)
 _fwd_kernel = _heuristics(_conv_fwd_kernel)
 # The autotuned variant wraps the same JIT function (one compile cache); never built under the interpreter.
-_TUNE_KEY = ["ROWS_KEY", "N", "CIN", "KD", "KH", "KW", "D", "SAVE_H", "HAS_BIAS"]
+_TUNE_KEY = ["ROWS_KEY", "N", "CIN", "KD", "KH", "KW", "D", "SAVE_H", "HAS_BIAS", "X_TMA"]
 _fwd_kernel_tuned = autotuned(_fwd_kernel, ALL_CONFIGS, _TUNE_KEY, _prune)
 _launch_fwd = Launcher(_fwd_kernel)
 _launch_fwd_tuned = Launcher(_fwd_kernel_tuned)
 
 
 def _w_box(nargs: dict) -> None:
-    """Autotune pre-hook of the TMA-weight variant: the descriptor's box follows the config's tile."""
-    p = nargs["P"]
-    nargs["w_ptr"].block_shape = [p, nargs["BLOCK_C"] // p, nargs["BLOCK_K"]]
+    """Autotune pre-hook of the TMA variants: the descriptors' boxes follow the config's tile."""
+    p, bm, bc, bk = nargs["P"], nargs["BLOCK_M"], nargs["BLOCK_C"], nargs["BLOCK_K"]
+    if nargs["X_TMA"] == 2:
+        bw = box_width(nargs["OH"], nargs["OW"], bm)
+        nargs["x_ptr"].block_shape = [1, 1, bm // bw, bw, bk]
+        nargs["w_ptr"].block_shape = [bc, bk]
+        return
+    nargs["w_ptr"].block_shape = [p, bc // p, bk]
+    if nargs["X_TMA"] == 1:
+        nargs["x_ptr"].block_shape = [bm, bk]
 
 
 def _tma_cfg(block_m: int, block_c: int, block_k: int, warps: int, stages: int) -> triton.Config:
@@ -298,15 +387,45 @@ def tma_configs(dtype: torch.dtype) -> list:
 
 
 def _prune_tma(configs, named_args, **kwargs):
-    return rows_of_128_bytes(configs, named_args["x_ptr"].element_size())
+    return rows_of_128_bytes(configs, named_args["y_ptr"].element_size())
 
 
 _fwd_tma_tuned = autotuned(_fwd_kernel, TMA_CONFIGS, _TUNE_KEY, _prune_tma)
 _launch_tma_tuned = Launcher(_fwd_tma_tuned)
+
+
+def _box_cfg(block_m: int, block_k: int, warps: int, stages: int) -> triton.Config:
+    kw = {"BLOCK_M": block_m, "BLOCK_K": block_k, "GROUP_M": 8}
+    return triton.Config(kw, num_warps=warps, num_stages=stages, pre_hook=_w_box)
+
+
+# The spatial-box mainloop (X_TMA 2): BLOCK_C is the plan's (the weight tiles are packed for it), so the candidates
+# vary the rest. A 128 x 256 fp32 accumulator needs 8 warps.
+BOX_CONFIGS = [
+    _box_cfg(bm, bk, warps, stages)
+    for bk in (64, 32)
+    for bm, warps, stages in ((128, 8, 3), (128, 8, 4), (128, 4, 4), (64, 4, 4), (64, 4, 5), (256, 8, 3))
+]
+
+
+def _prune_box(configs, named_args, **kwargs):
+    keep = rows_of_128_bytes(configs, named_args["y_ptr"].element_size())
+    return [c for c in keep if c.kwargs["BLOCK_M"] * kwargs["BLOCK_C"] <= 16384 * c.num_warps // 4]
+
+
+_fwd_box_tuned = autotuned(_fwd_kernel, BOX_CONFIGS, _TUNE_KEY + ["BLOCK_C"], _prune_box)
+_launch_box_tuned = Launcher(_fwd_box_tuned)
+
+
+def box_block_c(n: int, p: int) -> int:
+    """BLOCK_C of the spatial-box mainloop: 256 stacked columns when the layer has them, else 128 (or 64)."""
+    return max(64, min(256, next_pow2(n * p)))
+
+
 _TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # "auto": the weight-TMA mainloop where the problem is large enough to repay its per-call host work (packing the
 # weights, building a descriptor); True: wherever it can run (tests, probes); False: never.
-_state = {"weight_tma": "auto"}
+_state = {"weight_tma": "auto", "x_tma": "auto"}
 # Measured on the H100 (h100_probe_conv_9e32f1b): at batch 32 the TMA mainloop saves <= 10 % of the kernel's
 # 50-100 µs while its host work costs ~35 µs per call; it pays from about 5e10 MACs (~0.3 ms of kernel time).
 _TMA_MIN_MACS = 5e10
@@ -316,13 +435,54 @@ def _use_weight_tma(x: torch.Tensor, cin: int, kk: int, p: int, rows: int, n: in
     """Whether the weight tiles come by TMA: Hopper, 2-byte or TF32 inputs, P <= 8, Wpack rows (kk * Cin
     elements) 16-byte aligned, and (unless forced) a problem large enough to repay the per-call host work."""
     mode = _state["weight_tma"]
-    if not mode or TensorDescriptor is None or interpreting() or p > 8 or not x.is_cuda:
+    if not mode or TensorDescriptor is None or p > 8:
+        return False
+    if interpreting():  # only when forced (tests: the index math of the TMA mainloops on the CPU)
+        return mode is True and (kk * cin * x.element_size()) % 16 == 0
+    if not x.is_cuda:
         return False
     if x.dtype not in _TMA_DTYPES or (x.dtype == torch.float32 and dot_precision(x.dtype) != "tf32"):
         return False
     if rows < 1024 or (kk * cin * x.element_size()) % 16 or device_capability(x.device) < (9, 0):
         return False
     return mode is True or rows * n * p * kk * cin >= _TMA_MIN_MACS
+
+
+def _x_tma_mode(x: torch.Tensor, st: tuple, pd: tuple, ins: tuple, rows_out: int) -> int:
+    """How x's tile comes with the weight's by TMA (the kernel's X_TMA): 0, by pointers; 1, as rows of the
+    [B * ID * IH * IW, Cin] matrix, a fixed shift per tap (no padding, input-grid rows < 2**31, at most 30 %
+    of them off the output grid unless forced); 2, as a spatial box of [B, ID, IH, IW, Cin] (padding). Both need
+    stride 1 and x dense channels-innermost with 16-byte rows."""
+    if _state["x_tma"] is False or max(st) != 1 or (x.shape[1] * x.element_size()) % 16:
+        return 0
+    if not x.movedim(1, -1).is_contiguous():
+        return 0
+    rows_in = x.shape[0] * ins[0] * ins[1] * ins[2]
+    if max(pd) == 0 and 2 * rows_in + 1024 < 2**31 and (_state["x_tma"] is True or 10 * rows_in <= 13 * rows_out):
+        return 1
+    return 2
+
+
+def _pack_tiles(wpack: torch.Tensor, p: int, bn: int) -> torch.Tensor:
+    """Wtiles [N-tiles * P * BN, K] from Wpack [1 + D, Cout, K]: N-tile t's stacked tile (branch-major, P blocks
+    of BN rows, zeros past D and Cout) is rows t * P * BN onwards, one 2-D TMA box. Wpack itself when it already is
+    (one N-tile, P = 1 + D, Cout = BN)."""
+    branches, n, k = wpack.shape
+    tiles = cdiv(n, bn)
+    if tiles == 1 and branches == p and n == bn:
+        return wpack.view(p * bn, k)
+    if n % bn == 0 and branches == p:  # one copy, nothing to zero
+        out = wpack.new_empty((tiles, p, bn, k))
+        out.copy_(wpack.view(p, tiles, bn, k).transpose(0, 1))
+        return out.view(tiles * p * bn, k)
+    out = wpack.new_zeros((tiles, p, bn, k))
+    if n % bn == 0:
+        out[:, :branches].copy_(wpack.view(branches, tiles, bn, k).transpose(0, 1))
+    else:
+        full = wpack.new_zeros((branches, tiles * bn, k))
+        full[:, :n].copy_(wpack)
+        out[:, :branches].copy_(full.view(branches, tiles, bn, k).transpose(0, 1))
+    return out.view(tiles * p * bn, k)
 
 
 def _pack_weights(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor:
@@ -455,7 +615,7 @@ class _ConvFwdPlan:
 
     __slots__ = (
         "serial", "rows", "n", "d", "p", "y_shape", "y_strides", "h_shape", "h_strides", "x_cl", "w_tma",
-        "w_cl", "v_cl", "w_contig", "has_bias", "ints", "meta", "grid", "launch", "box",
+        "w_cl", "v_cl", "w_contig", "has_bias", "ints", "meta", "grid", "launch", "box", "x_tma", "xbox", "geo", "x5",
     )  # fmt: skip
 
     def __init__(self, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, geo, save):
@@ -481,6 +641,11 @@ class _ConvFwdPlan:
             x = _channels_last(x, 1)
         kk = ks[0] * ks[1] * ks[2]
         self.w_tma = _use_weight_tma(x, cin, kk, p, rows, n)
+        self.x_tma = _x_tma_mode(x, st, pd, ins, rows) if self.w_tma else 0
+        if self.x_tma == 1:  # the rows are the input grid's positions (see the kernel)
+            self.rows = rows = bsz * ins[0] * ins[1] * ins[2]
+        self.geo = (bsz * outs[0], outs[1], outs[2])
+        self.x5 = (bsz, *ins)
         self.w_cl = self.v_cl = self.w_contig = False
         if self.w_tma:
             ws, vs = (0,) * 5, (0, 0)
@@ -520,19 +685,34 @@ class _ConvFwdPlan:
             ACC_DTYPE=acc_dtype(x.dtype),
             DOT_PRECISION=dot_precision(x.dtype),
             W_TMA=self.w_tma,
+            X_TMA=self.x_tma,
         )
         cfg = launch_config(lambda: _heuristic_config(rows, n, cin, p, x.dtype))
-        self.grid = self._grid if cfg is None else self._grid(cfg)
         self.launch = _launch_fwd if cfg is not None else _launch_tma_tuned if self.w_tma else _launch_fwd_tuned
+        if self.x_tma == 2:  # BLOCK_C is the plan's (unless a forced config sets it): Wtiles are packed for it
+            if cfg is None:
+                self.launch = _launch_box_tuned
+            if "BLOCK_C" not in (cfg or {}):
+                self.meta["BLOCK_C"] = box_block_c(n, p)
         if cfg is not None:
             self.meta.update(cfg)
-        self.box = None
-        if self.w_tma:  # the box of the default (or forced) config; the autotuner's pre-hook re-sets it per candidate
-            box = cfg or tma_configs(x.dtype)[0].kwargs
-            self.box = [p, box["BLOCK_C"] // p, box["BLOCK_K"]]
+        self.grid = self._grid if cfg is None else self._grid(self.meta)
+        self.box = self.xbox = None
+        if self.w_tma:  # the boxes of the default (or forced) config; the autotuner's pre-hook re-sets them
+            box = {**(cfg or tma_configs(x.dtype)[0].kwargs), **self.meta}
+            bm, bc, bk = box["BLOCK_M"], box["BLOCK_C"], box["BLOCK_K"]
+            self.box, self.xbox = [p, bc // p, bk], [bm, bk]
+            if self.x_tma == 2:
+                bw = box_width(outs[1], outs[2], bm)
+                self.box, self.xbox = [bc, bk], [1, 1, bm // bw, bw, bk]
 
     def _grid(self, meta: dict) -> tuple[int]:
-        return (cdiv(self.rows, meta["BLOCK_M"]) * cdiv(self.n, meta["BLOCK_C"] // self.p),)
+        n_tiles = cdiv(self.n, meta["BLOCK_C"] // self.p)
+        if self.x_tma == 2:
+            planes, oh, ow = self.geo
+            bw = box_width(oh, ow, meta["BLOCK_M"])
+            return (planes * cdiv(oh, meta["BLOCK_M"] // bw) * cdiv(ow, bw) * n_tiles,)
+        return (cdiv(self.rows, meta["BLOCK_M"]) * n_tiles,)
 
     def weights(self, weight, dendrite_weight):
         """The pointer mainloop's weights, re-laid out as this signature needs."""
@@ -565,7 +745,7 @@ def conv_fwd(
     geo = (stride, padding, dilation, activation)
     plan = _plans.get(
         tensors,
-        (*geo, save_for_backward, *plan_state(x.dtype), _state["weight_tma"]),
+        (*geo, save_for_backward, *plan_state(x.dtype), _state["weight_tma"], _state["x_tma"]),
         lambda: _ConvFwdPlan(*tensors, geo, save_for_backward),
     )
     dev, dt = x.device, x.dtype
@@ -579,7 +759,19 @@ def conv_fwd(
     b_t, c_t = (bias, dendrite_bias) if has_bias else (y, y)
     if plan.w_tma:
         wpack = _pack_weights(weight, dendrite_weight)
+        if plan.x_tma == 2:
+            wpack = _pack_tiles(wpack, plan.p, plan.box[0] // plan.p)
         desc = TensorDescriptor(wpack, list(wpack.shape), list(wpack.stride()), plan.box)
+        if plan.x_tma:
+            if x.data_ptr() % 16:  # TMA needs a 16-byte aligned base: an aligned copy, same strides
+                x = x.clone()
+            c = x.shape[1]
+            if plan.x_tma == 1:  # x as the [B * ID * IH * IW, Cin] matrix it is in memory
+                x = TensorDescriptor(x, [plan.rows, c], [c, 1], plan.xbox)
+            else:  # x as [B, ID, IH, IW, Cin]
+                bsz, i_d, i_h, i_w = plan.x5
+                strides = [i_d * i_h * i_w * c, i_h * i_w * c, i_w * c, c, 1]
+                x = TensorDescriptor(x, [bsz, i_d, i_h, i_w, c], strides, plan.xbox)
         plan.launch(plan.grid, (x, desc, x, b_t, c_t, gate, cascade, y, h, *plan.ints), plan.meta)
         return y, h
     weight, dendrite_weight = plan.weights(weight, dendrite_weight)

@@ -29,12 +29,12 @@ TL_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
 
 def compile_for(
     fn, arch: int, dtype: torch.dtype, constexprs: dict, pointer_dtypes: dict | None = None, ints: dict | None = None,
-    **opts,
+    descriptors: dict | None = None, **opts,
 ):  # fmt: skip
     """Compile JIT function fn for sm_<arch> as a launch would: pointer arguments (named *_ptr) of dtype (or
-    pointer_dtypes[name]) and 16-byte aligned; the other runtime arguments i32 with the values in ints (default 7),
-    specialized as Triton's launcher does (== 1 becomes a constant, % 16 == 0 a divisibility hint); constexprs as
-    given. Returns the compiled kernel."""
+    pointer_dtypes[name]) and 16-byte aligned, or TMA descriptors of dtype with the box descriptors[name]; the
+    other runtime arguments i32 with the values in ints (default 7), specialized as Triton's launcher does (== 1
+    becomes a constant, % 16 == 0 a divisibility hint); constexprs as given. Returns the compiled kernel."""
     while not isinstance(fn, JITFunction):  # through heuristics / autotune wrappers
         fn = fn.fn
     const_names = {fn.arg_names[i] for i in fn.constexprs}
@@ -44,6 +44,8 @@ def compile_for(
     for i, name in enumerate(fn.arg_names):
         if name in const_names:
             sig[name] = "constexpr"
+        elif name in (descriptors or {}):
+            sig[name] = f"tensordesc<{TL_NAME[dtype]}[{', '.join(map(str, descriptors[name]))}]>"
         elif name.endswith("_ptr"):
             sig[name] = "*" + TL_NAME[(pointer_dtypes or {}).get(name, dtype)]
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -105,6 +107,24 @@ def test_linear_forward_and_dz_kernels_compile(d):
 def test_conv_forward_kernel_compiles():
     meta = dict(
         KD=1, KH=3, KW=3, D=3, P=4, ACT=1, HAS_BIAS=True, SAVE_H=True, ACC_DTYPE=tl.float32, DOT_PRECISION="ieee",
-        W_TMA=False, EVEN_C=True, BLOCK_M=64, BLOCK_C=128, BLOCK_K=64, GROUP_M=8,
+        W_TMA=False, X_TMA=0, EVEN_C=True, BW=1, BLOCK_M=64, BLOCK_C=128, BLOCK_K=64, GROUP_M=8,
     )  # fmt: skip
     assert compile_for(V._conv_fwd_kernel, 90, torch.bfloat16, meta, num_warps=4, num_stages=3).asm["cubin"]
+
+
+@pytest.mark.parametrize(("x_tma", "bw"), [(1, 1), (2, 8), (2, 64)])
+def test_conv_forward_tma_mainloops_compile(x_tma, bw):
+    """The Hopper mainloops with both tiles by TMA, as their largest autotune candidate (128 x 256, 4 stages): both
+    operands of wgmma come straight from shared memory (no local_load; a reshaped box stays there only as wgmma's
+    B operand, which is why the spatial box is B), one wgmma per step, all pipelined."""
+    meta = dict(
+        KD=1, KH=3, KW=3, D=3, P=4, ACT=1, HAS_BIAS=True, SAVE_H=False, ACC_DTYPE=tl.float32, DOT_PRECISION="ieee",
+        W_TMA=True, X_TMA=x_tma, EVEN_C=True, BW=bw, BLOCK_M=128, BLOCK_C=256, BLOCK_K=64, GROUP_M=8,
+    )  # fmt: skip
+    boxes = {"x_ptr": [128, 64], "w_ptr": [4, 64, 64]}
+    if x_tma == 2:
+        boxes = {"x_ptr": [1, 1, 128 // bw, bw, 64], "w_ptr": [256, 64]}
+    k = compile_for(V._conv_fwd_kernel, 90, torch.bfloat16, meta, descriptors=boxes, num_warps=8, num_stages=4)
+    ttgir = k.asm["ttgir"]
+    assert ttgir.count("async_tma_copy_global_to_local") >= 2, "both tiles arrive by TMA"
+    assert ttgir.count("warp_group_dot ") == 1 and "local_load" not in ttgir

@@ -146,6 +146,90 @@ def test_conv_input_strides(layout):
                   x_fn=lambda t: t.contiguous(memory_format=torch.channels_last_3d))  # fmt: skip
 
 
+@pytest.fixture
+def forced_tma():
+    """Both TMA mainloops forced (on the CPU the interpreter runs them; the GPU tests cover Hopper)."""
+    conv = sys.modules["pai_fast.kernels.dendritic_conv"]
+    old = dict(conv._state)
+    conv._state.update(weight_tma=True, x_tma=True)
+    yield conv
+    conv._state.update(old)
+
+
+@apply(interp)
+@pytest.mark.usefixtures("forced_tma")
+@pytest.mark.parametrize(
+    ("sp", "k", "padding", "dilation", "d", "c", "mode"),
+    [((7, 9), 3, 1, 1, 3, 8, 2), ((7, 9), 3, 0, 1, 1, 4, 1), ((8, 7), 3, 2, 2, 2, 12, 2), ((8, 7), 1, 0, 1, 3, 4, 1),
+     ((8, 7), (3, 1), (1, 0), 2, 0, 4, 2), ((11,), 5, 2, 1, 2, 4, 2), ((11,), 3, 0, 2, 1, 8, 1),
+     ((4, 5, 6), 3, 1, 1, 1, 4, 2), ((4, 5, 6), 2, 0, 1, 2, 4, 1)],
+)  # fmt: skip
+def test_conv_x_tma_mainloops(sp, k, padding, dilation, d, c, mode):
+    """The mainloops whose x tile comes by TMA. Mode 1 (no padding): one box of the [B * prod(input), Cin] matrix
+    shifted per tap, rows off the output grid computed and dropped. Mode 2 (padding): a spatial box per tap whose
+    parts in the padding TMA returns as zeros, the weight tiles packed per N-tile. 'same' and valid padding,
+    dilation, Cin not a multiple of BLOCK_K (the box's channels past Cin come back as zeros), Conv1d..3d."""
+    plans = sys.modules["pai_fast.kernels.dendritic_conv"]._plans
+    plans.clear()
+    fmt = {2: torch.channels_last, 3: torch.channels_last_3d}
+    if len(sp) == 1:  # Conv1d: channels innermost is [B, L, C] viewed as [B, C, L]
+        x_fn = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
+    else:
+        x_fn = lambda t: t.contiguous(memory_format=fmt[len(sp)])  # noqa: E731
+    conv_case(DEVICE, torch.float32, 2, c, 5, sp, k, d, "tanh", 1, padding, dilation, x_fn=x_fn)
+    assert [p.x_tma for p in plans._plans.values()] == [mode]
+
+
+@apply(interp)
+@pytest.mark.usefixtures("forced_tma")
+def test_conv_x_tma_only_where_it_applies():
+    """Stride > 1 and x not dense channels-innermost keep the pointer x tile (with the weight by TMA); without
+    padding, the flat rows unless too many of them fall off the output grid."""
+    conv = sys.modules["pai_fast.kernels.dendritic_conv"]
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    one, pad = (1, 1, 1), (0, 0, 0)
+    assert conv._x_tma_mode(x, one, pad, (1, 6, 6), 72) == 1
+    assert conv._x_tma_mode(x, one, (0, 1, 1), (1, 6, 6), 72) == 2
+    assert conv._x_tma_mode(x, (1, 2, 2), pad, (1, 6, 6), 18) == 0
+    assert conv._x_tma_mode(x.contiguous(), one, pad, (1, 6, 6), 72) == 0
+    assert conv._x_tma_mode(x[:, :6], one, pad, (1, 6, 6), 72) == 0
+    conv._state["x_tma"] = "auto"
+    assert conv._x_tma_mode(x, one, pad, (1, 6, 6), 32) == 2, "auto: a spatial box when many rows fall off"
+    conv_case(DEVICE, torch.float32, 2, 8, 5, (6, 6), 3, 2, "sigmoid", 2, 1, 1, x_fn=lambda t: t.contiguous(
+        memory_format=torch.channels_last))  # fmt: skip
+
+
+def test_box_width_covers_the_plane_with_the_fewest_rows():
+    conv = sys.modules["pai_fast.kernels.dendritic_conv"]
+    assert conv.box_width(56, 56, 64) == 8  # 8 x 8 tiles: no waste
+    assert conv.box_width(1, 300, 128) == 128  # Conv1d: one row of 128
+    assert conv.box_width(14, 14, 128) in (8, 16)
+    for oh, ow, bm in ((56, 56, 128), (14, 14, 64), (7, 7, 128), (28, 28, 256), (3, 100, 64)):
+        bw = conv.box_width(oh, ow, bm)
+        cost = -(-oh // (bm // bw)) * (bm // bw) * -(-ow // bw) * bw
+        for other in (8, 16, 32, 64, 128, 256):
+            if other <= bm:
+                bh = bm // other
+                assert cost <= -(-oh // bh) * bh * -(-ow // other) * other
+
+
+@pytest.mark.parametrize(("n", "d", "bn"), [(64, 3, 64), (40, 2, 16), (96, 1, 64), (128, 1, 64), (256, 3, 64)])
+def test_pack_tiles_puts_each_stacked_tile_in_one_box(n, d, bn):
+    conv = sys.modules["pai_fast.kernels.dendritic_conv"]
+    p = K.dendritic_linear.next_pow2(1 + d)
+    wpack = torch.randn(1 + d, n, 36)
+    tiles = conv._pack_tiles(wpack, p, bn)
+    assert tiles.shape == (-(-n // bn) * p * bn, 36)
+    for t in range(-(-n // bn)):
+        for branch in range(p):
+            rows = tiles[(t * p + branch) * bn : (t * p + branch + 1) * bn]
+            want = torch.zeros(bn, 36)
+            if branch <= d:
+                part = wpack[branch, t * bn : (t + 1) * bn]
+                want[: part.shape[0]] = part
+            assert torch.equal(rows, want)
+
+
 @apply(interp)
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv_small_and_single(bias):
@@ -407,7 +491,7 @@ def test_gpu_conv_weight_tma(dtype, d, c):
             K.set_fast_launch(fast)
             outs.append(K.conv_fwd(xs, w, bb, dw, db, g, cas, (1, 1), (1, 1), (1, 1), "sigmoid", True))
         assert all(torch.equal(a, b_) for o in outs[1:] for a, b_ in zip(o, outs[0]))
-        assert conv._launch_tma_tuned._cache
+        assert conv._launch_box_tuned._cache, "the stride-1 cases take the spatial-box mainloop (x by TMA too)"
     finally:
         conv._state["weight_tma"] = old_mode
         K.set_fast_launch(True)
