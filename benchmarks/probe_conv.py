@@ -102,7 +102,7 @@ def _case(name: str, b: int, c: int, hw: int, n: int, d: int, dt: torch.dtype, r
     # Every spatial-box candidate forced, device time only: how much the autotuner's pick leaves.
     for base in conv.rows_of_128_bytes(conv.BOX_CONFIGS, x.element_size()):
         for bc in (128, 256):
-            if base.kwargs["BLOCK_M"] * bc > 4096 * base.num_warps:
+            if not conv.box_config_fits(base.kwargs["BLOCK_M"], bc, base.num_warps, 1 << d.bit_length()):
                 continue
             cfg = triton.Config({**base.kwargs, "BLOCK_C": bc}, num_warps=base.num_warps, num_stages=base.num_stages)
             with K.use_config(cfg):

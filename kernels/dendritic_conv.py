@@ -400,17 +400,25 @@ def _box_cfg(block_m: int, block_k: int, warps: int, stages: int) -> triton.Conf
 
 
 # The spatial-box mainloop (X_TMA 2): BLOCK_C is the plan's (the weight tiles are packed for it), so the candidates
-# vary the rest. A 128 x 256 fp32 accumulator needs 8 warps.
+# vary the rest. A 3x3 conv's reduction is short (9 taps x Cin / BLOCK_K steps), so 2-3 stages that let two CTAs
+# share an SM (one's epilogue under the other's mainloop) compete with deeper pipelines.
 BOX_CONFIGS = [
     _box_cfg(bm, bk, warps, stages)
     for bk in (64, 32)
-    for bm, warps, stages in ((128, 8, 3), (128, 8, 4), (128, 4, 4), (64, 4, 4), (64, 4, 5), (256, 8, 3))
+    for bm, warps, stages in ((64, 4, 2), (64, 4, 3), (64, 4, 4), (128, 4, 2), (128, 4, 3), (128, 8, 3), (128, 8, 4))
 ]
+
+
+def box_config_fits(block_m: int, block_c: int, warps: int, p: int) -> bool:
+    """A spatial-box candidate worth timing: at most 128 accumulator registers per thread, and 8 warps only where
+    each warpgroup's channel half lies in one branch (BN >= 128). Measured on the H200 (h200_probe_conv_28accee):
+    with BN = 64 the epilogue's branch sums then cross warpgroups and the kernel runs 2-3x slower."""
+    return block_m * block_c <= 4096 * warps and (warps == 4 or block_c // p >= 128)
 
 
 def _prune_box(configs, named_args, **kwargs):
     keep = rows_of_128_bytes(configs, named_args["y_ptr"].element_size())
-    return [c for c in keep if c.kwargs["BLOCK_M"] * kwargs["BLOCK_C"] <= 16384 * c.num_warps // 4]
+    return [c for c in keep if box_config_fits(c.kwargs["BLOCK_M"], kwargs["BLOCK_C"], c.num_warps, kwargs["P"])]
 
 
 _fwd_box_tuned = autotuned(_fwd_kernel, BOX_CONFIGS, _TUNE_KEY + ["BLOCK_C"], _prune_box)
@@ -426,14 +434,18 @@ _TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # "auto": the weight-TMA mainloop where the problem is large enough to repay its per-call host work (packing the
 # weights, building a descriptor); True: wherever it can run (tests, probes); False: never.
 _state = {"weight_tma": "auto", "x_tma": "auto"}
-# Measured on the H100 (h100_probe_conv_9e32f1b): at batch 32 the TMA mainloop saves <= 10 % of the kernel's
-# 50-100 µs while its host work costs ~35 µs per call; it pays from about 5e10 MACs (~0.3 ms of kernel time).
+# Measured on the H100 (h100_probe_conv_9e32f1b): at batch 32 the weight-only TMA mainloop saves <= 10 % of the
+# kernel's 50-100 µs while its host work costs ~35 µs per call; it pays from about 5e10 MACs (~0.3 ms of kernel
+# time). With x by TMA too the kernel runs 1.2-1.6x faster than the pointer one (h200_probe_conv_28accee), which
+# repays the host work from a few 1e9 MACs (~10 µs of kernel time).
 _TMA_MIN_MACS = 5e10
+_X_TMA_MIN_MACS = 4e9
 
 
-def _use_weight_tma(x: torch.Tensor, cin: int, kk: int, p: int, rows: int, n: int) -> bool:
+def _use_weight_tma(x: torch.Tensor, cin: int, kk: int, p: int, rows: int, n: int, min_macs: float) -> bool:
     """Whether the weight tiles come by TMA: Hopper, 2-byte or TF32 inputs, P <= 8, Wpack rows (kk * Cin
-    elements) 16-byte aligned, and (unless forced) a problem large enough to repay the per-call host work."""
+    elements) 16-byte aligned, and (unless forced) a problem of at least min_macs, large enough to repay the
+    per-call host work."""
     mode = _state["weight_tma"]
     if not mode or TensorDescriptor is None or p > 8:
         return False
@@ -445,7 +457,7 @@ def _use_weight_tma(x: torch.Tensor, cin: int, kk: int, p: int, rows: int, n: in
         return False
     if rows < 1024 or (kk * cin * x.element_size()) % 16 or device_capability(x.device) < (9, 0):
         return False
-    return mode is True or rows * n * p * kk * cin >= _TMA_MIN_MACS
+    return mode is True or rows * n * p * kk * cin >= min_macs
 
 
 def _x_tma_mode(x: torch.Tensor, st: tuple, pd: tuple, ins: tuple, rows_out: int) -> int:
@@ -640,8 +652,10 @@ class _ConvFwdPlan:
         if self.x_cl:
             x = _channels_last(x, 1)
         kk = ks[0] * ks[1] * ks[2]
-        self.w_tma = _use_weight_tma(x, cin, kk, p, rows, n)
-        self.x_tma = _x_tma_mode(x, st, pd, ins, rows) if self.w_tma else 0
+        self.x_tma = _x_tma_mode(x, st, pd, ins, rows) if _use_weight_tma(x, cin, kk, p, rows, n, 0) else 0
+        self.w_tma = _use_weight_tma(x, cin, kk, p, rows, n, _X_TMA_MIN_MACS if self.x_tma else _TMA_MIN_MACS)
+        if not self.w_tma:
+            self.x_tma = 0
         if self.x_tma == 1:  # the rows are the input grid's positions (see the kernel)
             self.rows = rows = bsz * ins[0] * ins[1] * ins[2]
         self.geo = (bsz * outs[0], outs[1], outs[2])

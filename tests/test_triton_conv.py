@@ -475,7 +475,7 @@ def test_gpu_conv_weight_tma(dtype, d, c):
     old_mode = conv._state["weight_tma"]
     try:
         conv._state["weight_tma"] = True  # this small problem takes the pointer mainloop under "auto"
-        assert conv._use_weight_tma(x, c, 9, K.dendritic_linear.next_pow2(1 + d), b * 17 * 19, n)
+        assert conv._use_weight_tma(x, c, 9, K.dendritic_linear.next_pow2(1 + d), b * 17 * 19, n, 1e30)
         K.set_autotune(False)
         for cfg in conv.tma_configs(dtype):
             with K.use_config(cfg):
