@@ -269,9 +269,12 @@ def optimize(
             valid until the next call.
         max_graphs: graphs kept for different input shapes; further shapes run eagerly.
         warmup: eager runs before each capture.
-        fused_convs: run dendritic convs through the fused conv op too. Off by default: on an H100 cuDNN's conv
-            over the stacked weight (the folded form) is 3-9x faster than the fused Triton conv
-            (benchmarks/results/h100_conv_bf16.json), and inside a CUDA graph the extra epilogue ops cost little.
+        fused_convs: run dendritic convs through the fused conv op too. Off by default: when this was chosen
+            (benchmarks/results/h100_conv_bf16.json) cuDNN's conv over the stacked weight (the folded form) was 3-9x
+            faster than the fused Triton conv, and inside a CUDA graph the folded form's extra epilogue ops cost
+            little. Since then the fused forward on Hopper (x and weight tiles by TMA) runs at 0.99-1.25x cuDNN's
+            conv of width (1+D)·Cout in device time (h200_probe_conv_c619357); the default stays until the
+            inference benchmark has measured both forms again.
 
     Returns:
         On a CUDA device a ``CUDAGraphInference`` module; on a CPU ``pai_fast.fold(model)``.
