@@ -96,6 +96,17 @@ def conv_ref(
 
 
 @triton.jit
+def _grid_position(r, PLANE, HW, W):
+    """(image, depth, row, column) of the flat position r on a [*, D, H, W] grid; PLANE = D * H * W, HW = H * W."""
+    b = r // PLANE
+    rem = r - b * PLANE
+    d = rem // HW
+    rem = rem - d * HW
+    h = rem // W
+    return b, d, h, rem - h * W
+
+
+@triton.jit
 def _conv_fwd_kernel(
     x_ptr,
     w_ptr,  # W_TMA: a TMA descriptor over Wpack [1 + D, Cout, KD*KH*KW*Cin], box [P, BN, BLOCK_K]; else W's pointer
@@ -204,25 +215,15 @@ def _conv_fwd_kernel(
         # matrix. A row is an output only where its position lies inside the output grid, and there every tap
         # lies inside the input.
         ihw = IH * IW
-        isz = ID * ihw
-        bb = offs_m // isz
-        rem = offs_m - bb * isz
-        od = rem // ihw
-        rem = rem - od * ihw
-        oh = rem // IW
-        ow = rem - oh * IW
+        bb, od, oh, ow = _grid_position(offs_m, ID * ihw, ihw, IW)
         row_out = (offs_m < ROWS) & (od < OS // ohw) & (oh < OH) & (ow < OW)
         sp = od * ohw + oh * OW + ow
         bb = bb.to(tl.int64)
     elif X_TMA == 0:
         # Output position of every row (rows past the end wrap around; they are never stored).
         rows = (offs_m % ROWS).to(tl.int64)
-        bb = rows // OS
+        bb, od, oh, ow = _grid_position(rows, OS, ohw, OW)
         sp = rows - bb * OS
-        od = sp // ohw
-        rem = sp - od * ohw
-        oh = rem // OW
-        ow = rem - oh * OW
         row_out = offs_m < ROWS
         id0 = od * conv_sd - pad_d
         ih0 = oh * conv_sh - pad_h
