@@ -16,6 +16,8 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
+from pai_fast.bench import environment
+
 SHAPES = {"32x64x56x56->64": (32, 64, 56, 64), "32x256x14x14->256": (32, 256, 14, 256)}
 
 
@@ -143,7 +145,7 @@ def main() -> None:
             f"{row['device_ms'] / cat:11.2f} {row.get('rel_err', 0.0):8.1e} {row.get('vs_ptr', 0.0):8.1e}"
         )
     with open(args.out, "w") as f:
-        json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+        json.dump({"environment": environment(), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
