@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, test, benchmark. Full results go under $OUT; a short table is printed last.
 #   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [probeconv] [probebwd] [ctest]
-#     [sanitize] [export]
+#     [sanitize] [export] [cutlass]
 #   (default: build test bench). probe: the TMA-forward and host-overhead probes; ctest: the standalone CMake build
 #   of csrc/ (no Python), its C++ test program under ctest and compute-sanitizer (memcheck/racecheck/synccheck/initcheck).
 # Carry .whl/ (perforatedai's cp312 wheel, pytest-xdist) for the differential/baseline parts.
@@ -94,6 +94,12 @@ fi
 if has probeconv; then
   timeout 300 python3 benchmarks/probe_conv.py --out "$OUT/probe_conv.json" >"$OUT/probe_conv.log" 2>&1
   summary+=("probe_conv rc=$? (probe_conv.log)")
+fi
+
+if has cutlass; then  # CUTLASS sm90 GEMMs vs cuBLAS vs the hand-written csrc mainloop (needs .whl/nvidia_cutlass-*.whl)
+  timeout "${PAI_CUTLASS_TIMEOUT:-500}" bash benchmarks/cutlass_probe/run.sh "$OUT" ${PAI_CUTLASS_ARGS:-} >"$OUT/cutlass_run.log" 2>&1
+  summary+=("cutlass probe rc=$? (cutlass_probe.log)")
+  tail -25 "$OUT/cutlass_run.log"
 fi
 
 if has quickbench; then
