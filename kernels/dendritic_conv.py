@@ -20,7 +20,12 @@ position and the channel block is a contiguous run (x is made channels-innermost
 and the epilogue are the Linear kernel's (see dendritic_linear.py and _common.py): one tl.dot into a
 [BLOCK_M, P * BN] accumulator, cascade / activation / gated sum in registers, y and (training only) h written.
 On Hopper (W_TMA) the weight tile arrives by TMA from Wpack [1 + D, Cout, KD*KH*KW*Cin] (one [P, BN, BLOCK_K]
-box is the stacked tile, as in the Linear's TMA kernel), so only x's tile needs address registers.
+box is the stacked tile, as in the Linear's TMA kernel). For stride 1 and dense channels-innermost x, x's tile comes
+by TMA too (X_TMA 2): a program owns a BH x BW block of one output plane, and tap (kd, kh, kw) of the whole block is
+one [1, 1, BH, BW, BLOCK_K] box of x [B, ID, IH, IW, Cin] at a fixed offset, its parts in the padding returned as
+zeros by the TMA unit (no masks, no address arithmetic). The box is then wgmma's B operand against the weight tile
+packed per N-tile (one 2-D box, A), and the accumulator is transposed for the epilogue. X_TMA 1 (opt-in, not yet
+measured on hardware): without padding, rows are the B * prod(in) input positions and a tap is a fixed row shift.
 Conv1d and Conv2d run as Conv3d with unit leading dims. x may have any strides (NCHW, channels_last, slices). y and
 h keep x's memory format (pai_fast._layout.conv_empty, as the op's fake kernel promises): with channels_last x the
 epilogue's stores run along the channels, contiguous; with NCHW they are strided by the spatial size.
@@ -109,7 +114,11 @@ def _grid_position(r, PLANE, HW, W):
 @triton.jit
 def _conv_fwd_kernel(
     x_ptr,
-    w_ptr,  # W_TMA: a TMA descriptor over Wpack [1 + D, Cout, KD*KH*KW*Cin], box [P, BN, BLOCK_K]; else W's pointer
+    # x_ptr: X_TMA 1, a descriptor over x as [B * ID * IH * IW, CIN], box [BLOCK_M, BLOCK_K]; X_TMA 2, over x as
+    # [B, ID, IH, IW, CIN], box [1, 1, BH, BW, BLOCK_K]; else x's pointer. w_ptr: X_TMA 2, a descriptor over
+    # Wtiles [N-tiles * P * BN, KD*KH*KW*CIN] (_pack_tiles), box [BLOCK_C, BLOCK_K]; W_TMA, over Wpack
+    # [1 + D, Cout, KD*KH*KW*CIN], box [P, BN, BLOCK_K]; else W's pointer.
+    w_ptr,
     v_ptr,
     b_ptr,
     c_ptr,
@@ -117,7 +126,7 @@ def _conv_fwd_kernel(
     cas_ptr,
     y_ptr,
     h_ptr,
-    ROWS,  # B * OS
+    ROWS,  # B * OS (X_TMA 1: B * ID * IH * IW)
     N,  # output channels
     CIN,
     OS,  # OD * OH * OW
@@ -203,7 +212,7 @@ def _conv_fwd_kernel(
         oh = th * BH + tl.arange(0, BLOCK_M) // BW
         ow = tw * BW + tl.arange(0, BLOCK_M) % BW
         row_out = (oh < OH) & (ow < OW)
-        sp = od * ohw + oh * OW + ow
+        sp = (od * ohw + oh * OW + ow).to(tl.int64)  # int64: the epilogue multiplies it by h's stride D * N
     else:
         pid_m, pid_n = _grouped_tile(ROWS, N, BLOCK_M, BN, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -217,7 +226,7 @@ def _conv_fwd_kernel(
         ihw = IH * IW
         bb, od, oh, ow = _grid_position(offs_m, ID * ihw, ihw, IW)
         row_out = (offs_m < ROWS) & (od < OS // ohw) & (oh < OH) & (ow < OW)
-        sp = od * ohw + oh * OW + ow
+        sp = (od * ohw + oh * OW + ow).to(tl.int64)
         bb = bb.to(tl.int64)
     elif X_TMA == 0:
         # Output position of every row (rows past the end wrap around; they are never stored).
@@ -462,16 +471,17 @@ def _use_weight_tma(x: torch.Tensor, cin: int, kk: int, p: int, rows: int, n: in
 
 
 def _x_tma_mode(x: torch.Tensor, st: tuple, pd: tuple, ins: tuple, rows_out: int) -> int:
-    """How x's tile comes with the weight's by TMA (the kernel's X_TMA): 0, by pointers; 1, as rows of the
-    [B * ID * IH * IW, Cin] matrix, a fixed shift per tap (no padding, input-grid rows < 2**31, at most 30 %
-    of them off the output grid unless forced); 2, as a spatial box of [B, ID, IH, IW, Cin] (padding). Both need
-    stride 1 and x dense channels-innermost with 16-byte rows."""
+    """How x's tile comes with the weight's by TMA (the kernel's X_TMA): 0, by pointers; 2, as a spatial box of
+    [B, ID, IH, IW, Cin] (what "auto" takes); 1, only when forced (x_tma=True; not yet measured on hardware), as
+    rows of the [B * ID * IH * IW, Cin] matrix, a fixed shift per tap (no padding, input-grid rows < 2**31; the
+    rows off the output grid are computed and dropped). Both need stride 1 and x dense channels-innermost with
+    16-byte rows. rows_out (B * prod(out)) is kept for a rule on wasted rows once mode 1 is measured."""
     if _state["x_tma"] is False or max(st) != 1 or (x.shape[1] * x.element_size()) % 16:
         return 0
     if not x.movedim(1, -1).is_contiguous():
         return 0
     rows_in = x.shape[0] * ins[0] * ins[1] * ins[2]
-    if max(pd) == 0 and 2 * rows_in + 1024 < 2**31 and (_state["x_tma"] is True or 10 * rows_in <= 13 * rows_out):
+    if _state["x_tma"] is True and max(pd) == 0 and 2 * rows_in + 1024 < 2**31:
         return 1
     return 2
 
@@ -704,11 +714,12 @@ class _ConvFwdPlan:
         )
         cfg = launch_config(lambda: _heuristic_config(rows, n, cin, p, x.dtype))
         self.launch = _launch_fwd if cfg is not None else _launch_tma_tuned if self.w_tma else _launch_fwd_tuned
-        if self.x_tma == 2:  # BLOCK_C is the plan's (unless a forced config sets it): Wtiles are packed for it
-            if cfg is None:
-                self.launch = _launch_box_tuned
-            if "BLOCK_C" not in (cfg or {}):
-                self.meta["BLOCK_C"] = box_block_c(n, p)
+        if self.x_tma == 2 and cfg is None:
+            self.launch = _launch_box_tuned
+        # BLOCK_C is the plan's for the spatial box (Wtiles are packed for it), and for a forced config without one
+        # (a spatial-box candidate forced on any plan).
+        if (self.x_tma == 2 and cfg is None) or (cfg is not None and "BLOCK_C" not in cfg):
+            self.meta["BLOCK_C"] = box_block_c(n, p)
         if cfg is not None:
             self.meta.update(cfg)
         self.grid = self._grid if cfg is None else self._grid(self.meta)
@@ -776,6 +787,8 @@ def conv_fwd(
         wpack = _pack_weights(weight, dendrite_weight)
         if plan.x_tma == 2:
             wpack = _pack_tiles(wpack, plan.p, plan.box[0] // plan.p)
+        if wpack.data_ptr() % 16:  # a view of parameters at an odd offset (TMA needs a 16-byte aligned base)
+            wpack = wpack.clone()
         desc = TensorDescriptor(wpack, list(wpack.shape), list(wpack.stride()), plan.box)
         xd = x
         if plan.x_tma:

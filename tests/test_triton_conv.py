@@ -156,13 +156,20 @@ def forced_tma():
     conv._state.update(old)
 
 
+CPU_ONLY = pytest.mark.skipif(
+    DEVICE != "cpu",
+    reason="forces the TMA mainloops under the interpreter; on the GPU test_gpu_conv_weight_tma runs them",
+)
+
+
 @apply(interp)
+@CPU_ONLY
 @pytest.mark.usefixtures("forced_tma")
 @pytest.mark.parametrize(
     ("sp", "k", "padding", "dilation", "d", "c", "mode"),
     [((7, 9), 3, 1, 1, 3, 8, 2), ((7, 9), 3, 0, 1, 1, 4, 1), ((8, 7), 3, 2, 2, 2, 12, 2), ((8, 7), 1, 0, 1, 3, 4, 1),
      ((8, 7), (3, 1), (1, 0), 2, 0, 4, 2), ((11,), 5, 2, 1, 2, 4, 2), ((11,), 3, 0, 2, 1, 8, 1),
-     ((4, 5, 6), 3, 1, 1, 1, 4, 2), ((4, 5, 6), 2, 0, 1, 2, 4, 1)],
+     ((4, 5, 6), 3, 1, 1, 1, 4, 2), ((4, 5, 6), 2, 0, 1, 2, 4, 1), ((20, 40), 3, 1, 1, 1, 4, 2)],
 )  # fmt: skip
 def test_conv_x_tma_mainloops(sp, k, padding, dilation, d, c, mode):
     """The mainloops whose x tile comes by TMA. Mode 1 (no padding): one box of the [B * prod(input), Cin] matrix
@@ -181,10 +188,26 @@ def test_conv_x_tma_mainloops(sp, k, padding, dilation, d, c, mode):
 
 
 @apply(interp)
+@CPU_ONLY
+@pytest.mark.usefixtures("forced_tma")
+def test_conv_x_tma_box_tiles_forced_small():
+    """The spatial box with BLOCK_M 16 (2 x 8 boxes): several tiles along both the rows and the columns of a plane,
+    ragged at both ends, each with its own padding."""
+    import triton
+
+    cfg = triton.Config({"BLOCK_M": 16, "BLOCK_C": 16, "BLOCK_K": 16, "GROUP_M": 8}, num_warps=4, num_stages=1)
+    assert sys.modules["pai_fast.kernels.dendritic_conv"].box_width(9, 21, 16) == 8  # 5 x 3 tiles of 2 x 8
+    with K.use_config(cfg):
+        conv_case(DEVICE, torch.float32, 2, 8, 5, (9, 21), 3, 1, "sigmoid", 1, 1, 1,
+                  x_fn=lambda t: t.contiguous(memory_format=torch.channels_last))  # fmt: skip
+
+
+@apply(interp)
+@CPU_ONLY
 @pytest.mark.usefixtures("forced_tma")
 def test_conv_x_tma_only_where_it_applies():
-    """Stride > 1 and x not dense channels-innermost keep the pointer x tile (with the weight by TMA); without
-    padding, the flat rows unless too many of them fall off the output grid."""
+    """Stride > 1 and x not dense channels-innermost keep the pointer x tile (with the weight by TMA); forced, no
+    padding takes the flat rows; "auto" takes the box."""
     conv = sys.modules["pai_fast.kernels.dendritic_conv"]
     x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
     one, pad = (1, 1, 1), (0, 0, 0)
@@ -193,8 +216,9 @@ def test_conv_x_tma_only_where_it_applies():
     assert conv._x_tma_mode(x, (1, 2, 2), pad, (1, 6, 6), 18) == 0
     assert conv._x_tma_mode(x.contiguous(), one, pad, (1, 6, 6), 72) == 0
     assert conv._x_tma_mode(x[:, :6], one, pad, (1, 6, 6), 72) == 0
+    assert conv._x_tma_mode(x, one, pad, (1, 6, 6), 32) == 1, "forced: flat rows, those off the output dropped"
     conv._state["x_tma"] = "auto"
-    assert conv._x_tma_mode(x, one, pad, (1, 6, 6), 32) == 2, "auto: a spatial box when many rows fall off"
+    assert conv._x_tma_mode(x, one, pad, (1, 6, 6), 72) == 2, "auto: the spatial box (flat rows are opt-in)"
     conv_case(DEVICE, torch.float32, 2, 8, 5, (6, 6), 3, 2, "sigmoid", 2, 1, 1, x_fn=lambda t: t.contiguous(
         memory_format=torch.channels_last))  # fmt: skip
 
@@ -213,7 +237,9 @@ def test_box_width_covers_the_plane_with_the_fewest_rows():
                 assert cost <= -(-oh // bh) * bh * -(-ow // other) * other
 
 
-@pytest.mark.parametrize(("n", "d", "bn"), [(64, 3, 64), (40, 2, 16), (96, 1, 64), (128, 1, 64), (256, 3, 64)])
+@pytest.mark.parametrize(
+    ("n", "d", "bn"), [(64, 3, 64), (40, 2, 16), (96, 1, 64), (128, 1, 64), (256, 3, 64), (64, 2, 32)]
+)
 def test_pack_tiles_puts_each_stacked_tile_in_one_box(n, d, bn):
     conv = sys.modules["pai_fast.kernels.dendritic_conv"]
     p = K.dendritic_linear.next_pow2(1 + d)
@@ -429,23 +455,23 @@ def test_gpu_conv_autotuned_every_dtype(dtype):
 
 
 @apply(gpu)
-@pytest.mark.parametrize("weight_tma", [False, True])
-def test_gpu_conv_every_config(weight_tma):
-    """Every pointer-pool config forced, through both mainloops (on Hopper the weight-TMA one takes this problem
-    unless turned off)."""
+@pytest.mark.parametrize(("weight_tma", "x_tma"), [(False, False), (True, False), (True, "auto")])
+def test_gpu_conv_every_config(weight_tma, x_tma):
+    """Every pointer-pool config forced through each mainloop: pointers, the weight tile by TMA, and both tiles by
+    TMA (the spatial box, which "auto" picks on Hopper for this stride-1 problem)."""
     common = sys.modules["pai_fast.kernels._common"]
     conv = sys.modules["pai_fast.kernels.dendritic_conv"]
     if weight_tma:
         _needs_tma()
-    old = conv._state["weight_tma"]
-    conv._state["weight_tma"] = weight_tma
+    old = dict(conv._state)
+    conv._state.update(weight_tma=weight_tma, x_tma=x_tma)
     try:
         for cfg in common.CONFIG_POOLS[(True, 2)] + common.CONFIG_POOLS[(False, 2)]:
             with K.use_config(cfg):
                 conv_case("cuda", torch.bfloat16, 6, 64, 48, (13, 14), 3, 3, "sigmoid", 1, 1, 1,
                           x_fn=lambda t: t.contiguous(memory_format=torch.channels_last))  # fmt: skip
     finally:
-        conv._state["weight_tma"] = old
+        conv._state.update(old)
 
 
 def _channels_last(t):
@@ -458,10 +484,13 @@ def _channels_last(t):
     [(torch.bfloat16, 1, 64), (torch.bfloat16, 3, 24), (torch.bfloat16, 5, 64), (torch.float16, 2, 40),
      (torch.float32, 3, 64)],
 )  # fmt: skip
-def test_gpu_conv_weight_tma(dtype, d, c):
-    """The Hopper mainloop with the stacked weight tile by TMA: each of its candidates forced (ragged Cout, Cin = 24
-    and 40 so a box runs past a kernel position's channels, D = 2 and 5 so branch rows fall outside the box), then
-    autotuned over stride / dilation variants; the direct launch replays the autotuned pick bitwise."""
+@pytest.mark.parametrize("x_tma", [False, "auto"])
+def test_gpu_conv_weight_tma(dtype, d, c, x_tma):
+    """The Hopper mainloops with the stacked weight tile by TMA, x by pointers (x_tma False) or by TMA too (the
+    spatial box, x_tma "auto"): each weight-TMA candidate forced (ragged Cout, Cin = 24 and 40 so a box runs past a
+    kernel position's channels, D = 2 and 5 so branch rows fall outside the box), then autotuned over stride /
+    padding / dilation variants (stride 2 takes the pointer x tile); the direct launch replays the autotuned pick
+    bitwise."""
     _needs_tma()
     conv = sys.modules["pai_fast.kernels.dendritic_conv"]
     common = sys.modules["pai_fast.kernels._common"]
@@ -472,9 +501,11 @@ def test_gpu_conv_weight_tma(dtype, d, c):
     ratio = dict(ratio_fwd=12.0, ratio_bwd=12.0) if dtype == torch.float32 else {}
     b, n, sp = 4, 40, (17, 19)
     x = _channels_last(torch.randn(b, c, *sp, device="cuda", dtype=dtype))
-    old_mode = conv._state["weight_tma"]
+    old_mode = dict(conv._state)
+    conv._launch_tma_tuned._cache.clear()
+    conv._launch_box_tuned._cache.clear()
     try:
-        conv._state["weight_tma"] = True  # this small problem takes the pointer mainloop under "auto"
+        conv._state.update(weight_tma=True, x_tma=x_tma)  # this small problem takes the pointer mainloop under "auto"
         assert conv._use_weight_tma(x, c, 9, K.dendritic_linear.next_pow2(1 + d), b * 17 * 19, n, 1e30)
         K.set_autotune(False)
         for cfg in conv.tma_configs(dtype):
@@ -482,7 +513,7 @@ def test_gpu_conv_weight_tma(dtype, d, c):
                 conv_case("cuda", dtype, b, c, n, sp, 3, d, "sigmoid", 1, 1, 1, x_fn=_channels_last, **ratio)
         conv_case("cuda", dtype, b, c, n, sp, 3, d, "tanh", 1, 1, 1, x_fn=_channels_last, backward=False, **ratio)
         K.set_autotune(True)
-        for s, p, dl in ((1, 1, 1), (2, 1, 1), (1, 2, 2)):
+        for s, p, dl in ((1, 1, 1), (2, 1, 1), (1, 2, 2), (1, 0, 1)):
             conv_case("cuda", dtype, b, c, n, sp, 3, d, "sigmoid", s, p, dl, x_fn=_channels_last, **ratio)
         xs, w, bb, dw, db, g, cas = make_conv(b, c, n, sp, 3, d, dtype, "cuda")
         xs = _channels_last(xs)
@@ -491,9 +522,10 @@ def test_gpu_conv_weight_tma(dtype, d, c):
             K.set_fast_launch(fast)
             outs.append(K.conv_fwd(xs, w, bb, dw, db, g, cas, (1, 1), (1, 1), (1, 1), "sigmoid", True))
         assert all(torch.equal(a, b_) for o in outs[1:] for a, b_ in zip(o, outs[0]))
-        assert conv._launch_box_tuned._cache, "the stride-1 cases take the spatial-box mainloop (x by TMA too)"
+        tuned = conv._launch_box_tuned if x_tma else conv._launch_tma_tuned
+        assert tuned._cache, "the autotuned launches of this mainloop were replayed from the direct-launch cache"
     finally:
-        conv._state["weight_tma"] = old_mode
+        conv._state.update(old_mode)
         K.set_fast_launch(True)
         K.set_autotune(old_tune)
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
