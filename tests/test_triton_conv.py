@@ -574,6 +574,40 @@ if given is not None:
         side = max(1, dilation * (k - 1) + 1 - 2 * padding) + extra  # at least one output position
         conv_case(DEVICE, torch.float64, b, c, n, (side,) * nd, k, d, act, stride, padding, dilation)
 
+    def _innermost(t):
+        """t with its channels innermost in memory (what the TMA mainloops read), same values and shape."""
+        return t.movedim(1, -1).contiguous().movedim(-1, 1)
+
+    @apply(interp)
+    @CPU_ONLY
+    @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(
+        sp=hs.lists(hs.integers(1, 9), min_size=1, max_size=3),
+        b=hs.integers(0, 2),
+        half_c=hs.integers(1, 3),
+        n=hs.integers(1, 5),
+        k=hs.integers(1, 3),
+        d=hs.integers(0, 4),
+        padding=hs.integers(0, 2),
+        dilation=hs.integers(1, 2),
+        x_tma=hs.sampled_from([True, "auto"]),
+        act=hs.sampled_from(["sigmoid", "tanh"]),
+    )
+    def test_conv_x_tma_fuzzed_shapes(sp, b, half_c, n, k, d, padding, dilation, x_tma, act):
+        """Hypothesis-drawn stride-1 geometries through the TMA mainloops (forced; float64, channels innermost):
+        the flat rows (x_tma=True without padding) and the spatial box, Conv1d..3d, batch 0 included."""
+        conv = sys.modules["pai_fast.kernels.dendritic_conv"]
+        sp = tuple(max(v, dilation * (k - 1) + 1 - 2 * padding) for v in sp)  # at least one output position
+        old = dict(conv._state)
+        conv._state.update(weight_tma=True, x_tma=x_tma)
+        conv._plans.clear()
+        try:
+            conv_case(DEVICE, torch.float64, b, 2 * half_c, n, sp, k, d, act, 1, padding, dilation, x_fn=_innermost)
+            want = 1 if x_tma is True and padding == 0 else 2
+            assert [p.x_tma for p in conv._plans._plans.values()] == [want]
+        finally:
+            conv._state.update(old)
+
 
 def test_conv_outputs_keep_the_input_memory_format():
     """conv_empty (what the fused backends and the fake kernels allocate through): channels_last in, channels last
