@@ -553,19 +553,18 @@ except ImportError:  # pragma: no cover - hypothesis is in the test extra
 
 
 if given is not None:
+    # Drawn by both fuzz tests: batch (0 included), output channels, kernel size, dendrites, dilation.
+    _LAYER = dict(b=hs.integers(0, 2), n=hs.integers(1, 5), k=hs.integers(1, 3), d=hs.integers(0, 4),
+                  dilation=hs.integers(1, 2))  # fmt: skip
 
     @apply(interp)
     @settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(
+        **_LAYER,
         nd=hs.integers(1, 2),
-        b=hs.integers(0, 2),
         c=hs.integers(1, 4),
-        n=hs.integers(1, 5),
-        k=hs.integers(1, 3),
-        d=hs.integers(0, 4),
         stride=hs.integers(1, 2),
         padding=hs.integers(0, 1),
-        dilation=hs.integers(1, 2),
         extra=hs.integers(0, 3),
         act=hs.sampled_from(["sigmoid", "tanh", "relu", "identity"]),
     )
@@ -582,14 +581,10 @@ if given is not None:
     @CPU_ONLY
     @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(
+        **_LAYER,
         sp=hs.lists(hs.integers(1, 9), min_size=1, max_size=3),
-        b=hs.integers(0, 2),
         half_c=hs.integers(1, 3),
-        n=hs.integers(1, 5),
-        k=hs.integers(1, 3),
-        d=hs.integers(0, 4),
         padding=hs.integers(0, 2),
-        dilation=hs.integers(1, 2),
         x_tma=hs.sampled_from([True, "auto"]),
         act=hs.sampled_from(["sigmoid", "tanh"]),
     )
