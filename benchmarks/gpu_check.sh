@@ -92,7 +92,7 @@ if has probebwd; then
 fi
 
 if has probeconv; then
-  timeout 300 python3 benchmarks/probe_conv.py --out "$OUT/probe_conv.json" >"$OUT/probe_conv.log" 2>&1
+  timeout "${PAI_PROBE_TIMEOUT:-400}" python3 benchmarks/probe_conv.py --out "$OUT/probe_conv.json" >"$OUT/probe_conv.log" 2>&1
   summary+=("probe_conv rc=$? (probe_conv.log)")
 fi
 

@@ -1,6 +1,8 @@
 """Where the fused conv forward's time goes (GPU machine): device time (CUDA-graph replay, no host) and wall time
 (do_bench, host included) of the Triton forward with each mainloop, against cuDNN's conv of width (1 + D) * Cout;
-the registers / spills of the compiled kernels; channels_last vs NCHW inputs.
+the registers / spills of the compiled kernels; channels_last vs NCHW inputs; every spatial-box candidate forced.
+Mainloops: ptr (x and weight by pointers), tma_w (weight by TMA), box (both by TMA, x as a spatial box per tap),
+flat (both by TMA, x as rows shifted per tap; forced, 1x1 / unpadded convs only).
 
     python benchmarks/probe_conv.py [--ds 1,3] [--dtype bfloat16] [--out probe_conv.json]
 """
@@ -18,7 +20,12 @@ from triton.testing import do_bench, do_bench_cudagraph
 
 from pai_fast.bench import environment
 
-SHAPES = {"32x64x56x56->64": (32, 64, 56, 64), "32x256x14x14->256": (32, 256, 14, 256)}
+# name: (batch, Cin, H = W, Cout, kernel size); 3x3 convs have padding 1, 1x1 convs none.
+SHAPES = {
+    "32x64x56x56->64": (32, 64, 56, 64, 3),
+    "32x256x14x14->256": (32, 256, 14, 256, 3),
+    "32x256x56x56->64 1x1": (32, 256, 56, 64, 1),
+}
 
 
 def _compiled_info(launcher) -> list[str]:
@@ -30,7 +37,7 @@ def _compiled_info(launcher) -> list[str]:
     return out
 
 
-def _case(name: str, b: int, c: int, hw: int, n: int, d: int, dt: torch.dtype, rows: list) -> None:
+def _case(name: str, b: int, c: int, hw: int, n: int, k: int, d: int, dt: torch.dtype, rows: list) -> None:
     import pai_fast.kernels as K
 
     conv = sys.modules["pai_fast.kernels.dendritic_conv"]
@@ -40,24 +47,28 @@ def _case(name: str, b: int, c: int, hw: int, n: int, d: int, dt: torch.dtype, r
         return torch.randn(s, device="cuda", dtype=dt, generator=g) * scale
 
     x = r(b, c, hw, hw).contiguous(memory_format=torch.channels_last)
-    fan = (c * 9) ** -0.5
-    w, bias, dw = r(n, c, 3, 3, scale=fan), r(n, scale=0.1), r(d, n, c, 3, 3, scale=fan)
+    fan = (c * k * k) ** -0.5
+    pad = k // 2
+    w, bias, dw = r(n, c, k, k, scale=fan), r(n, scale=0.1), r(d, n, c, k, k, scale=fan)
     db, gate, cas = r(d, n, scale=0.1), r(d, n), r(d, d, n, scale=0.1)
     wcat = torch.cat([w[None], dw]).flatten(0, 1)
-    geo = ((1, 1), (1, 1), (1, 1))
-    ref = F.conv2d(x.float(), wcat.float(), None, 1, 1)
+    geo = ((1, 1), (pad, pad), (1, 1))
+    ref = F.conv2d(x.float(), wcat.float(), None, 1, pad)
     ref = ref[:, :n] + bias.float()[None, :, None, None]  # only checks the mainloop's main branch below
     fns = {
-        "cudnn_plain": lambda: F.conv2d(x, w, bias, 1, 1),
-        "cudnn_cat": lambda: F.conv2d(x, wcat, None, 1, 1),
+        "cudnn_plain": lambda: F.conv2d(x, w, bias, 1, pad),
+        "cudnn_cat": lambda: F.conv2d(x, wcat, None, 1, pad),
     }
-    # label: (weight_tma, x_tma, input). "box": both tiles by TMA, x as a spatial box (X_TMA 2).
+    # label: (weight_tma, x_tma, input). "box": both tiles by TMA, x as a spatial box (X_TMA 2); "flat": x as
+    # rows shifted per tap (X_TMA 1, forced; no padding only).
     variants = {
         "ptr": (False, False, x),
         "tma_w": (True, False, x),
         "box": (True, "auto", x),
         "box_nchw": (True, "auto", x.contiguous()),
     }
+    if pad == 0:
+        variants["flat"] = (True, True, x)
 
     def setting(label):
         tma, xt, _ = variants.get(label, ("auto", "auto", x))
@@ -128,9 +139,9 @@ def main() -> None:
     dt = getattr(torch, args.dtype)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     rows: list = []
-    for name, (b, c, hw, n) in SHAPES.items():
+    for name, (b, c, hw, n, k) in SHAPES.items():
         for d in (int(v) for v in args.ds.split(",")):
-            _case(name, b, c, hw, n, d, dt, rows)
+            _case(name, b, c, hw, n, k, d, dt, rows)
     head = f"{'shape':20} {'D':>2} {'variant':60} {'device ms':>10} {'wall ms':>9} {'x cudnn_cat':>11}"
     print(f"{head} {'err':>8} {'vs ptr':>8}")
     for row in rows:
