@@ -205,6 +205,26 @@ def test_conv_x_tma_box_tiles_forced_small():
 @apply(interp)
 @CPU_ONLY
 @pytest.mark.usefixtures("forced_tma")
+def test_conv_tma_mainloops_with_unaligned_tensors():
+    """x and the weights at a 4-byte offset (dense, so the TMA mainloops still apply): TMA needs 16-byte aligned
+    bases, so the launcher copies them first, and the result is the oracle's."""
+    plans = sys.modules["pai_fast.kernels.dendritic_conv"]._plans
+    plans.clear()
+
+    def unaligned(t):  # same values, channels innermost, data 4 bytes past a 16-byte boundary
+        flat = torch.empty(t.numel() + 1, dtype=t.dtype)[1:]
+        out = flat.view(t.shape[0], *t.shape[2:], t.shape[1]).movedim(-1, 1)
+        out.copy_(t)
+        assert out.data_ptr() % 16 and out.movedim(1, -1).is_contiguous()
+        return out
+
+    conv_case(DEVICE, torch.float32, 2, 8, 5, (6, 7), 3, 2, "tanh", 1, 1, 1, x_fn=unaligned)
+    assert [p.x_tma for p in plans._plans.values()] == [2]
+
+
+@apply(interp)
+@CPU_ONLY
+@pytest.mark.usefixtures("forced_tma")
 def test_conv_x_tma_only_where_it_applies():
     """Stride > 1 and x not dense channels-innermost keep the pointer x tile (with the weight by TMA); forced, no
     padding takes the flat rows; "auto" takes the box."""
