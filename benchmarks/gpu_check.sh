@@ -94,6 +94,8 @@ fi
 if has probeconv; then
   timeout "${PAI_PROBE_TIMEOUT:-400}" python3 benchmarks/probe_conv.py --out "$OUT/probe_conv.json" >"$OUT/probe_conv.log" 2>&1
   summary+=("probe_conv rc=$? (probe_conv.log)")
+  timeout 200 python3 benchmarks/probe_conv_host.py --calls 300 >"$OUT/probe_conv_host.log" 2>&1
+  summary+=("probe_conv_host rc=$? (probe_conv_host.log)")
 fi
 
 if has cutlass; then  # CUTLASS sm90 GEMMs vs cuBLAS vs the hand-written csrc mainloop (needs .whl/nvidia_cutlass-*.whl)
@@ -121,7 +123,7 @@ if has export && [ -f benchmarks/bench_export.py ]; then
   tail -10 "$OUT/export_gpu.log"
 fi
 
-for f in probe_fwd_tma.log probe_host.log probe_conv.log probe_linear_bwd.log; do [ -f "$OUT/$f" ] && { echo "---- $f"; grep -vE '^\s*$' "$OUT/$f" | cut -c1-160 | tail -70; }; done
+for f in probe_fwd_tma.log probe_host.log probe_conv.log probe_conv_host.log probe_linear_bwd.log; do [ -f "$OUT/$f" ] && { echo "---- $f"; grep -vE '^\s*$' "$OUT/$f" | cut -c1-160 | tail -70; }; done
 echo "================ summary ================"
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
 [ -f "$OUT/bench.log" ] && grep -E "^(case|linear|conv)" "$OUT/bench.log" | cut -c1-150
