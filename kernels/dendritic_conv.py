@@ -364,21 +364,29 @@ _launch_fwd = Launcher(_fwd_kernel)
 _launch_fwd_tuned = Launcher(_fwd_kernel_tuned)
 
 
+def tma_boxes(x_tma: int, p: int, block_m: int, block_c: int, block_k: int, oh: int, ow: int) -> tuple[list, list]:
+    """(weight box, x box) of a config's tile: X_TMA 2, the packed tile [BLOCK_C, BLOCK_K] and the spatial box
+    [1, 1, BH, BW, BLOCK_K]; else the stacked tile [P, BN, BLOCK_K] and (X_TMA 1) x's rows [BLOCK_M, BLOCK_K]."""
+    if x_tma == 2:
+        bw = box_width(oh, ow, block_m)
+        return [block_c, block_k], [1, 1, block_m // bw, bw, block_k]
+    return [p, block_c // p, block_k], [block_m, block_k]
+
+
 def _w_box(nargs: dict) -> None:
     """Autotune pre-hook of the TMA variants: the descriptors' boxes follow the config's tile."""
-    p, bm, bc, bk = nargs["P"], nargs["BLOCK_M"], nargs["BLOCK_C"], nargs["BLOCK_K"]
-    if nargs["X_TMA"] == 2:
-        bw = box_width(nargs["OH"], nargs["OW"], bm)
-        nargs["x_ptr"].block_shape = [1, 1, bm // bw, bw, bk]
-        nargs["w_ptr"].block_shape = [bc, bk]
-        return
-    nargs["w_ptr"].block_shape = [p, bc // p, bk]
-    if nargs["X_TMA"] == 1:
-        nargs["x_ptr"].block_shape = [bm, bk]
+    a = nargs
+    w_box, x_box = tma_boxes(a["X_TMA"], a["P"], a["BLOCK_M"], a["BLOCK_C"], a["BLOCK_K"], a["OH"], a["OW"])
+    a["w_ptr"].block_shape = w_box
+    if a["X_TMA"]:
+        a["x_ptr"].block_shape = x_box
 
 
-def _tma_cfg(block_m: int, block_c: int, block_k: int, warps: int, stages: int) -> triton.Config:
-    kw = {"BLOCK_M": block_m, "BLOCK_C": block_c, "BLOCK_K": block_k, "GROUP_M": 8}
+def _tma_cfg(block_m: int, block_c: int | None, block_k: int, warps: int, stages: int) -> triton.Config:
+    """A TMA candidate; block_c None leaves BLOCK_C to the launch (the spatial box packs its weights for it)."""
+    kw = {"BLOCK_M": block_m, "BLOCK_K": block_k, "GROUP_M": 8}
+    if block_c is not None:
+        kw["BLOCK_C"] = block_c
     return triton.Config(kw, num_warps=warps, num_stages=stages, pre_hook=_w_box)
 
 
@@ -404,16 +412,11 @@ _fwd_tma_tuned = autotuned(_fwd_kernel, TMA_CONFIGS, _TUNE_KEY, _prune_tma)
 _launch_tma_tuned = Launcher(_fwd_tma_tuned)
 
 
-def _box_cfg(block_m: int, block_k: int, warps: int, stages: int) -> triton.Config:
-    kw = {"BLOCK_M": block_m, "BLOCK_K": block_k, "GROUP_M": 8}
-    return triton.Config(kw, num_warps=warps, num_stages=stages, pre_hook=_w_box)
-
-
 # The spatial-box mainloop (X_TMA 2): BLOCK_C is the plan's (the weight tiles are packed for it), so the candidates
 # vary the rest. A 3x3 conv's reduction is short (9 taps x Cin / BLOCK_K steps), so 2-3 stages that let two CTAs
 # share an SM (one's epilogue under the other's mainloop) compete with deeper pipelines.
 BOX_CONFIGS = [
-    _box_cfg(bm, bk, warps, stages)
+    _tma_cfg(bm, None, bk, warps, stages)
     for bk in (64, 32)
     for bm, warps, stages in ((64, 4, 2), (64, 4, 3), (64, 4, 4), (128, 4, 2), (128, 4, 3), (128, 8, 3), (128, 8, 4))
 ]
@@ -452,10 +455,10 @@ _TMA_MIN_MACS = 5e10
 _X_TMA_MIN_MACS = 4e9
 
 
-def _use_weight_tma(x: torch.Tensor, cin: int, kk: int, p: int, rows: int, n: int, min_macs: float) -> bool:
-    """Whether the weight tiles come by TMA: Hopper, 2-byte or TF32 inputs, P <= 8, Wpack rows (kk * Cin
-    elements) 16-byte aligned, and (unless forced) a problem of at least min_macs, large enough to repay the
-    per-call host work."""
+def _tma_capable(x: torch.Tensor, cin: int, kk: int, p: int, rows: int) -> bool:
+    """Whether the weight tiles can come by TMA (not turned off): Hopper, 2-byte or TF32 inputs, P <= 8, Wpack rows
+    (kk * Cin elements) 16-byte aligned. Whether they do is the plan's call: forced, or a problem large enough to
+    repay the per-call host work (_TMA_MIN_MACS, _X_TMA_MIN_MACS)."""
     mode = _state["weight_tma"]
     if not mode or TensorDescriptor is None or p > 8:
         return False
@@ -465,17 +468,15 @@ def _use_weight_tma(x: torch.Tensor, cin: int, kk: int, p: int, rows: int, n: in
         return False
     if x.dtype not in _TMA_DTYPES or (x.dtype == torch.float32 and dot_precision(x.dtype) != "tf32"):
         return False
-    if rows < 1024 or (kk * cin * x.element_size()) % 16 or device_capability(x.device) < (9, 0):
-        return False
-    return mode is True or rows * n * p * kk * cin >= min_macs
+    return rows >= 1024 and (kk * cin * x.element_size()) % 16 == 0 and device_capability(x.device) >= (9, 0)
 
 
-def _x_tma_mode(x: torch.Tensor, st: tuple, pd: tuple, ins: tuple, rows_out: int) -> int:
+def _x_tma_mode(x: torch.Tensor, st: tuple, pd: tuple, ins: tuple) -> int:
     """How x's tile comes with the weight's by TMA (the kernel's X_TMA): 0, by pointers; 2, as a spatial box of
     [B, ID, IH, IW, Cin] (what "auto" takes); 1, only when forced (x_tma=True; not yet measured on hardware), as
     rows of the [B * ID * IH * IW, Cin] matrix, a fixed shift per tap (no padding, input-grid rows < 2**31; the
     rows off the output grid are computed and dropped). Both need stride 1 and x dense channels-innermost with
-    16-byte rows. rows_out (B * prod(out)) is kept for a rule on wasted rows once mode 1 is measured."""
+    16-byte rows."""
     if _state["x_tma"] is False or max(st) != 1 or (x.shape[1] * x.element_size()) % 16:
         return 0
     if not x.movedim(1, -1).is_contiguous():
@@ -492,20 +493,12 @@ def _pack_tiles(wpack: torch.Tensor, p: int, bn: int) -> torch.Tensor:
     (one N-tile, P = 1 + D, Cout = BN)."""
     branches, n, k = wpack.shape
     tiles = cdiv(n, bn)
-    if tiles == 1 and branches == p and n == bn:
-        return wpack.view(p * bn, k)
-    if n % bn == 0 and branches == p:  # one copy, nothing to zero
-        out = wpack.new_empty((tiles, p, bn, k))
-        out.copy_(wpack.view(p, tiles, bn, k).transpose(0, 1))
-        return out.view(tiles * p * bn, k)
-    out = wpack.new_zeros((tiles, p, bn, k))
-    if n % bn == 0:
-        out[:, :branches].copy_(wpack.view(branches, tiles, bn, k).transpose(0, 1))
-    else:
-        full = wpack.new_zeros((branches, tiles * bn, k))
-        full[:, :n].copy_(wpack)
-        out[:, :branches].copy_(full.view(branches, tiles, bn, k).transpose(0, 1))
-    return out.view(tiles * p * bn, k)
+    if branches != p or n % bn:  # zero rows for the branches past D and the channels past Cout
+        full = wpack.new_zeros((p, tiles * bn, k))
+        full[:branches, :n].copy_(wpack)
+        wpack = full
+    # N-tile-major: one copy, or a view when there is one N-tile.
+    return wpack.view(p, tiles, bn, k).transpose(0, 1).reshape(tiles * p * bn, k)
 
 
 def _pack_weights(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> torch.Tensor:
@@ -638,7 +631,8 @@ class _ConvFwdPlan:
 
     __slots__ = (
         "serial", "rows", "n", "d", "p", "y_shape", "y_strides", "h_shape", "h_strides", "x_cl", "w_tma",
-        "w_cl", "v_cl", "w_contig", "has_bias", "ints", "meta", "grid", "launch", "box", "x_tma", "xbox", "geo", "x5",
+        "w_cl", "v_cl", "w_contig", "has_bias", "ints", "meta", "grid", "launch", "box", "x_tma", "xbox", "geo",
+        "x_desc",
     )  # fmt: skip
 
     def __init__(self, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, geo, save):
@@ -663,14 +657,22 @@ class _ConvFwdPlan:
         if self.x_cl:
             x = _channels_last(x, 1)
         kk = ks[0] * ks[1] * ks[2]
-        self.x_tma = _x_tma_mode(x, st, pd, ins, rows) if _use_weight_tma(x, cin, kk, p, rows, n, 0) else 0
-        self.w_tma = _use_weight_tma(x, cin, kk, p, rows, n, _X_TMA_MIN_MACS if self.x_tma else _TMA_MIN_MACS)
-        if not self.w_tma:
-            self.x_tma = 0
+        self.w_tma = self.x_tma = 0
+        if _tma_capable(x, cin, kk, p, rows):
+            x_tma = _x_tma_mode(x, st, pd, ins)
+            min_macs = _X_TMA_MIN_MACS if x_tma else _TMA_MIN_MACS
+            if _state["weight_tma"] is True or rows * n * p * kk * cin >= min_macs:
+                self.w_tma, self.x_tma = True, x_tma
+        # x as a TMA tensor: X_TMA 1, the [B * ID * IH * IW, Cin] matrix it is in memory; X_TMA 2, [B, ID, IH, IW, Cin]
+        rows_in = bsz * ins[0] * ins[1] * ins[2]
+        self.x_desc = None
         if self.x_tma == 1:  # the rows are the input grid's positions (see the kernel)
-            self.rows = rows = bsz * ins[0] * ins[1] * ins[2]
+            self.rows = rows = rows_in
+            self.x_desc = ([rows_in, cin], [cin, 1])
+        elif self.x_tma == 2:
+            hwc = ins[1] * ins[2] * cin
+            self.x_desc = ([bsz, *ins, cin], [ins[0] * hwc, hwc, ins[2] * cin, cin, 1])
         self.geo = (bsz * outs[0], outs[1], outs[2])
-        self.x5 = (bsz, *ins)
         self.w_cl = self.v_cl = self.w_contig = False
         if self.w_tma:
             ws, vs = (0,) * 5, (0, 0)
@@ -726,11 +728,9 @@ class _ConvFwdPlan:
         self.box = self.xbox = None
         if self.w_tma:  # the boxes of the default (or forced) config; the autotuner's pre-hook re-sets them
             box = {**(cfg or tma_configs(x.dtype)[0].kwargs), **self.meta}
-            bm, bc, bk = box["BLOCK_M"], box["BLOCK_C"], box["BLOCK_K"]
-            self.box, self.xbox = [p, bc // p, bk], [bm, bk]
-            if self.x_tma == 2:
-                bw = box_width(outs[1], outs[2], bm)
-                self.box, self.xbox = [bc, bk], [1, 1, bm // bw, bw, bk]
+            self.box, self.xbox = tma_boxes(
+                self.x_tma, p, box["BLOCK_M"], box["BLOCK_C"], box["BLOCK_K"], outs[1], outs[2]
+            )
 
     def _grid(self, meta: dict) -> tuple[int]:
         n_tiles = cdiv(self.n, meta["BLOCK_C"] // self.p)
@@ -793,14 +793,8 @@ def conv_fwd(
         xd = x
         if plan.x_tma:
             if x.data_ptr() % 16:  # TMA needs a 16-byte aligned base: an aligned copy, same strides
-                x = xd = x.clone()
-            c = x.shape[1]
-            if plan.x_tma == 1:  # x as the [B * ID * IH * IW, Cin] matrix it is in memory
-                xd = TensorDescriptor(x, [plan.rows, c], [c, 1], plan.xbox)
-            else:  # x as [B, ID, IH, IW, Cin]
-                bsz, i_d, i_h, i_w = plan.x5
-                strides = [i_d * i_h * i_w * c, i_h * i_w * c, i_w * c, c, 1]
-                xd = TensorDescriptor(x, [bsz, i_d, i_h, i_w, c], strides, plan.xbox)
+                x = x.clone()
+            xd = TensorDescriptor(x, *plan.x_desc, plan.xbox)
         ptrs = (x, b_t, c_t, gate, cascade, y, h)
         # As below, the plan fixes the rest of the launch (the descriptors' boxes, dtypes, shapes): computing the
         # key from ~55 arguments instead cost ~50 µs per call (probe_conv_host).

@@ -231,14 +231,14 @@ def test_conv_x_tma_only_where_it_applies():
     conv = sys.modules["pai_fast.kernels.dendritic_conv"]
     x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
     one, pad = (1, 1, 1), (0, 0, 0)
-    assert conv._x_tma_mode(x, one, pad, (1, 6, 6), 72) == 1
-    assert conv._x_tma_mode(x, one, (0, 1, 1), (1, 6, 6), 72) == 2
-    assert conv._x_tma_mode(x, (1, 2, 2), pad, (1, 6, 6), 18) == 0
-    assert conv._x_tma_mode(x.contiguous(), one, pad, (1, 6, 6), 72) == 0
-    assert conv._x_tma_mode(x[:, :6], one, pad, (1, 6, 6), 72) == 0
-    assert conv._x_tma_mode(x, one, pad, (1, 6, 6), 32) == 1, "forced: flat rows, those off the output dropped"
+    assert conv._x_tma_mode(x, one, pad, (1, 6, 6)) == 1
+    assert conv._x_tma_mode(x, one, (0, 1, 1), (1, 6, 6)) == 2
+    assert conv._x_tma_mode(x, (1, 2, 2), pad, (1, 6, 6)) == 0
+    assert conv._x_tma_mode(x.contiguous(), one, pad, (1, 6, 6)) == 0
+    assert conv._x_tma_mode(x[:, :6], one, pad, (1, 6, 6)) == 0
+    assert conv._x_tma_mode(x, one, pad, (1, 6, 6)) == 1, "forced: flat rows, those off the output dropped"
     conv._state["x_tma"] = "auto"
-    assert conv._x_tma_mode(x, one, pad, (1, 6, 6), 72) == 2, "auto: the spatial box (flat rows are opt-in)"
+    assert conv._x_tma_mode(x, one, pad, (1, 6, 6)) == 2, "auto: the spatial box (flat rows are opt-in)"
     conv_case(DEVICE, torch.float32, 2, 8, 5, (6, 6), 3, 2, "sigmoid", 2, 1, 1, x_fn=lambda t: t.contiguous(
         memory_format=torch.channels_last))  # fmt: skip
 
@@ -526,7 +526,7 @@ def test_gpu_conv_weight_tma(dtype, d, c, x_tma):
     conv._launch_box_tuned._cache.clear()
     try:
         conv._state.update(weight_tma=True, x_tma=x_tma)  # this small problem takes the pointer mainloop under "auto"
-        assert conv._use_weight_tma(x, c, 9, K.dendritic_linear.next_pow2(1 + d), b * 17 * 19, n, 1e30)
+        assert conv._tma_capable(x, c, 9, K.dendritic_linear.next_pow2(1 + d), b * 17 * 19)
         K.set_autotune(False)
         for cfg in conv.tma_configs(dtype):
             with K.use_config(cfg):
