@@ -733,7 +733,10 @@ def linear_fwd(
             TensorDescriptor(wcat3, [d + 1, n, k], list(wcat3.stride()), plan.w_box),
         )
         ints = plan.ints
-        plan.tma_launch(plan.grid, descs + ptrs[3:] + ints[:4] + ints[10:], plan.tma_meta)
+        # The plan fixes the descriptors' boxes and dtypes too: the key is the pointer launch's (a key computed
+        # from every argument cost ~50 µs per call in the conv's TMA launch, h200_probe_conv_host_31fe866).
+        key = (plan.serial, aligned16(ptrs[3:]))
+        plan.tma_launch(plan.grid, descs + ptrs[3:] + ints[:4] + ints[10:], plan.tma_meta, key)
         return y, h
     # The plan fixes every integer argument and constexpr: the launch key adds only the pointers' alignment.
     plan.launch(plan.grid, ptrs + plan.ints, plan.meta, (plan.serial, aligned16(ptrs)))
