@@ -121,9 +121,10 @@ def test_conv_forward_tma_mainloops_compile(x_tma, bw):
         KD=1, KH=3, KW=3, D=3, P=4, ACT=1, HAS_BIAS=True, SAVE_H=False, ACC_DTYPE=tl.float32, DOT_PRECISION="ieee",
         W_TMA=True, X_TMA=x_tma, EVEN_C=True, BW=bw, BLOCK_M=128, BLOCK_C=256, BLOCK_K=64, GROUP_M=8,
     )  # fmt: skip
-    boxes = {"x_ptr": [128, 64], "w_ptr": [4, 64, 64]}
-    if x_tma == 2:
-        boxes = {"x_ptr": [1, 1, 128 // bw, bw, 64], "w_ptr": [256, 64]}
+    oh, ow = 128 // bw, bw  # an output plane that box_width tiles with exactly this box
+    assert V.box_width(oh, ow, 128) == bw or x_tma == 1
+    w_box, x_box = V.tma_boxes(x_tma, 4, 128, 256, 64, oh, ow)
+    boxes = {"x_ptr": x_box, "w_ptr": w_box}
     k = compile_for(V._conv_fwd_kernel, 90, torch.bfloat16, meta, descriptors=boxes, num_warps=8, num_stages=4)
     ttgir = k.asm["ttgir"]
     assert ttgir.count("async_tma_copy_global_to_local") >= 2, "both tiles arrive by TMA"
