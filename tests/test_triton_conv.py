@@ -176,13 +176,10 @@ def test_conv_x_tma_mainloops(sp, k, padding, dilation, d, c, mode):
     shifted per tap, rows off the output grid computed and dropped. Mode 2 (padding): a spatial box per tap whose
     parts in the padding TMA returns as zeros, the weight tiles packed per N-tile. 'same' and valid padding,
     dilation, Cin not a multiple of BLOCK_K (the box's channels past Cin come back as zeros), Conv1d..3d."""
-    plans = sys.modules["pai_fast.kernels.dendritic_conv"]._plans
+    conv = sys.modules["pai_fast.kernels.dendritic_conv"]
+    plans = conv._plans
     plans.clear()
-    fmt = {2: torch.channels_last, 3: torch.channels_last_3d}
-    if len(sp) == 1:  # Conv1d: channels innermost is [B, L, C] viewed as [B, C, L]
-        x_fn = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
-    else:
-        x_fn = lambda t: t.contiguous(memory_format=fmt[len(sp)])  # noqa: E731
+    x_fn = lambda t: conv._channels_last(t, 1)  # noqa: E731 (Conv1d too: [B, L, C] in memory)
     conv_case(DEVICE, torch.float32, 2, c, 5, sp, k, d, "tanh", 1, padding, dilation, x_fn=x_fn)
     assert [p.x_tma for p in plans._plans.values()] == [mode]
 
@@ -206,8 +203,8 @@ def test_conv_x_tma_box_tiles_forced_small():
 @CPU_ONLY
 @pytest.mark.usefixtures("forced_tma")
 def test_conv_tma_mainloops_with_unaligned_tensors():
-    """x and the weights at a 4-byte offset (dense, so the TMA mainloops still apply): TMA needs 16-byte aligned
-    bases, so the launcher copies them first, and the result is the oracle's."""
+    """x at a 4-byte offset (dense, so the TMA mainloops still apply): TMA needs a 16-byte aligned base, so the
+    launcher copies it first, and the result is the oracle's."""
     plans = sys.modules["pai_fast.kernels.dendritic_conv"]._plans
     plans.clear()
 
@@ -236,7 +233,6 @@ def test_conv_x_tma_only_where_it_applies():
     assert conv._x_tma_mode(x, (1, 2, 2), pad, (1, 6, 6)) == 0
     assert conv._x_tma_mode(x.contiguous(), one, pad, (1, 6, 6)) == 0
     assert conv._x_tma_mode(x[:, :6], one, pad, (1, 6, 6)) == 0
-    assert conv._x_tma_mode(x, one, pad, (1, 6, 6)) == 1, "forced: flat rows, those off the output dropped"
     conv._state["x_tma"] = "auto"
     assert conv._x_tma_mode(x, one, pad, (1, 6, 6)) == 2, "auto: the spatial box (flat rows are opt-in)"
     conv_case(DEVICE, torch.float32, 2, 8, 5, (6, 6), 3, 2, "sigmoid", 2, 1, 1, x_fn=lambda t: t.contiguous(
@@ -593,10 +589,6 @@ if given is not None:
         side = max(1, dilation * (k - 1) + 1 - 2 * padding) + extra  # at least one output position
         conv_case(DEVICE, torch.float64, b, c, n, (side,) * nd, k, d, act, stride, padding, dilation)
 
-    def _innermost(t):
-        """t with its channels innermost in memory (what the TMA mainloops read), same values and shape."""
-        return t.movedim(1, -1).contiguous().movedim(-1, 1)
-
     @apply(interp)
     @CPU_ONLY
     @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -617,7 +609,8 @@ if given is not None:
         conv._state.update(weight_tma=True, x_tma=x_tma)
         conv._plans.clear()
         try:
-            conv_case(DEVICE, torch.float64, b, 2 * half_c, n, sp, k, d, act, 1, padding, dilation, x_fn=_innermost)
+            x_fn = lambda t: conv._channels_last(t, 1)  # noqa: E731 (channels innermost, what TMA reads)
+            conv_case(DEVICE, torch.float64, b, 2 * half_c, n, sp, k, d, act, 1, padding, dilation, x_fn=x_fn)
             want = 1 if x_tma is True and padding == 0 else 2
             assert [p.x_tma for p in conv._plans._plans.values()] == [want]
         finally:
