@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, test, benchmark. Full results go under $OUT; a short table is printed last.
-#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [probeconv] [probebwd] [ctest]
+#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [probeconv] [probeconvbwd] [probebwd] [ctest]
 #     [sanitize] [export] [cutlass]
 #   (default: build test bench). probe: the TMA-forward and host-overhead probes; ctest: the standalone CMake build
 #   of csrc/ (no Python), its C++ test program under ctest and compute-sanitizer (memcheck/racecheck/synccheck/initcheck).
@@ -96,6 +96,12 @@ if has probeconv; then
   summary+=("probe_conv rc=$? (probe_conv.log)")
   timeout 200 python3 benchmarks/probe_conv_host.py --calls 300 >"$OUT/probe_conv_host.log" 2>&1
   summary+=("probe_conv_host rc=$? (probe_conv_host.log)")
+fi
+
+if has probeconvbwd; then  # the conv's forward+backward, piece by piece: device, wall and host time
+  timeout "${PAI_PROBE_TIMEOUT:-400}" python3 benchmarks/probe_conv_bwd.py --out "$OUT/probe_conv_bwd.json" \
+    >"$OUT/probe_conv_bwd.log" 2>&1
+  summary+=("probe_conv_bwd rc=$? (probe_conv_bwd.log)")
 fi
 
 if has cutlass; then  # CUTLASS sm90 GEMMs vs cuBLAS vs the hand-written csrc mainloop (needs .whl/nvidia_cutlass-*.whl)
