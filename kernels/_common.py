@@ -13,7 +13,7 @@ of the stacked weight, block d = branch d). The epilogue views it as [BLOCK_M, P
 runs the cascade in registers: extract s_i, a_i = act(s_i), y += G[i] a_i, and push B[k, i] a_i into every later
 branch k > i. Only y and (when training) the a_i reach memory.
 
-Backward (``_dendritic_dz_kernel``), with dy = dL/dy:
+Backward (``_dendritic_dz_tiled_kernel`` for D <= 7, ``_dendritic_dz_kernel`` beyond), with dy = dL/dy:
 
     dz_0 = dy
     for i = D-1 .. 0:   da_i = G[i] dy + sum_{k>i} B[k, i] ds_k        ds_i = da_i act'(a_i)        du_i = ds_i
@@ -437,6 +437,8 @@ def _dendritic_dz_kernel(
 
 
 _launch_dz = Launcher(_dendritic_dz_kernel)
+# Beyond this the tiled dZ kernel's 1 + 2D + D(D-1)/2 register accumulators and P = 16 branch tiles do not fit.
+TILED_DZ_MAX_D = 7
 
 
 @triton.jit
@@ -460,9 +462,10 @@ def _dz_branches(
     ACC_DTYPE: tl.constexpr,
 ):
     """dZcat of one [BM, BN] tile in registers, as a tuple of P [BM, BN] tensors (dz_0 = dy, then ds_0 ..
-    ds_{D-1}, then zeros): the dZ kernel's recursion (da_i = G[i] dy + sum_{k>i} B[k, i] ds_k,
-    ds_i = da_i act'(a_i)) for the one-pass backward, which recomputes it where a GEMM needs it instead of reading
-    it from memory. Rows and channels where dy is zero get dZ = 0, so masked tiles add nothing to the GEMMs.
+    ds_{D-1}, then zeros), and the tuple of the D activations a_i it read: the dZ recursion (da_i = G[i] dy +
+    sum_{k>i} B[k, i] ds_k, ds_i = da_i act'(a_i)), for the one-pass backward (which recomputes it where a GEMM
+    needs it instead of reading it from memory) and the tiled dZ kernel. Rows and channels where dy is zero get
+    dZ = 0, so masked tiles add nothing to the GEMMs.
     Separate 2-D tensors (not one [P, BM, BN] tensor): every one has the same layout, so the cascade is plain
     FMAs, with no reduction across a branch axis that Triton may spread over warps (measured 30x slower at D = 3).
     """
@@ -472,6 +475,7 @@ def _dz_branches(
         dz = dz + (z, z)
     if P >= 8:
         dz = dz + (z, z, z, z)
+    acts = ()
     for i in tl.static_range(D - 1, -1, -1):
         a_i = tl.load(h_ptrs + i * stride_hd, mask=h_mask, other=0.0).to(ACC_DTYPE)
         g_i = tl.load(g_ptr + i * stride_gd + offs_n * stride_gn, mask=n_mask, other=0.0).to(ACC_DTYPE)
@@ -480,7 +484,94 @@ def _dz_branches(
             b_ki = tl.load(cas_ptr + k * stride_ai + i * stride_aj + offs_n * stride_an, mask=n_mask, other=0.0)
             da += b_ki.to(ACC_DTYPE)[None, :] * dz[k + 1]
         dz = dz[: i + 1] + (da * _act_grad(a_i, ACT),) + dz[i + 2 :]
-    return dz
+        acts = (a_i,) + acts
+    return dz, acts
+
+
+@triton.jit
+def _dendritic_dz_tiled_kernel(
+    dy_ptr,
+    h_ptr,
+    g_ptr,
+    cas_ptr,
+    dz_ptr,
+    part_ptr,  # [SPLIT, 1 + 2D + D*D, N]: rows db, ddb_i, dg_i, dB[k, i] at 1 + 2D + k*D + i (_layout's dsmall)
+    ROWS,
+    N,
+    S,
+    stride_dyb,
+    stride_dys,
+    stride_dyn,
+    stride_hb,
+    stride_hs,
+    stride_hd,
+    stride_hn,
+    stride_gd,
+    stride_gn,
+    stride_ai,
+    stride_aj,
+    stride_an,
+    stride_zb,
+    stride_zs,
+    stride_zd,
+    stride_zn,
+    D: tl.constexpr,  # 1 .. 7
+    P: tl.constexpr,  # next_pow2(1 + D)
+    ACT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """The dZ kernel for D <= 7: each step takes a [BLOCK_R rows, BLOCK_N channels] tile, reads dy and the D
+    activations once, runs the whole recursion in registers (_dz_branches) and writes the 1 + D dZ blocks, so dy, h
+    and dZ each cross memory once. The row-at-a-time kernel above moved one row of BLOCK_N channels per step (one
+    warp when N = 64) and re-read dy and dZ once per dendrite: at a ResNet conv's 100k rows x 64 channels it ran
+    at a fraction of the memory bandwidth (probe_conv_bwd). The reductions stay [BLOCK_R, BLOCK_N] register
+    accumulators over the program's row tiles (program pid_m takes tiles pid_m, pid_m + SPLIT, ...: a fixed order),
+    summed over rows once at the end into the program's partial row: deterministic, no atomics.
+    Accumulator order: db, dc_0 .. dc_{D-1}, dg_0 .. dg_{D-1}, then dB[k, i] for k = 1 .. D-1, i < k."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    split = tl.num_programs(0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    zero = tl.zeros((BLOCK_R, BLOCK_N), ACC_DTYPE)
+    acc = (zero,)
+    for _ in tl.static_range(2 * D + D * (D - 1) // 2):
+        acc = acc + (zero,)
+    for r0 in range(pid_m * BLOCK_R, ROWS, split * BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        bb = rows // S
+        ss = (rows - bb * S).to(tl.int64)
+        bb = bb.to(tl.int64)
+        mask = (rows < ROWS)[:, None] & n_mask[None, :]
+        dy_rows = dy_ptr + bb * stride_dyb + ss * stride_dys
+        dy = tl.load(dy_rows[:, None] + offs_n[None, :] * stride_dyn, mask=mask, other=0.0).to(ACC_DTYPE)
+        h_ptrs = (h_ptr + bb * stride_hb + ss * stride_hs)[:, None] + offs_n[None, :] * stride_hn
+        dz, a = _dz_branches(dy, h_ptrs, mask, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai,
+                             stride_aj, stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
+        z_ptrs = (dz_ptr + bb * stride_zb + ss * stride_zs)[:, None] + offs_n[None, :] * stride_zn
+        for b in tl.static_range(D + 1):
+            tl.store(z_ptrs + b * stride_zd, dz[b].to(dz_ptr.dtype.element_ty), mask=mask)
+        new = (acc[0] + dy,)
+        for i in tl.static_range(D):
+            new = new + (acc[1 + i] + dz[1 + i],)
+        for i in tl.static_range(D):
+            new = new + (acc[1 + D + i] + dy * a[i],)
+        for k in tl.static_range(1, D):
+            for i in tl.static_range(k):
+                new = new + (acc[1 + 2 * D + k * (k - 1) // 2 + i] + dz[1 + k] * a[i],)
+        acc = new
+    part_row = part_ptr + pid_m.to(tl.int64) * ((1 + 2 * D + D * D) * N) + offs_n
+    for j in tl.static_range(1 + 2 * D):
+        tl.store(part_row + j * N, tl.sum(acc[j], axis=0), mask=n_mask)
+    for k in tl.static_range(D):
+        for i in tl.static_range(D):
+            if i < k:
+                val = tl.sum(acc[1 + 2 * D + k * (k - 1) // 2 + i], axis=0)
+            else:  # dB is strictly lower triangular: these rows of the partial buffer are zeros
+                val = tl.sum(zero, axis=0)
+            tl.store(part_row + (1 + 2 * D + k * D + i) * N, val, mask=n_mask)
 
 
 @triton.jit
@@ -499,32 +590,50 @@ def _stack_branches(dz, P: tl.constexpr):
     return t
 
 
+_launch_dz_tiled = Launcher(_dendritic_dz_tiled_kernel)
+
+
 class DzLaunch:
     """One dZ-kernel launch as fixed by its call signature: the integer arguments, constexprs, grid and partial-sum
     buffer. dy/h/dz strides are over (b, s, [d,] n), dz's d-stride being the offset between branch blocks."""
 
-    __slots__ = ("serial", "ints", "meta", "grid", "part_shape", "acc_t")
+    __slots__ = ("serial", "ints", "meta", "grid", "part_shape", "acc_t", "tiled")
 
-    def __init__(self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype):
+    def __init__(self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, programs=2048):
+        """programs: the row-program budget (tests lower it so that each program walks several row tiles)."""
         d = gate.shape[0]
         self.serial = serial()
         self.acc_t = torch_acc_dtype(dtype)
-        pd = next_pow2(max(d, 1))
-        # [PD, BLOCK_N] tiles with PD inside each thread: a load puts 16 bytes per thread along N, so BLOCK_N =
-        # 32 * vec * num_warps keeps every warp along N (ptxas: no shuffles in the row loop).
         vec = max(1, 16 // torch.empty((), dtype=dtype).element_size())
-        num_warps = 4 if pd <= 4 else 2
-        block_n = min(32 * vec * num_warps, max(32, next_pow2(n)))
-        num_warps = max(1, min(num_warps, block_n // (32 * vec)))
+        self.tiled = 1 <= d <= TILED_DZ_MAX_D
+        if self.tiled:
+            # [BLOCK_R, BLOCK_N] tiles, 16 bytes per thread along N, one warp across at most 32 * vec channels; the
+            # rows fill 4 warps x e elements per thread, e shrinking as the 1 + 2D + D(D-1)/2 accumulators grow.
+            # ptxas, sm_90, bf16: 90-96 registers at D = 1, 116-127 at D = 3, ~210 at D = 7; none spilled
+            # (tests/test_triton_compile.py). e = 8 at D = 3 took 242-249, a quarter of the occupancy.
+            block_n = min(32 * vec, max(16, next_pow2(n)))
+            per_thread = 8 if d == 1 else 4 if d <= 3 else 2
+            num_warps = 4
+            block_r = max(1, 32 * num_warps * per_thread // block_n)
+            meta = dict(P=next_pow2(1 + d), BLOCK_R=block_r)
+        else:
+            # [PD, BLOCK_N] tiles with PD inside each thread: a load puts 16 bytes per thread along N, so BLOCK_N =
+            # 32 * vec * num_warps keeps every warp along N (ptxas: no shuffles in the row loop).
+            pd = next_pow2(max(d, 1))
+            num_warps = 4 if pd <= 4 else 2
+            block_n = min(32 * vec * num_warps, max(32, next_pow2(n)))
+            num_warps = max(1, min(num_warps, block_n // (32 * vec)))
+            block_r = 1
+            meta = dict(PD=pd)
         num_n = cdiv(n, block_n)
         r = 1 + 2 * d + d * d
         # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
         # every GPU; ~2048 programs fill an H100 many times over. The [split, R, N] partials stay under 8M floats.
-        split = max(1, min(rows, cdiv(2048, num_n), (8 << 20) // max(1, r * n)))
+        split = max(1, min(cdiv(rows, block_r), cdiv(programs, num_n), (8 << 20) // max(1, r * n)))
         self.part_shape = (split, r, n)
         self.grid = (split, num_n)
         self.ints = (rows, n, s, *dy_strides, *h_strides, *gate.stride(), *cascade.stride(), *dz_strides)
-        self.meta = dict(D=d, PD=pd, ACT=act, ACC_DTYPE=acc_dtype(dtype), BLOCK_N=block_n, num_warps=num_warps)
+        self.meta = dict(D=d, ACT=act, ACC_DTYPE=acc_dtype(dtype), BLOCK_N=block_n, num_warps=num_warps, **meta)
 
     def __call__(self, dy, h, gate, cascade, dz) -> torch.Tensor:
         """Launch; returns the reductions packed as pai_fast._layout's dsmall [1 + 2D + D*D, N] (dbias,
@@ -532,5 +641,6 @@ class DzLaunch:
         over a fixed number of programs: one buffer, one launch, one torch sum."""
         part = torch.empty(self.part_shape, device=dy.device, dtype=self.acc_t)
         ptrs = (dy, h, gate, cascade, dz, part)
-        _launch_dz(self.grid, ptrs + self.ints, self.meta, (self.serial, aligned16(ptrs)))
+        launch = _launch_dz_tiled if self.tiled else _launch_dz
+        launch(self.grid, ptrs + self.ints, self.meta, (self.serial, aligned16(ptrs)))
         return part.sum(0)

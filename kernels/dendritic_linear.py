@@ -36,7 +36,7 @@ backward below makes six host-side calls; small layers are host-bound, so that i
 H200: 25 vs 169 µs per eager backward call at 64x784->128 D = 3, bf16; benchmarks/probe_linear_bwd.py). The
 recomputation repeats the elementwise dZ work once per K block, so past the threshold the split backward wins.
 
-Backward otherwise: ONE elementwise Triton kernel (_common._dendritic_dz_kernel) writes dZcat [M, (1+D)N] in x's dtype
+Backward otherwise: ONE elementwise Triton kernel (_common's dZ kernel) writes dZcat [M, (1+D)N] in x's dtype
 and per-program partial sums of db, dc, dG, dB into one buffer (one torch sum: deterministic), then cuBLAS:
 dWcat = dZcat^T X is one GEMM, already the packed weight gradient (pai_fast._layout); dX = dZcat Wcat is
 one GEMM when weight and dendrite_weight are adjacent in one storage (DendriticLinear), else two
@@ -369,7 +369,7 @@ def _onepass_dz(
     dy = tl.load(dy_ptr + rows64[:, None] * stride_dym + offs_n[None, :] * stride_dyn, mask=mn, other=0.0)
     dy = dy.to(ACC_DTYPE)
     h_ptrs = h_ptr + rows64[:, None] * stride_hm + offs_n[None, :] * stride_hn
-    dz = _dz_branches(dy, h_ptrs, mn, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj,
+    dz, _ = _dz_branches(dy, h_ptrs, mn, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj,
                       stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
     return dy, h_ptrs, mn, dz
 

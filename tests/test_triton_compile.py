@@ -6,6 +6,9 @@ via the ptxas it ships). The interpreter runs kernels as Python, so it never see
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import tempfile
 
 import pytest
 import torch
@@ -21,6 +24,7 @@ from pai_fast.kernels import _common as C  # noqa: E402
 from pai_fast.kernels import dendritic_conv as V  # noqa: E402
 from pai_fast.kernels import dendritic_linear as L  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
@@ -102,6 +106,32 @@ def test_linear_forward_and_dz_kernels_compile(d):
         dz_meta = dict(D=d, PD=4, ACT=2, ACC_DTYPE=tl.float32, BLOCK_N=256)
         k = compile_for(C._dendritic_dz_kernel, 90, torch.bfloat16, dz_meta, {"part_ptr": torch.float32}, num_warps=4)
         assert k.asm["cubin"]
+
+
+@pytest.mark.parametrize(("d", "block_n", "block_r"), [(1, 64, 16), (3, 256, 2), (7, 64, 4)])
+def test_tiled_dz_kernel_compiles_without_spills(d, block_n, block_r):
+    """The tiled dZ kernel as DzLaunch configures it (4 warps): its register accumulators (1 + 2D + D(D-1)/2 tiles)
+    stay in registers."""
+    meta = dict(D=d, P=1 << d.bit_length(), ACT=1, ACC_DTYPE=tl.float32, BLOCK_N=block_n, BLOCK_R=block_r)
+    unit = {f"stride_{s}": 1 for s in ("dyn", "hn", "zn", "gn", "an")}  # channels innermost, as the launches are
+    k = compile_for(
+        C._dendritic_dz_tiled_kernel, 90, torch.bfloat16, meta, {"part_ptr": torch.float32}, unit, num_warps=4
+    )
+    assert _spill_bytes(k) == 0, f"D={d}: ptxas spilled registers"
+
+
+def _spill_bytes(kernel) -> int:
+    """Bytes of spill stores ptxas -v reports for the kernel's PTX (sm_90a)."""
+    ptxas = get_ptxas(90).path
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(kernel.asm["ptx"])
+        out = subprocess.run(
+            [ptxas, "-v", "--gpu-name=sm_90a", src, "-o", os.path.join(tmp, "k.cubin")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    return sum(int(m) for m in re.findall(r"(\d+) bytes spill stores", out.stderr))
 
 
 def test_conv_forward_kernel_compiles():

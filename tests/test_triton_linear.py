@@ -757,8 +757,53 @@ def test_autotune_candidates_fit():
 @apply(interp)
 @pytest.mark.parametrize("d", [0, 1, 3, 5])
 def test_linear_dz_kernel_float64(d):
-    """The dZ kernel (dendrites outer, one row per step) on odd sizes, against float64 autograd."""
-    linear_case(DEVICE, torch.float64, 7, 6, 9, d, "tanh")
+    """The split backward (the dZ kernel, then the GEMMs) on odd sizes, against float64 autograd."""
+    with K.backward_path("gemm"):
+        linear_case(DEVICE, torch.float64, 7, 6, 9, d, "tanh")
+
+
+@apply(interp)
+@pytest.mark.parametrize(
+    ("d", "b", "s", "n", "programs", "dy_nchw"),
+    [(1, 37, 1, 29, 1, False), (2, 10, 5, 70, 2, True), (3, 9, 5, 13, 1, False), (7, 23, 1, 9, 1, False),
+     (8, 4, 3, 5, 2, False)],
+)  # fmt: skip
+def test_dz_kernel_against_float64(d, b, s, n, programs, dy_nchw):
+    """DzLaunch itself (the tiled kernel up to D = 7, the row kernel beyond) against the dZ recursion in float64:
+    rows as (batch, position) pairs with S positions each, dZcat's branch blocks interleaved per row (a
+    channels_last conv's layout), so few programs that each walks several row tiles, partial tiles in rows and
+    channels, and (dy_nchw) a grad_y whose channels are strided. Checks dZcat and the four reductions."""
+    common = sys.modules["pai_fast.kernels._common"]
+    g = torch.Generator().manual_seed(d)
+    rows, f64 = b * s, torch.float64
+
+    def r(*shape):
+        return torch.randn(shape, generator=g, dtype=f64).to(DEVICE)
+
+    dy = r(b, n, s).transpose(1, 2) if dy_nchw else r(b, s, n)
+    a = torch.tanh(r(b, s, d, n))
+    gate, cas = r(d, n), r(d, d, n)
+    dz = torch.full((b, s, 1 + d, n), float("nan"), dtype=f64, device=DEVICE)
+    launch = common.DzLaunch(dy.stride(), a.stride(), dz.stride(), gate, cas, rows, n, s,
+                             common.ACT_CODES["tanh"], f64, programs=programs)  # fmt: skip
+    assert launch.tiled == (d <= common.TILED_DZ_MAX_D) and launch.grid[0] <= programs
+    assert rows > launch.grid[0] * launch.meta.get("BLOCK_R", 1)  # some program walks more than one row tile
+    red = launch(dy, a, gate, cas, dz)
+
+    dy2, a2 = dy.reshape(rows, n), a.reshape(rows, d, n)
+    ds = torch.zeros(rows, d, n, dtype=f64, device=DEVICE)
+    for i in range(d - 1, -1, -1):
+        da = gate[i] * dy2 + sum((cas[k, i] * ds[:, k] for k in range(i + 1, d)), torch.zeros_like(dy2))
+        ds[:, i] = da * (1 - a2[:, i] ** 2)
+    want = torch.zeros(1 + 2 * d + d * d, n, dtype=f64, device=DEVICE)
+    want[0] = dy2.sum(0)
+    want[1 : 1 + d] = ds.sum(0)
+    want[1 + d : 1 + 2 * d] = (dy2[:, None] * a2).sum(0)
+    for k in range(d):
+        for i in range(k):
+            want[1 + 2 * d + k * d + i] = (ds[:, k] * a2[:, i]).sum(0)
+    torch.testing.assert_close(dz.reshape(rows, 1 + d, n), torch.cat([dy2[:, None], ds], 1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(red, want, rtol=1e-10, atol=1e-10)
 
 
 try:
