@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, test, benchmark. Full results go under $OUT; a short table is printed last.
-#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [probeconv] [probeconvbwd] [probebwd] [ctest]
+#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [probeconv] [probeconvbwd] [probedz] [probebwd] [ctest]
 #     [sanitize] [export] [cutlass]
 #   (default: build test bench). probe: the TMA-forward and host-overhead probes; ctest: the standalone CMake build
 #   of csrc/ (no Python), its C++ test program under ctest and compute-sanitizer (memcheck/racecheck/synccheck/initcheck).
@@ -96,6 +96,11 @@ if has probeconv; then
   summary+=("probe_conv rc=$? (probe_conv.log)")
   timeout 200 python3 benchmarks/probe_conv_host.py --calls 300 >"$OUT/probe_conv_host.log" 2>&1
   summary+=("probe_conv_host rc=$? (probe_conv_host.log)")
+fi
+
+if has probedz; then  # the dZ kernel alone: row vs tiled kernel, program budgets, with and without the partials' sum
+  timeout "${PAI_PROBE_TIMEOUT:-400}" python3 benchmarks/probe_dz.py --out "$OUT/probe_dz.json" >"$OUT/probe_dz.log" 2>&1
+  summary+=("probe_dz rc=$? (probe_dz.log)")
 fi
 
 if has probeconvbwd; then  # the conv's forward+backward, piece by piece: device, wall and host time

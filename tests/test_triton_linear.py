@@ -550,7 +550,7 @@ def test_gpu_fast_launch_replays_what_triton_runs(autotune):
                     for got, want in zip(run, runs[0]):
                         assert torch.equal(got, want)
         used = lin._launch_fwd_tuned if autotune else lin._launch_fwd
-        assert used._cache and common._launch_dz._cache and lin._launch_onepass._cache
+        assert used._cache and common._launch_dz_tiled._cache and lin._launch_onepass._cache
     finally:
         K.set_fast_launch(True)
         K.set_autotune(old)

@@ -1,0 +1,85 @@
+"""The backward's dZ kernel alone (GPU machine): device time (CUDA-graph replay) of the row kernel and the tiled
+kernel at several program budgets, with and without the torch sum of the partials, at the ResNet convs' and the
+large Linear's shapes (bf16, the layouts the backward launches with).
+
+    python benchmarks/probe_dz.py [--out probe_dz.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from triton.testing import do_bench_cudagraph
+
+from pai_fast.bench import environment
+
+# name: (batch, spatial positions, channels); the conv ones channels_last as a channels_last model runs them.
+CASES = {"conv 32x64x56x56->64": (32, 56 * 56, 64), "conv 32x256x14x14->256": (32, 14 * 14, 256),
+         "linear 8192x4096->4096": (8192, 1, 4096)}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="probe_dz.json")
+    args = ap.parse_args()
+    import pai_fast.kernels  # noqa: F401
+
+    common = sys.modules["pai_fast.kernels._common"]
+    dt, rows_out = torch.bfloat16, []
+    for name, (b, s, n) in CASES.items():
+        for d in (1, 3):
+            g = torch.Generator(device="cuda").manual_seed(0)
+            dy = torch.randn(b, s, n, device="cuda", dtype=dt, generator=g)
+            h = torch.rand(b, s, d, n, device="cuda", dtype=dt, generator=g)
+            gate = torch.randn(d, n, device="cuda", dtype=dt, generator=g)
+            cas = torch.randn(d, d, n, device="cuda", dtype=dt, generator=g)
+            dz = torch.empty(b, s, 1 + d, n, device="cuda", dtype=dt)
+            act = common.ACT_CODES["sigmoid"]
+            want = None
+            variants = [("row", 2048)] + [("tiled", p) for p in (256, 512, 1024, 2048)]
+            for kind, programs in variants:
+                saved = common.TILED_DZ_MAX_D
+                common.TILED_DZ_MAX_D = saved if kind == "tiled" else 0
+                try:
+                    launch = common.DzLaunch(dy.stride(), h.stride(), dz.stride(), gate, cas, b * s, n, s, act, dt,
+                                             programs=programs)  # fmt: skip
+                finally:
+                    common.TILED_DZ_MAX_D = saved
+                red = launch(dy, h, gate, cas, dz)
+                if want is None:
+                    want = (dz.clone(), red.clone())
+                else:  # time only what agrees with the row kernel
+                    torch.testing.assert_close(dz, want[0], rtol=2e-2, atol=2e-2)
+                    torch.testing.assert_close(red, want[1], rtol=1e-3, atol=1e-1)
+                part = torch.empty(launch.part_shape, device="cuda", dtype=launch.acc_t)
+                kern = common._launch_dz_tiled if launch.tiled else common._launch_dz
+                ptrs = (dy, h, gate, cas, dz, part)
+
+                def kernel_only(kern=kern, launch=launch, ptrs=ptrs):
+                    kern(launch.grid, ptrs + launch.ints, launch.meta, None)
+
+                def full_call(launch=launch, args=(dy, h, gate, cas, dz)):
+                    launch(*args)
+
+                full = do_bench_cudagraph(full_call, rep=100)
+                only = do_bench_cudagraph(kernel_only, rep=100)
+                mb = (dy.numel() + h.numel() + dz.numel()) * dt.itemsize / 1e6
+                row = dict(case=name, D=d, kernel=kind, programs=programs, grid=list(launch.grid),
+                           meta={k: v for k, v in launch.meta.items() if k != "ACC_DTYPE"}, full_ms=full,
+                           kernel_ms=only, mbytes=mb, kernel_tbps=mb / only / 1e3)  # fmt: skip
+                rows_out.append(row)
+                tbps = row["kernel_tbps"]
+                print(
+                    f"{name:24} D={d} {kind:5} programs={programs:5} grid={launch.grid}: with sum "
+                    f"{full * 1e3:7.1f} us, kernel {only * 1e3:7.1f} us ({tbps:.2f} TB/s of {mb:.0f} MB)",
+                    flush=True,
+                )
+    with open(args.out, "w") as f:
+        json.dump(dict(environment=environment(), rows=rows_out), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
