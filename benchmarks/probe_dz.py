@@ -39,13 +39,14 @@ def main() -> None:
             dz = torch.empty(b, s, 1 + d, n, device="cuda", dtype=dt)
             act = common.ACT_CODES["sigmoid"]
             want = None
-            variants = [("row", 2048)] + [("tiled", p) for p in (256, 512, 1024, 2048)]
-            for kind, programs in variants:
+            variants = [("row", 2048, None)] + [("tiled", p, None) for p in (256, 512, 1024, 2048)]
+            variants += [("tiled", p, e) for p in (512, 2048) for e in (2, 4, 8)]
+            for kind, programs, per_thread in variants:
                 saved = common.TILED_DZ_MAX_D
                 common.TILED_DZ_MAX_D = saved if kind == "tiled" else 0
                 try:
                     launch = common.DzLaunch(dy.stride(), h.stride(), dz.stride(), gate, cas, b * s, n, s, act, dt,
-                                             programs=programs)  # fmt: skip
+                                             programs=programs, per_thread=per_thread)  # fmt: skip
                 finally:
                     common.TILED_DZ_MAX_D = saved
                 red = launch(dy, h, gate, cas, dz)
@@ -67,7 +68,7 @@ def main() -> None:
                 full = do_bench_cudagraph(full_call, rep=100)
                 only = do_bench_cudagraph(kernel_only, rep=100)
                 mb = (dy.numel() + h.numel() + dz.numel()) * dt.itemsize / 1e6
-                row = dict(case=name, D=d, kernel=kind, programs=programs, grid=list(launch.grid),
+                row = dict(case=name, D=d, kernel=kind, programs=programs, per_thread=per_thread, grid=launch.grid,
                            meta={k: v for k, v in launch.meta.items() if k != "ACC_DTYPE"}, full_ms=full,
                            kernel_ms=only, mbytes=mb, kernel_tbps=mb / only / 1e3)  # fmt: skip
                 rows_out.append(row)

@@ -599,8 +599,11 @@ class DzLaunch:
 
     __slots__ = ("serial", "ints", "meta", "grid", "part_shape", "acc_t", "tiled")
 
-    def __init__(self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, programs=2048):
-        """programs: the row-program budget (tests lower it so that each program walks several row tiles)."""
+    def __init__(
+        self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, programs=2048, per_thread=None
+    ):
+        """programs: the row-program budget (tests lower it so that each program walks several row tiles);
+        per_thread: the tiled kernel's elements per thread per tile (probes), else chosen by D."""
         d = gate.shape[0]
         self.serial = serial()
         self.acc_t = torch_acc_dtype(dtype)
@@ -612,7 +615,7 @@ class DzLaunch:
             # ptxas, sm_90, bf16: 90-96 registers at D = 1, 116-127 at D = 3, ~210 at D = 7; none spilled
             # (tests/test_triton_compile.py). e = 8 at D = 3 took 242-249, a quarter of the occupancy.
             block_n = min(32 * vec, max(16, next_pow2(n)))
-            per_thread = 8 if d == 1 else 4 if d <= 3 else 2
+            per_thread = per_thread or (8 if d == 1 else 4 if d <= 3 else 2)
             num_warps = 4
             block_r = max(1, 32 * num_warps * per_thread // block_n)
             meta = dict(P=next_pow2(1 + d), BLOCK_R=block_r)
