@@ -52,9 +52,10 @@ def main() -> None:
                 red = launch(dy, h, gate, cas, dz)
                 if want is None:
                     want = (dz.clone(), red.clone())
-                else:  # time only what agrees with the row kernel
-                    torch.testing.assert_close(dz, want[0], rtol=2e-2, atol=2e-2)
-                    torch.testing.assert_close(red, want[1], rtol=1e-3, atol=1e-1)
+                else:  # time only what agrees with the row kernel, which rounds ds_k to bf16 before the cascade
+                    for got, ref in ((dz, want[0]), (red, want[1])):
+                        err = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+                        assert err < 2e-2, f"{name} D={d} {kind} {programs} {per_thread}: relative error {err:.3g}"
                 part = torch.empty(launch.part_shape, device="cuda", dtype=launch.acc_t)
                 kern = common._launch_dz_tiled if launch.tiled else common._launch_dz
                 ptrs = (dy, h, gate, cas, dz, part)
