@@ -600,10 +600,11 @@ class DzLaunch:
     __slots__ = ("serial", "ints", "meta", "grid", "part_shape", "acc_t", "tiled")
 
     def __init__(
-        self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, programs=2048, per_thread=None
+        self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, programs=None, per_thread=None
     ):
-        """programs: the row-program budget (tests lower it so that each program walks several row tiles);
-        per_thread: the tiled kernel's elements per thread per tile (probes), else chosen by D."""
+        """programs: the program budget (default 512 for the tiled kernel, 2048 for the row kernel; tests lower it
+        so that each program walks several row tiles); per_thread: the tiled kernel's elements per thread per tile
+        (probes), else chosen by D and the rows each program gets."""
         d = gate.shape[0]
         self.serial = serial()
         self.acc_t = torch_acc_dtype(dtype)
@@ -615,8 +616,16 @@ class DzLaunch:
             # ptxas, sm_90, bf16: 90-96 registers at D = 1, 116-127 at D = 3, ~210 at D = 7; none spilled
             # (tests/test_triton_compile.py). e = 8 at D = 3 took 242-249, a quarter of the occupancy.
             block_n = min(32 * vec, max(16, next_pow2(n)))
-            per_thread = per_thread or (8 if d == 1 else 4 if d <= 3 else 2)
             num_warps = 4
+            programs = programs or 512
+            if per_thread is None:
+                # Each program ends with 1 + 2D + D(D-1)/2 sums across its warps and a partial-row store: with
+                # fewer than 8 row tiles to walk, that tail dominates (probe_dz, 14x14 convs: 46 us at 1 tile per
+                # program, 6 us at 12), so smaller tiles.
+                per_thread = 8 if d == 1 else 4 if d <= 3 else 2
+                rows_each = cdiv(rows, max(1, min(rows, cdiv(programs, cdiv(n, block_n)))))
+                while per_thread > 2 and rows_each < 8 * max(1, 32 * num_warps * per_thread // block_n):
+                    per_thread //= 2
             block_r = max(1, 32 * num_warps * per_thread // block_n)
             meta = dict(P=next_pow2(1 + d), BLOCK_R=block_r)
         else:
@@ -626,12 +635,13 @@ class DzLaunch:
             num_warps = 4 if pd <= 4 else 2
             block_n = min(32 * vec * num_warps, max(32, next_pow2(n)))
             num_warps = max(1, min(num_warps, block_n // (32 * vec)))
-            block_r = 1
+            block_r, programs = 1, programs or 2048
             meta = dict(PD=pd)
         num_n = cdiv(n, block_n)
         r = 1 + 2 * d + d * d
         # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
-        # every GPU; ~2048 programs fill an H100 many times over. The [split, R, N] partials stay under 8M floats.
+        # every GPU. The tiled kernel's 512 (x N tiles) measured best or near it at the ResNet convs and at
+        # 8192x4096 (probe_dz: 2048 cost up to 1.5x, 256 up to 1.4x). The [split, R, N] partials stay under 8M floats.
         split = max(1, min(cdiv(rows, block_r), cdiv(programs, num_n), (8 << 20) // max(1, r * n)))
         self.part_shape = (split, r, n)
         self.grid = (split, num_n)

@@ -108,7 +108,7 @@ def test_linear_forward_and_dz_kernels_compile(d):
         assert k.asm["cubin"]
 
 
-@pytest.mark.parametrize(("d", "block_n", "block_r"), [(1, 64, 16), (3, 256, 2), (7, 64, 4)])
+@pytest.mark.parametrize(("d", "block_n", "block_r"), [(1, 64, 16), (3, 256, 2), (3, 256, 1), (7, 64, 4)])
 def test_tiled_dz_kernel_compiles_without_spills(d, block_n, block_r):
     """The tiled dZ kernel as DzLaunch configures it (4 warps): its register accumulators (1 + 2D + D(D-1)/2 tiles)
     stay in registers."""
