@@ -63,6 +63,7 @@ def _case(name: str, dims: tuple, d: int, dt: torch.dtype, rows: list, profile: 
     plan_args = (gy, x.detach(), params[0], params[2], params[4], params[5], h)
     bwd_plan = conv._bwd_plans.get(plan_args, ("sigmoid",), lambda: conv._ConvBwdPlan(*plan_args, "sigmoid"))
     dz = torch.empty_strided(bwd_plan.z_shape, bwd_plan.z_strides, device="cuda", dtype=dt)
+    gy_dz = gy.contiguous() if bwd_plan.dy_contig else gy  # what the launcher hands the dZ kernel
     wview = conv._stacked_weight(params[0], params[2])
 
     calls = {
@@ -70,7 +71,7 @@ def _case(name: str, dims: tuple, d: int, dt: torch.dtype, rows: list, profile: 
         "plain_fb": _grad(lambda: F.conv2d(x, w_plain, ps[1], 1, 1), [x, w_plain, ps[1]]),
         "triton_fb": _grad(fused, [x, *ps]),
         "triton_f": lambda: K.conv_fwd(x.detach(), *params, *geo, "sigmoid", True),
-        "dz": lambda: bwd_plan.dz_launch(gy, h, params[4], params[5], dz),
+        "dz": lambda: bwd_plan.dz_launch(gy_dz, h, params[4], params[5], dz),
         "cudnn_bwd": lambda: torch.ops.aten.convolution_backward(
             dz, x.detach(), wview, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False]
         ),

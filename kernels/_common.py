@@ -372,7 +372,8 @@ def _dendritic_dz_kernel(
     ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """The dZ kernel: dendrites outer (i = D-1 .. 0, unrolled), rows inner, one row per step.
+    """The row dZ kernel, for D > 7 (the tiled kernel below takes D <= 7): dendrites outer (i = D-1 .. 0,
+    unrolled), rows inner, one row per step.
 
     Every tensor is [BLOCK_N] or [PD, BLOCK_N] with the PD axis inside each thread, so no reduction crosses
     threads inside the row loop (the [rows, PD, N] formulation did, and was latency-bound for D > 1). Pass i
@@ -521,6 +522,7 @@ def _dendritic_dz_tiled_kernel(
     ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_R: tl.constexpr,
+    ROWS64: tl.constexpr,
 ):
     """The dZ kernel for D <= 7: each step takes a [BLOCK_R rows, BLOCK_N channels] tile, reads dy and the D
     activations once, runs the whole recursion in registers (_dz_branches) and writes the 1 + D dZ blocks, so dy, h
@@ -528,7 +530,10 @@ def _dendritic_dz_tiled_kernel(
     warp when N = 64) and re-read dy and dZ once per dendrite: at a ResNet conv's 100k rows x 64 channels it ran
     at a fraction of the memory bandwidth (probe_conv_bwd). The reductions stay [BLOCK_R, BLOCK_N] register
     accumulators over the program's row tiles (program pid_m takes tiles pid_m, pid_m + SPLIT, ...: a fixed order),
-    summed over rows once at the end into the program's partial row: deterministic, no atomics.
+    summed over rows once at the end into the program's partial row: no atomics, so the same inputs give the same
+    bits on every run. The order of that last sum follows the register layout Triton picks, which depends on the
+    strides and pointer alignment (and the Triton version), so e.g. an NCHW and a channels_last dy of the same
+    values may differ in the last bits.
     Accumulator order: db, dc_0 .. dc_{D-1}, dg_0 .. dg_{D-1}, then dB[k, i] for k = 1 .. D-1, i < k."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -539,7 +544,10 @@ def _dendritic_dz_tiled_kernel(
     acc = (zero,)
     for _ in tl.static_range(2 * D + D * (D - 1) // 2):
         acc = acc + (zero,)
-    for r0 in range(pid_m * BLOCK_R, ROWS, split * BLOCK_R):
+    start = pid_m * BLOCK_R
+    if ROWS64:  # within split * BLOCK_R of 2^31 rows int32 tile starts would wrap (int64 costs ~40 registers)
+        start = start.to(tl.int64)
+    for r0 in range(start, ROWS, split * BLOCK_R):
         rows = r0 + tl.arange(0, BLOCK_R)
         bb = rows // S
         ss = (rows - bb * S).to(tl.int64)
@@ -613,11 +621,14 @@ class DzLaunch:
         if self.tiled:
             # [BLOCK_R, BLOCK_N] tiles, 16 bytes per thread along N, one warp across at most 32 * vec channels; the
             # rows fill 4 warps x e elements per thread, e shrinking as the 1 + 2D + D(D-1)/2 accumulators grow.
-            # ptxas, sm_90, bf16: 90-96 registers at D = 1, 116-127 at D = 3, ~210 at D = 7; none spilled
-            # (tests/test_triton_compile.py). e = 8 at D = 3 took 242-249, a quarter of the occupancy.
+            # ptxas, sm_90, bf16 with channels innermost: 90-96 registers at D = 1, 116-127 at D = 3, ~210 at
+            # D = 7; none spilled (tests/test_triton_compile.py; fp64 at D = 7 spills a little). e = 8 at D = 3
+            # took 242-249, a quarter of the occupancy.
             block_n = min(32 * vec, max(16, next_pow2(n)))
             num_warps = 4
             programs = programs or 512
+            if per_thread is not None and per_thread & (per_thread - 1):
+                raise ValueError(f"DzLaunch: per_thread must be a power of two, got {per_thread}")
             if per_thread is None:
                 # Each program ends with 1 + 2D + D(D-1)/2 sums across its warps and a partial-row store: with
                 # fewer than 8 row tiles to walk, that tail dominates (probe_dz, 14x14 convs: 46 us at 1 tile per
@@ -640,11 +651,14 @@ class DzLaunch:
         num_n = cdiv(n, block_n)
         r = 1 + 2 * d + d * d
         # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
-        # every GPU. The tiled kernel's 512 (x N tiles) measured best or near it at the ResNet convs and at
-        # 8192x4096 (probe_dz: 2048 cost up to 1.5x, 256 up to 1.4x). The [split, R, N] partials stay under 8M floats.
+        # every GPU for the same shapes, strides and alignment. The tiled kernel's 512 (x N tiles) measured best
+        # or near it at the ResNet convs and at 8192x4096 (probe_dz: 2048 cost up to 1.5x, 256 up to 1.4x). The
+        # [split, R, N] partials stay under 8M floats.
         split = max(1, min(cdiv(rows, block_r), cdiv(programs, num_n), (8 << 20) // max(1, r * n)))
         self.part_shape = (split, r, n)
         self.grid = (split, num_n)
+        if self.tiled:
+            meta["ROWS64"] = rows + split * block_r >= 1 << 31
         self.ints = (rows, n, s, *dy_strides, *h_strides, *gate.stride(), *cascade.stride(), *dz_strides)
         self.meta = dict(D=d, ACT=act, ACC_DTYPE=acc_dtype(dtype), BLOCK_N=block_n, num_warps=num_warps, **meta)
 

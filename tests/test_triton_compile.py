@@ -108,11 +108,15 @@ def test_linear_forward_and_dz_kernels_compile(d):
         assert k.asm["cubin"]
 
 
-@pytest.mark.parametrize(("d", "block_n", "block_r"), [(1, 64, 16), (3, 256, 2), (3, 256, 1), (7, 64, 4)])
-def test_tiled_dz_kernel_compiles_without_spills(d, block_n, block_r):
-    """The tiled dZ kernel as DzLaunch configures it (4 warps): its register accumulators (1 + 2D + D(D-1)/2 tiles)
-    stay in registers."""
+@pytest.mark.parametrize(
+    ("d", "block_n", "block_r", "rows64"),
+    [(1, 64, 16, False), (3, 256, 2, False), (3, 256, 1, False), (7, 64, 4, False), (3, 256, 2, True)],
+)
+def test_tiled_dz_kernel_compiles_without_spills(d, block_n, block_r, rows64):
+    """The tiled dZ kernel as DzLaunch configures it (4 warps, bf16, channels innermost): its register accumulators
+    (1 + 2D + D(D-1)/2 tiles) stay in registers, also with int64 row indices (past 2^31 - 32k rows)."""
     meta = dict(D=d, P=1 << d.bit_length(), ACT=1, ACC_DTYPE=tl.float32, BLOCK_N=block_n, BLOCK_R=block_r)
+    meta["ROWS64"] = rows64
     unit = {f"stride_{s}": 1 for s in ("dyn", "hn", "zn", "gn", "an")}  # channels innermost, as the launches are
     k = compile_for(
         C._dendritic_dz_tiled_kernel, 90, torch.bfloat16, meta, {"part_ptr": torch.float32}, unit, num_warps=4

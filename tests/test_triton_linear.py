@@ -764,15 +764,18 @@ def test_linear_dz_kernel_float64(d):
 
 @apply(interp)
 @pytest.mark.parametrize(
-    ("d", "b", "s", "n", "programs", "dy_nchw"),
-    [(1, 37, 1, 29, 1, False), (2, 10, 5, 70, 2, True), (3, 9, 5, 13, 1, False), (7, 23, 1, 9, 1, False),
-     (8, 4, 3, 5, 2, False)],
+    ("d", "b", "s", "n", "programs", "strided", "dtype"),
+    [(1, 37, 1, 29, 1, "", torch.float64), (2, 10, 5, 70, 2, "dy", torch.float64),
+     (3, 9, 5, 13, 1, "", torch.float64), (4, 6, 7, 130, 1, "h", torch.float32),
+     (6, 11, 3, 9, 1, "dy", torch.float32), (7, 23, 1, 9, 1, "", torch.float64),
+     (8, 4, 3, 5, 2, "", torch.float64)],
 )  # fmt: skip
-def test_dz_kernel_against_float64(d, b, s, n, programs, dy_nchw):
+def test_dz_kernel_against_float64(d, b, s, n, programs, strided, dtype):
     """DzLaunch itself (the tiled kernel up to D = 7, the row kernel beyond) against the dZ recursion in float64:
     rows as (batch, position) pairs with S positions each, dZcat's branch blocks interleaved per row (a
     channels_last conv's layout), so few programs that each walks several row tiles, partial tiles in rows and
-    channels, and (dy_nchw) a grad_y whose channels are strided. Checks dZcat and the four reductions."""
+    channels (fp32: 128-channel tiles), and a grad_y (NCHW) or saved h whose channels are strided. Checks dZcat and
+    the four reductions."""
     common = sys.modules["pai_fast.kernels._common"]
     g = torch.Generator().manual_seed(d)
     rows, f64 = b * s, torch.float64
@@ -780,17 +783,19 @@ def test_dz_kernel_against_float64(d, b, s, n, programs, dy_nchw):
     def r(*shape):
         return torch.randn(shape, generator=g, dtype=f64).to(DEVICE)
 
-    dy = r(b, n, s).transpose(1, 2) if dy_nchw else r(b, s, n)
-    a = torch.tanh(r(b, s, d, n))
+    dy = r(b, n, s).transpose(1, 2) if strided == "dy" else r(b, s, n)
+    a = torch.tanh(r(b, s, n, d).transpose(2, 3) if strided == "h" else r(b, s, d, n))
     gate, cas = r(d, n), r(d, d, n)
-    dz = torch.full((b, s, 1 + d, n), float("nan"), dtype=f64, device=DEVICE)
+    dy, a, gate, cas = (t.to(dtype) for t in (dy, a, gate, cas))
+    dz = torch.full((b, s, 1 + d, n), float("nan"), dtype=dtype, device=DEVICE)
     launch = common.DzLaunch(dy.stride(), a.stride(), dz.stride(), gate, cas, rows, n, s,
-                             common.ACT_CODES["tanh"], f64, programs=programs)  # fmt: skip
+                             common.ACT_CODES["tanh"], dtype, programs=programs)  # fmt: skip
     assert launch.tiled == (d <= common.TILED_DZ_MAX_D) and launch.grid[0] <= programs
     assert rows > launch.grid[0] * launch.meta.get("BLOCK_R", 1)  # some program walks more than one row tile
     red = launch(dy, a, gate, cas, dz)
 
-    dy2, a2 = dy.reshape(rows, n), a.reshape(rows, d, n)
+    dy2, a2 = dy.double().reshape(rows, n), a.double().reshape(rows, d, n)
+    gate, cas = gate.double(), cas.double()
     ds = torch.zeros(rows, d, n, dtype=f64, device=DEVICE)
     for i in range(d - 1, -1, -1):
         da = gate[i] * dy2 + sum((cas[k, i] * ds[:, k] for k in range(i + 1, d)), torch.zeros_like(dy2))
@@ -802,8 +807,29 @@ def test_dz_kernel_against_float64(d, b, s, n, programs, dy_nchw):
     for k in range(d):
         for i in range(k):
             want[1 + 2 * d + k * d + i] = (ds[:, k] * a2[:, i]).sum(0)
-    torch.testing.assert_close(dz.reshape(rows, 1 + d, n), torch.cat([dy2[:, None], ds], 1), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(red, want, rtol=1e-10, atol=1e-10)
+    tol = 1e-12 if dtype == f64 else 1e-5
+    got_dz = dz.double().reshape(rows, 1 + d, n)
+    torch.testing.assert_close(got_dz, torch.cat([dy2[:, None], ds], 1), rtol=tol, atol=tol)
+    torch.testing.assert_close(red.double(), want, rtol=tol * 100, atol=tol * 100)
+
+
+@apply(interp)
+def test_dz_launch_configuration():
+    """The tiled kernel's tiles shrink when programs would walk few of them; int64 rows only near 2^31; per_thread
+    overrides must be powers of two."""
+    common = sys.modules["pai_fast.kernels._common"]
+    g, c = torch.empty(3, 256), torch.empty(3, 3, 256)
+
+    def launch(rows, n=256, **kw):
+        gg, cc = g[:, :n], c[:, :, :n]
+        return common.DzLaunch((n, n, 1), (3 * n, 3 * n, n, 1), (4 * n, 4 * n, n, 1), gg, cc, rows, n, rows, 1,
+                               torch.bfloat16, **kw)  # fmt: skip
+
+    few, many = launch(6272), launch(1 << 20)
+    assert few.meta["BLOCK_R"] < many.meta["BLOCK_R"] and not many.meta["ROWS64"]
+    assert launch((1 << 31) - 1000).meta["ROWS64"]
+    with pytest.raises(ValueError, match="per_thread must be a power of two"):
+        launch(64, per_thread=3)
 
 
 try:
