@@ -18,10 +18,7 @@ channels_last model's, as in `pai-fast bench` (pai_fast.bench._conv_case).
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import json
-import pstats
 import sys
 import time
 
@@ -30,7 +27,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench, do_bench_cudagraph
 
 from pai_fast import functional
-from pai_fast.bench import _conv_case, environment
+from pai_fast.bench import _conv_case, environment, host_profile
 
 SHAPES = {"32x64x56x56->64": (32, 64, 56, 64), "32x256x14x14->256": (32, 256, 14, 256)}
 
@@ -109,16 +106,7 @@ def _case(name: str, dims: tuple, d: int, dt: torch.dtype, rows: list, profile: 
         )
         print(f"{name:18} D={d} {label:10}: device {dev:.4f} ms  wall {wall:.4f} ms  host {host:.4f} ms", flush=True)
     if profile:
-        prof = cProfile.Profile()
-        fn = calls["triton_fb"]
-        prof.enable()
-        for _ in range(200):
-            fn()
-        prof.disable()
-        torch.cuda.synchronize()
-        s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
-        print("\n".join(line for line in s.getvalue().splitlines() if line.strip())[:8000], flush=True)
+        print(host_profile(calls["triton_fb"], 200, 25)[:8000], flush=True)
     print(
         f"  triton_fb conv_bwd plan: dy_contig={bwd_plan.dy_contig} h_contig={bwd_plan.h_contig} "
         f"dz strides={bwd_plan.z_strides} wview strides={tuple(wview.stride())}",

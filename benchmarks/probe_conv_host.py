@@ -7,13 +7,12 @@ device time, then cProfile of many calls of the TMA mainloop (top functions by o
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import pstats
 import sys
 import time
 
 import torch
+
+from pai_fast.bench import host_profile
 
 
 def main() -> None:
@@ -50,15 +49,7 @@ def main() -> None:
                 f"{b}x{c}x{hw}x{hw}->{n} D={d} {label:6}: host {host:7.1f} us/call, with the GPU {total:7.1f} us/call"
             )
             if label == "box":
-                prof = cProfile.Profile()
-                prof.enable()
-                for _ in range(args.calls):
-                    call()
-                prof.disable()
-                torch.cuda.synchronize()
-                s = io.StringIO()
-                pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(18)
-                print("\n".join(line for line in s.getvalue().splitlines() if line.strip())[:6000])
+                print(host_profile(call, args.calls, 18)[:6000])
         conv._state.update(weight_tma="auto", x_tma="auto")
 
 

@@ -7,13 +7,12 @@ kernels launched, and a cProfile of the Python side, for each backend.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import pstats
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+from pai_fast.bench import host_profile
 
 
 def main() -> None:
@@ -79,15 +78,7 @@ def main() -> None:
         )
         for e in sorted(kern, key=lambda e: -e.device_time_total)[:8]:
             print(f"   {e.count / 10:4.0f}x {e.device_time_total / 10:8.1f} us  {e.key[:90]}")
-        pr = cProfile.Profile()
-        pr.enable()
-        for _ in range(100):
-            fn()
-        pr.disable()
-        torch.cuda.synchronize()
-        s = io.StringIO()
-        pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(18)
-        print("\n".join(s.getvalue().splitlines()[:40]))
+        print("\n".join(host_profile(fn, 100, 18).splitlines()[:40]))
 
 
 def host_and_wall_ms(fn, n: int) -> tuple[float, float]:

@@ -66,3 +66,18 @@ def test_bench_summary_ratios():
     assert header.split()[-4:] == ["best/limit", "best/compiled", "eager/triton", "eager/cuda"]
     # best fused = triton 1.0: 1.0/0.4, 1.0/2.0; eager 3.0 over triton and cuda
     assert row.split()[-4:] == ["2.50", "0.50", "3.00", "2.00"]
+
+
+def test_host_profile_lists_the_profiled_calls():
+    from pai_fast.bench import host_profile
+
+    calls = []
+
+    def marker_function_for_profile():
+        calls.append(1)
+
+    table = host_profile(marker_function_for_profile, calls=7, top=5)
+    assert len(calls) == 7
+    row = next(line for line in table.splitlines() if "marker_function_for_profile" in line)
+    assert row.split()[0] == "7"  # ncalls
+    assert all(line.strip() for line in table.splitlines())
