@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from triton.testing import do_bench, do_bench_cudagraph
 
 from pai_fast import functional
-from pai_fast.bench import _conv_case, environment, host_profile
+from pai_fast.bench import _conv_case, environment, host_and_wall_ms, host_profile
 
 SHAPES = {"32x64x56x56->64": (32, 64, 56, 64), "32x256x14x14->256": (32, 256, 14, 256)}
 
@@ -86,13 +85,7 @@ def _case(name: str, dims: tuple, d: int, dt: torch.dtype, rows: list, profile: 
             print(f"{name} D={d} {label}: no CUDA-graph time ({type(e).__name__}: {e})", flush=True)
             dev = float("nan")
         wall = do_bench(fn, warmup=25, rep=200)
-        n = 200
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        host = (time.perf_counter() - t0) / n * 1e3
-        torch.cuda.synchronize()
+        host, _ = host_and_wall_ms(fn, 200)
         rows.append(
             dict(
                 shape=name,

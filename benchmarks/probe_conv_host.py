@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
 
-from pai_fast.bench import host_profile
+from pai_fast.bench import host_and_wall_ms, host_profile
 
 
 def main() -> None:
@@ -36,15 +35,7 @@ def main() -> None:
 
         for label, wt, xt in (("ptr", False, False), ("tma_w", True, False), ("box", True, True)):
             conv._state.update(weight_tma=wt, x_tma=xt)
-            for _ in range(5):
-                call()
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(args.calls):
-                call()
-            host = (time.perf_counter() - t0) / args.calls * 1e6
-            torch.cuda.synchronize()
-            total = (time.perf_counter() - t0) / args.calls * 1e6
+            host, total = (1e3 * t for t in host_and_wall_ms(call, args.calls))
             print(
                 f"{b}x{c}x{hw}x{hw}->{n} D={d} {label:6}: host {host:7.1f} us/call, with the GPU {total:7.1f} us/call"
             )

@@ -7,12 +7,11 @@ kernels launched, and a cProfile of the Python side, for each backend.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pai_fast.bench import host_profile
+from pai_fast.bench import host_and_wall_ms, host_profile
 
 
 def main() -> None:
@@ -79,19 +78,6 @@ def main() -> None:
         for e in sorted(kern, key=lambda e: -e.device_time_total)[:8]:
             print(f"   {e.count / 10:4.0f}x {e.device_time_total / 10:8.1f} us  {e.key[:90]}")
         print("\n".join(host_profile(fn, 100, 18).splitlines()[:40]))
-
-
-def host_and_wall_ms(fn, n: int) -> tuple[float, float]:
-    """(host ms per call with no sync inside the loop, wall ms per call once the GPU has caught up)."""
-    for _ in range(max(10, n // 10)):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    host = (time.perf_counter() - t0) / n * 1e3
-    torch.cuda.synchronize()
-    return host, (time.perf_counter() - t0) / n * 1e3
 
 
 def micro(m: int, k: int, n: int, d: int, dt: torch.dtype) -> None:

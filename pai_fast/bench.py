@@ -22,6 +22,7 @@ import os
 import platform
 import statistics
 import subprocess
+import time
 import warnings
 
 import torch
@@ -52,6 +53,21 @@ def _timer(device: str):
         return benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.2).median * 1e3
 
     return cpu
+
+
+def host_and_wall_ms(fn, n: int) -> tuple[float, float]:
+    """(host ms per call with no sync inside the loop, wall ms per call once the GPU has caught up), after a warm-up
+    of max(10, n // 10) calls."""
+    for _ in range(max(10, n // 10)):
+        fn()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    host = (time.perf_counter() - t0) / n * 1e3
+    sync()
+    return host, (time.perf_counter() - t0) / n * 1e3
 
 
 def host_profile(fn, calls: int = 200, top: int = 25) -> str:

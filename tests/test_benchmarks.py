@@ -81,3 +81,12 @@ def test_host_profile_lists_the_profiled_calls():
     row = next(line for line in table.splitlines() if "marker_function_for_profile" in line)
     assert row.split()[0] == "7"  # ncalls
     assert all(line.strip() for line in table.splitlines())
+
+
+def test_host_and_wall_ms_times_every_call():
+    from pai_fast.bench import host_and_wall_ms
+
+    calls = []
+    host, wall = host_and_wall_ms(lambda: calls.append(1), 40)
+    assert len(calls) == 10 + 40  # the warm-up, then the timed calls
+    assert 0 < host <= wall
