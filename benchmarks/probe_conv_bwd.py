@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench, do_bench_cudagraph
 
 from pai_fast import functional
-from pai_fast.bench import _conv_case, environment, host_and_wall_ms, host_profile
+from pai_fast.bench import _conv_case, environment, host_and_wall_ms, host_profile, limit_weight
 
 SHAPES = {"32x64x56x56->64": (32, 64, 56, 64), "32x256x14x14->256": (32, 256, 14, 256)}
 
@@ -44,8 +44,7 @@ def _case(name: str, dims: tuple, d: int, dt: torch.dtype, rows: list, profile: 
     x, params = _conv_case(*dims, d, dt, "cuda")
     x = x.requires_grad_()
     ps = [p.detach().requires_grad_() for p in params]
-    wcat = torch.cat([params[0][None], params[2]]).flatten(0, 1).contiguous(memory_format=torch.channels_last)
-    wcat.requires_grad_()
+    wcat = limit_weight("conv", params).requires_grad_()
     w_plain = params[0].detach().clone().requires_grad_()
     geo = ((1, 1), (1, 1), (1, 1))
 

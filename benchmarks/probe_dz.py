@@ -42,13 +42,8 @@ def main() -> None:
             variants = [("row", 2048, None)] + [("tiled", p, None) for p in (256, 512, 1024, 2048)]
             variants += [("tiled", p, e) for p in (512, 2048) for e in (2, 4, 8)]
             for kind, programs, per_thread in variants:
-                saved = common.TILED_DZ_MAX_D
-                common.TILED_DZ_MAX_D = saved if kind == "tiled" else 0
-                try:
-                    launch = common.DzLaunch(dy.stride(), h.stride(), dz.stride(), gate, cas, b * s, n, s, act, dt,
-                                             programs=programs, per_thread=per_thread)  # fmt: skip
-                finally:
-                    common.TILED_DZ_MAX_D = saved
+                launch = common.DzLaunch(dy.stride(), h.stride(), dz.stride(), gate, cas, b * s, n, s, act, dt,
+                                         programs=programs, per_thread=per_thread, tiled=kind == "tiled")  # fmt: skip
                 red = launch(dy, h, gate, cas, dz)
                 if want is None:
                     want = (dz.clone(), red.clone())
@@ -57,11 +52,9 @@ def main() -> None:
                         err = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
                         assert err < 2e-2, f"{name} D={d} {kind} {programs} {per_thread}: relative error {err:.3g}"
                 part = torch.empty(launch.part_shape, device="cuda", dtype=launch.acc_t)
-                kern = common._launch_dz_tiled if launch.tiled else common._launch_dz
-                ptrs = (dy, h, gate, cas, dz, part)
 
-                def kernel_only(kern=kern, launch=launch, ptrs=ptrs):
-                    kern(launch.grid, ptrs + launch.ints, launch.meta, None)
+                def kernel_only(launch=launch, args=(dy, h, gate, cas, dz, part)):
+                    launch.launch_into(*args)
 
                 def full_call(launch=launch, args=(dy, h, gate, cas, dz)):
                     launch(*args)
@@ -75,7 +68,7 @@ def main() -> None:
                 rows_out.append(row)
                 tbps = row["kernel_tbps"]
                 print(
-                    f"{name:24} D={d} {kind:5} programs={programs:5} grid={launch.grid}: with sum "
+                    f"{name:24} D={d} {kind:5} programs={programs:5} e={per_thread} grid={launch.grid}: with sum "
                     f"{full * 1e3:7.1f} us, kernel {only * 1e3:7.1f} us ({tbps:.2f} TB/s of {mb:.0f} MB)",
                     flush=True,
                 )

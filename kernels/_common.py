@@ -578,7 +578,7 @@ def _dendritic_dz_tiled_kernel(
             if i < k:
                 val = tl.sum(acc[1 + 2 * D + k * (k - 1) // 2 + i], axis=0)
             else:  # dB is strictly lower triangular: these rows of the partial buffer are zeros
-                val = tl.sum(zero, axis=0)
+                val = tl.zeros((BLOCK_N,), ACC_DTYPE)
             tl.store(part_row + (1 + 2 * D + k * D + i) * N, val, mask=n_mask)
 
 
@@ -602,43 +602,38 @@ _launch_dz_tiled = Launcher(_dendritic_dz_tiled_kernel)
 
 
 class DzLaunch:
-    """One dZ-kernel launch as fixed by its call signature: the integer arguments, constexprs, grid and partial-sum
-    buffer. dy/h/dz strides are over (b, s, [d,] n), dz's d-stride being the offset between branch blocks."""
+    """One dZ-kernel launch as fixed by its call signature: the kernel (tiled for 1 <= D <= 7, else the row kernel),
+    its integer arguments, constexprs, grid and partial-sum buffer. dy/h/dz strides are over (b, s, [d,] n), dz's
+    d-stride being the offset between branch blocks."""
 
-    __slots__ = ("serial", "ints", "meta", "grid", "part_shape", "acc_t", "tiled")
+    __slots__ = ("serial", "ints", "meta", "grid", "part_shape", "acc_t", "launcher")
 
     def __init__(
-        self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, programs=None, per_thread=None
-    ):
+        self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, programs=None, per_thread=None,
+        tiled=None,
+    ):  # fmt: skip
         """programs: the program budget (default 512 for the tiled kernel, 2048 for the row kernel; tests lower it
         so that each program walks several row tiles); per_thread: the tiled kernel's elements per thread per tile
-        (probes), else chosen by D and the rows each program gets."""
+        (probes), else chosen by D and the rows each program gets; tiled: False runs the row kernel at any D
+        (probes compare the two), None picks by D."""
         d = gate.shape[0]
+        if tiled is None:
+            tiled = 1 <= d <= TILED_DZ_MAX_D
+        elif tiled and not 1 <= d <= TILED_DZ_MAX_D:
+            raise ValueError(f"DzLaunch: the tiled kernel takes 1 <= D <= {TILED_DZ_MAX_D}, got D = {d}")
+        if per_thread is not None and per_thread & (per_thread - 1):
+            raise ValueError(f"DzLaunch: per_thread must be a power of two, got {per_thread}")
         self.serial = serial()
         self.acc_t = torch_acc_dtype(dtype)
+        self.launcher = _launch_dz_tiled if tiled else _launch_dz
         vec = max(1, 16 // torch.empty((), dtype=dtype).element_size())
-        self.tiled = 1 <= d <= TILED_DZ_MAX_D
-        if self.tiled:
+        if tiled:
             # [BLOCK_R, BLOCK_N] tiles, 16 bytes per thread along N, one warp across at most 32 * vec channels; the
             # rows fill 4 warps x e elements per thread, e shrinking as the 1 + 2D + D(D-1)/2 accumulators grow.
             # ptxas, sm_90, bf16 with channels innermost: 90-96 registers at D = 1, 116-127 at D = 3, ~210 at
             # D = 7; none spilled (tests/test_triton_compile.py; fp64 at D = 7 spills a little). e = 8 at D = 3
             # took 242-249, a quarter of the occupancy.
-            block_n = min(32 * vec, max(16, next_pow2(n)))
-            num_warps = 4
-            programs = programs or 512
-            if per_thread is not None and per_thread & (per_thread - 1):
-                raise ValueError(f"DzLaunch: per_thread must be a power of two, got {per_thread}")
-            if per_thread is None:
-                # Each program ends with 1 + 2D + D(D-1)/2 sums across its warps and a partial-row store: with
-                # fewer than 8 row tiles to walk, that tail dominates (probe_dz, 14x14 convs: 46 us at 1 tile per
-                # program, 6 us at 12), so smaller tiles.
-                per_thread = 8 if d == 1 else 4 if d <= 3 else 2
-                rows_each = cdiv(rows, max(1, min(rows, cdiv(programs, cdiv(n, block_n)))))
-                while per_thread > 2 and rows_each < 8 * max(1, 32 * num_warps * per_thread // block_n):
-                    per_thread //= 2
-            block_r = max(1, 32 * num_warps * per_thread // block_n)
-            meta = dict(P=next_pow2(1 + d), BLOCK_R=block_r)
+            block_n, num_warps, programs = min(32 * vec, max(16, next_pow2(n))), 4, programs or 512
         else:
             # [PD, BLOCK_N] tiles with PD inside each thread: a load puts 16 bytes per thread along N, so BLOCK_N =
             # 32 * vec * num_warps keeps every warp along N (ptxas: no shuffles in the row loop).
@@ -646,28 +641,46 @@ class DzLaunch:
             num_warps = 4 if pd <= 4 else 2
             block_n = min(32 * vec * num_warps, max(32, next_pow2(n)))
             num_warps = max(1, min(num_warps, block_n // (32 * vec)))
-            block_r, programs = 1, programs or 2048
-            meta = dict(PD=pd)
+            programs = programs or 2048
         num_n = cdiv(n, block_n)
         r = 1 + 2 * d + d * d
         # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
         # every GPU for the same shapes, strides and alignment. The tiled kernel's 512 (x N tiles) measured best
         # or near it at the ResNet convs and at 8192x4096 (probe_dz: 2048 cost up to 1.5x, 256 up to 1.4x). The
         # [split, R, N] partials stay under 8M floats.
-        split = max(1, min(cdiv(rows, block_r), cdiv(programs, num_n), (8 << 20) // max(1, r * n)))
+        cap = max(1, min(cdiv(programs, num_n), (8 << 20) // max(1, r * n)))
+        if tiled:
+            if per_thread is None:
+                # Each program ends with 1 + 2D + D(D-1)/2 sums across its warps and a partial-row store: with
+                # fewer than 8 row tiles to walk, that tail dominates (probe_dz, 14x14 convs: 46 us at 1 tile per
+                # program, 6 us at 12), so smaller tiles.
+                per_thread = 8 if d == 1 else 4 if d <= 3 else 2
+                rows_each = cdiv(rows, max(1, min(rows, cap)))
+                while per_thread > 2 and rows_each < 8 * max(1, 32 * num_warps * per_thread // block_n):
+                    per_thread //= 2
+            block_r = max(1, 32 * num_warps * per_thread // block_n)
+            split = max(1, min(cdiv(rows, block_r), cap))
+            meta = dict(P=next_pow2(1 + d), BLOCK_R=block_r, ROWS64=rows + split * block_r >= 1 << 31)
+        else:
+            split, meta = max(1, min(rows, cap)), dict(PD=pd)
         self.part_shape = (split, r, n)
         self.grid = (split, num_n)
-        if self.tiled:
-            meta["ROWS64"] = rows + split * block_r >= 1 << 31
         self.ints = (rows, n, s, *dy_strides, *h_strides, *gate.stride(), *cascade.stride(), *dz_strides)
         self.meta = dict(D=d, ACT=act, ACC_DTYPE=acc_dtype(dtype), BLOCK_N=block_n, num_warps=num_warps, **meta)
+
+    @property
+    def tiled(self) -> bool:
+        return self.launcher is _launch_dz_tiled
+
+    def launch_into(self, dy, h, gate, cascade, dz, part) -> None:
+        """The kernel alone: dZcat into dz, the per-program partial sums into part [split, R, N]."""
+        ptrs = (dy, h, gate, cascade, dz, part)
+        self.launcher(self.grid, ptrs + self.ints, self.meta, (self.serial, aligned16(ptrs)))
 
     def __call__(self, dy, h, gate, cascade, dz) -> torch.Tensor:
         """Launch; returns the reductions packed as pai_fast._layout's dsmall [1 + 2D + D*D, N] (dbias,
         ddendrite_bias, dgate, dcascade) in the accumulation dtype (fp64 for fp64 inputs, fp32 otherwise), summed
         over a fixed number of programs: one buffer, one launch, one torch sum."""
         part = torch.empty(self.part_shape, device=dy.device, dtype=self.acc_t)
-        ptrs = (dy, h, gate, cascade, dz, part)
-        launch = _launch_dz_tiled if self.tiled else _launch_dz
-        launch(self.grid, ptrs + self.ints, self.meta, (self.serial, aligned16(ptrs)))
+        self.launch_into(dy, h, gate, cascade, dz, part)
         return part.sum(0)

@@ -370,7 +370,7 @@ def _onepass_dz(
     dy = dy.to(ACC_DTYPE)
     h_ptrs = h_ptr + rows64[:, None] * stride_hm + offs_n[None, :] * stride_hn
     dz, _ = _dz_branches(dy, h_ptrs, mn, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai, stride_aj,
-                      stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
+                         stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
     return dy, h_ptrs, mn, dz
 
 

@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +56,7 @@ def _timer(device: str):
     return cpu
 
 
-def host_and_wall_ms(fn, n: int) -> tuple[float, float]:
+def host_and_wall_ms(fn: Callable[[], object], n: int) -> tuple[float, float]:
     """(host ms per call with no sync inside the loop, wall ms per call once the GPU has caught up), after a warm-up
     of max(10, n // 10) calls."""
     for _ in range(max(10, n // 10)):
@@ -70,7 +71,7 @@ def host_and_wall_ms(fn, n: int) -> tuple[float, float]:
     return host, (time.perf_counter() - t0) / n * 1e3
 
 
-def host_profile(fn, calls: int = 200, top: int = 25) -> str:
+def host_profile(fn: Callable[[], object], calls: int = 200, top: int = 25) -> str:
     """cProfile of `calls` calls of fn (the GPU synchronized after): the `top` functions by own time, blank lines
     dropped. The probes use it to show where a call's host time goes."""
     import cProfile
@@ -143,6 +144,13 @@ def _conv_case(b, cin, hw, cout, d, dtype, device):
     return x, params
 
 
+def limit_weight(kind: str, params: list) -> torch.Tensor:
+    """The limit's weight: W and the D dendrite weights stacked into one of (1+D)*N rows, in the layout the case's
+    model keeps (channels_last for convs)."""
+    wcat = torch.cat([params[0][None], params[2]]).flatten(0, 1)
+    return wcat if kind == "linear" else wcat.contiguous(memory_format=torch.channels_last)
+
+
 def _providers(kind: str, x, params, d: int, device: str, want: list[str]):
     """name -> forward callable over (x, params); params[6] is the stacked weight of width (1+D)*N."""
     w, b, dw, db, gate, casc = params[:6]
@@ -201,8 +209,7 @@ def run(
         dtype = getattr(torch, dtype_name)
         make = _linear_case if kind == "linear" else _conv_case
         x, params = make(*dims, d, dtype, device)
-        limit_w = torch.cat([params[0][None], params[2]]).flatten(0, 1)  # the limit's weight, (1+D)*N rows
-        params.append(limit_w if kind == "linear" else limit_w.contiguous(memory_format=torch.channels_last))
+        params.append(limit_weight(kind, params))
         provs = _providers(kind, x, params, d, device, list(providers))
         for mode in modes:
             calls = {}

@@ -816,7 +816,7 @@ def test_dz_kernel_against_float64(d, b, s, n, programs, strided, dtype):
 @apply(interp)
 def test_dz_launch_configuration():
     """The tiled kernel's tiles shrink when programs would walk few of them; int64 rows only near 2^31; per_thread
-    overrides must be powers of two."""
+    overrides must be powers of two; the row kernel can be asked for, the tiled one only where it runs."""
     common = sys.modules["pai_fast.kernels._common"]
     g, c = torch.empty(3, 256), torch.empty(3, 3, 256)
 
@@ -830,6 +830,10 @@ def test_dz_launch_configuration():
     assert launch((1 << 31) - 1000).meta["ROWS64"]
     with pytest.raises(ValueError, match="per_thread must be a power of two"):
         launch(64, per_thread=3)
+    assert not launch(64, tiled=False).tiled and launch(64).tiled  # the row kernel on request (probes)
+    with pytest.raises(ValueError, match="tiled kernel takes 1 <= D <= 7"):
+        common.DzLaunch((8, 8, 1), (64, 64, 8, 1), (72, 72, 8, 1), torch.empty(8, 8), torch.empty(8, 8, 8), 4, 8, 4,
+                        1, torch.bfloat16, tiled=True)  # fmt: skip
 
 
 try:
