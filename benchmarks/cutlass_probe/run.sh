@@ -20,8 +20,10 @@ echo "cuBLAS: $hdr $lib"
 cmake -S . -B build -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90 -DPAI_FAST_PYTHON=OFF -DPAI_FAST_TESTS=OFF \
   -DCMAKE_BUILD_TYPE=Release >"$out/cutlass_cmake.log" 2>&1
 cmake --build build --target pai_fast_kernels -j16 >>"$out/cutlass_cmake.log" 2>&1
+# The library goes to the host linker by path (-Xlinker): nvcc refuses an input named libcublas.so.13.x.
 nvcc -std=c++17 -O3 -arch=sm_90a --expt-relaxed-constexpr -I"$inc" -I$C/include -I$C/tools/util/include \
-  -Icsrc/include benchmarks/cutlass_probe/cutlass_probe.cu build/libpai_fast_kernels.a "$lib" \
-  -Xlinker -rpath="$(dirname "$lib")" -o build/cutlass_probe 2>&1 | grep -v "compute_90a" || true
+  -Icsrc/include benchmarks/cutlass_probe/cutlass_probe.cu build/libpai_fast_kernels.a -Xlinker "$lib" \
+  -Xlinker -rpath="$(dirname "$lib")" -o build/cutlass_probe >"$out/cutlass_nvcc.log" 2>&1 \
+  || { tail -40 "$out/cutlass_nvcc.log"; exit 1; }
 echo "built in $(( $(date +%s) - t0 ))s"
 build/cutlass_probe "$@" | tee "$out/cutlass_probe.log"
