@@ -1,6 +1,6 @@
 """The backward's dZ kernel alone (GPU machine): device time (CUDA-graph replay) of the row kernel and the tiled
-kernel at several program budgets, with and without the torch sum of the partials, at the ResNet convs' and the
-large Linear's shapes (bf16, the layouts the backward launches with).
+kernel at several program budgets and first-level group sizes of the in-kernel sum of the partials, at the ResNet
+convs' and the large Linear's shapes (bf16, the layouts the backward launches with).
 
     python benchmarks/probe_dz.py [--out probe_dz.json]
 """
@@ -39,11 +39,12 @@ def main() -> None:
             dz = torch.empty(b, s, 1 + d, n, device="cuda", dtype=dt)
             act = common.ACT_CODES["sigmoid"]
             want = None
-            variants = [("row", 2048, None)] + [("tiled", p, None) for p in (256, 512, 1024, 2048)]
-            variants += [("tiled", p, e) for p in (512, 2048) for e in (2, 4, 8)]
-            for kind, programs, per_thread in variants:
+            variants = [("row", 2048, None, None)] + [("tiled", 512, None, g) for g in (None, 4, 8, 16, 32)]
+            variants += [("tiled", p, None, None) for p in (256, 1024)] + [("tiled", 512, e, None) for e in (2, 8)]
+            for kind, programs, per_thread, group in variants:
                 launch = common.DzLaunch(dy.stride(), h.stride(), dz.stride(), gate, cas, b * s, n, s, act, dt,
-                                         programs=programs, per_thread=per_thread, tiled=kind == "tiled")  # fmt: skip
+                                         programs=programs, per_thread=per_thread, tiled=kind == "tiled",
+                                         group=group)  # fmt: skip
                 red = launch(dy, h, gate, cas, dz)
                 if want is None:
                     want = (dz.clone(), red.clone())
@@ -51,25 +52,20 @@ def main() -> None:
                     for got, ref in ((dz, want[0]), (red, want[1])):
                         err = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
                         assert err < 2e-2, f"{name} D={d} {kind} {programs} {per_thread}: relative error {err:.3g}"
-                part = torch.empty(launch.part_shape, device="cuda", dtype=launch.acc_t)
 
-                def kernel_only(launch=launch, args=(dy, h, gate, cas, dz, part)):
-                    launch.launch_into(*args)
-
-                def full_call(launch=launch, args=(dy, h, gate, cas, dz)):
+                def call(launch=launch, args=(dy, h, gate, cas, dz)):
                     launch(*args)
 
-                full = do_bench_cudagraph(full_call, rep=100)
-                only = do_bench_cudagraph(kernel_only, rep=100)
+                ms = do_bench_cudagraph(call, rep=100)
                 mb = (dy.numel() + h.numel() + dz.numel()) * dt.itemsize / 1e6
-                row = dict(case=name, D=d, kernel=kind, programs=programs, per_thread=per_thread, grid=launch.grid,
-                           meta={k: v for k, v in launch.meta.items() if k != "ACC_DTYPE"}, full_ms=full,
-                           kernel_ms=only, mbytes=mb, kernel_tbps=mb / only / 1e3)  # fmt: skip
+                meta = {k: v for k, v in launch.meta.items() if k != "ACC_DTYPE"}
+                row = dict(case=name, D=d, kernel=kind, programs=programs, per_thread=per_thread, group=group,
+                           grid=launch.grid, meta=meta, ms=ms, mbytes=mb, tbps=mb / ms / 1e3)  # fmt: skip
                 rows_out.append(row)
-                tbps = row["kernel_tbps"]
                 print(
-                    f"{name:24} D={d} {kind:5} programs={programs:5} e={per_thread} grid={launch.grid}: with sum "
-                    f"{full * 1e3:7.1f} us, kernel {only * 1e3:7.1f} us ({tbps:.2f} TB/s of {mb:.0f} MB)",
+                    f"{name:24} D={d} {kind:5} programs={programs:5} block_r={meta.get('BLOCK_R')} "
+                    f"group={meta['GROUP']:2} grid={launch.grid}: "
+                    f"{ms * 1e3:7.1f} us ({row['tbps']:.2f} TB/s of {mb:.0f} MB)",
                     flush=True,
                 )
     with open(args.out, "w") as f:

@@ -21,8 +21,9 @@ Backward (``_dendritic_dz_tiled_kernel`` for D <= 7, ``_dendritic_dz_kernel`` be
 
 act' is computed from the saved a: sigmoid a(1-a), tanh 1-a^2, relu [a > 0], identity 1. The kernel writes
 dZcat = [dz_0, ds_0 .. ds_{D-1}] (what the dX / dW GEMMs need) and per-program partial sums of the four
-reductions; the launcher sums the partials over a fixed program count in torch, so the result is deterministic
-(no float atomics).
+reductions, which the same launch then sums over its fixed program count in a fixed order (``_finish_sums``: int
+arrival counters pick the programs that sum, no float atomics) into dsmall in the parameters' dtype. The backward
+is then three launches: this kernel and the dX and dW GEMMs (or cuDNN's backward for a convolution).
 """
 
 from __future__ import annotations
@@ -340,6 +341,90 @@ def _dendritic_epilogue(
 
 
 @triton.jit
+def _sum_slots(
+    part_ptr,
+    dst_ptr,  # [R, N] rows at dst_ptr + j * N (a slot of part, or dsmall)
+    slot0,
+    step,
+    count,
+    N,
+    pid_n,
+    R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GROUP: tl.constexpr,
+    FIN_R: tl.constexpr,
+    FIN_N: tl.constexpr,
+):
+    """dst[j, n] = sum_q part[slot0 + q * step, j, n] over q = 0 .. count-1 for this program's BLOCK_N channels,
+    GROUP slots at a time, each chunk summed as one [GROUP, FIN_R, FIN_N] tile (a fixed tree: deterministic). The
+    loads bypass L1 (.cg): other programs wrote these slots, and this SM's L1 may hold older lines."""
+    q = tl.arange(0, GROUP)
+    jj = tl.arange(0, FIN_R)
+    for n0 in tl.static_range(0, BLOCK_N, FIN_N):
+        offs_n = pid_n * BLOCK_N + n0 + tl.arange(0, FIN_N)
+        for j0 in range(0, R, FIN_R):
+            rows = j0 + jj
+            mask = (rows < R)[:, None] & (offs_n < N)[None, :]
+            at = rows[:, None] * N + offs_n[None, :]
+            acc = tl.zeros((FIN_R, FIN_N), part_ptr.dtype.element_ty)
+            for q0 in range(0, count, GROUP):
+                slots = slot0 + (q0 + q) * step
+                vals = tl.load(
+                    part_ptr + (slots * (R * N))[:, None, None] + at[None, :, :],
+                    mask=((q0 + q) < count)[:, None, None] & mask[None, :, :],
+                    other=0.0,
+                    cache_modifier=".cg",
+                )
+                acc += tl.sum(vals, axis=0)
+            tl.store(dst_ptr + at, acc.to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _finish_sums(
+    part_ptr,  # [SPLIT, R, N]: this program's row pid_m is stored (by all its threads)
+    cnt_ptr,  # int32 [num N tiles, NGROUPS + 1], zero at launch and again when the launch ends
+    out_ptr,  # dsmall [R, N], contiguous, in the parameters' dtype
+    pid_m,
+    pid_n,
+    N,
+    R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GROUP: tl.constexpr,
+    FIN_R: tl.constexpr,
+    FIN_N: tl.constexpr,
+):
+    """Sum the SPLIT partial rows into dsmall inside the dZ launch, with no float atomics, in two levels: the last
+    program of each group of GROUP to arrive (an int atomic counter) sums its group's partials, in slot order, into
+    the group's first slot; the last group to finish sums the group slots, in order, and writes dsmall in its own
+    dtype. The result depends only on the partials, not on the order programs arrive in. One last program summing
+    all SPLIT partials would serialize ~1 MB at a ResNet conv; two levels leave it ~2 sqrt(SPLIT) slots.
+    Memory order (the CUTLASS semaphore's pattern): every thread's stores, a CTA barrier, then one thread's
+    acq_rel atomic (Triton issues a scalar atomic from one thread and broadcasts its result), whose acquire side
+    orders the last arriver's .cg loads. Each counter is set back to zero by the program that saw it full, so the
+    buffer needs no memset between launches that run in one stream's order."""
+    split = tl.num_programs(0)
+    ngroups = tl.cdiv(split, GROUP)
+    grp = pid_m // GROUP
+    first = grp * GROUP
+    cnt = cnt_ptr + pid_n * (ngroups + 1)
+    tl.debug_barrier()
+    arrived = tl.atomic_add(cnt + grp, 1, sem="acq_rel", scope="gpu")
+    if arrived == tl.minimum(split - first, GROUP) - 1:
+        tl.atomic_xchg(cnt + grp, 0, sem="relaxed", scope="gpu")
+        members = tl.minimum(split - first, GROUP)
+        if ngroups == 1:
+            _sum_slots(part_ptr, out_ptr, first, 1, members, N, pid_n, R, BLOCK_N, GROUP, FIN_R, FIN_N)
+        else:
+            _sum_slots(part_ptr, part_ptr + first * (R * N), first, 1, members, N, pid_n, R, BLOCK_N, GROUP,
+                       FIN_R, FIN_N)  # fmt: skip
+            tl.debug_barrier()
+            done = tl.atomic_add(cnt + ngroups, 1, sem="acq_rel", scope="gpu")
+            if done == ngroups - 1:
+                tl.atomic_xchg(cnt + ngroups, 0, sem="relaxed", scope="gpu")
+                _sum_slots(part_ptr, out_ptr, 0, GROUP, ngroups, N, pid_n, R, BLOCK_N, GROUP, FIN_R, FIN_N)
+
+
+@triton.jit
 def _dendritic_dz_kernel(
     dy_ptr,
     h_ptr,
@@ -347,6 +432,8 @@ def _dendritic_dz_kernel(
     cas_ptr,
     dz_ptr,
     part_ptr,  # [SPLIT, 1 + 2D + D*D, N]: rows db, ddb_i, dg_i, dB[k, i] (pai_fast._layout's dsmall)
+    cnt_ptr,  # int32 arrival counters (_finish_sums)
+    out_ptr,  # dsmall [1 + 2D + D*D, N], contiguous
     ROWS,
     N,
     S,
@@ -371,6 +458,9 @@ def _dendritic_dz_kernel(
     ACT: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    GROUP: tl.constexpr,
+    FIN_R: tl.constexpr,
+    FIN_N: tl.constexpr,
 ):
     """The row dZ kernel, for D > 7 (the tiled kernel below takes D <= 7): dendrites outer (i = D-1 .. 0,
     unrolled), rows inner, one row per step.
@@ -435,6 +525,7 @@ def _dendritic_dz_kernel(
         # dB[k, i] for every k: zero where k <= i (acc_cas only gathers ds_k of later k), so no memset is needed.
         cas_row = part_row + (1 + 2 * D + i) * N
         tl.store(cas_row + p[:, None] * (D * N) + offs_n[None, :], acc_cas, mask=(p < D)[:, None] & n_mask[None, :])
+    _finish_sums(part_ptr, cnt_ptr, out_ptr, pid_m, pid_n, N, 1 + 2 * D + D * D, BLOCK_N, GROUP, FIN_R, FIN_N)
 
 
 _launch_dz = Launcher(_dendritic_dz_kernel)
@@ -497,6 +588,8 @@ def _dendritic_dz_tiled_kernel(
     cas_ptr,
     dz_ptr,
     part_ptr,  # [SPLIT, 1 + 2D + D*D, N]: rows db, ddb_i, dg_i, dB[k, i] at 1 + 2D + k*D + i (_layout's dsmall)
+    cnt_ptr,  # int32 arrival counters (_finish_sums)
+    out_ptr,  # dsmall [1 + 2D + D*D, N], contiguous
     ROWS,
     N,
     S,
@@ -521,6 +614,9 @@ def _dendritic_dz_tiled_kernel(
     ACT: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    GROUP: tl.constexpr,
+    FIN_R: tl.constexpr,
+    FIN_N: tl.constexpr,
     BLOCK_R: tl.constexpr,
     ROWS64: tl.constexpr,
 ):
@@ -580,6 +676,7 @@ def _dendritic_dz_tiled_kernel(
             else:  # dB is strictly lower triangular: these rows of the partial buffer are zeros
                 val = tl.zeros((BLOCK_N,), ACC_DTYPE)
             tl.store(part_row + (1 + 2 * D + k * D + i) * N, val, mask=n_mask)
+    _finish_sums(part_ptr, cnt_ptr, out_ptr, pid_m, pid_n, N, 1 + 2 * D + D * D, BLOCK_N, GROUP, FIN_R, FIN_N)
 
 
 @triton.jit
@@ -601,21 +698,39 @@ def _stack_branches(dz, P: tl.constexpr):
 _launch_dz_tiled = Launcher(_dendritic_dz_tiled_kernel)
 
 
+_counter_buffers: dict[tuple, torch.Tensor] = {}
+
+
+def counter_buffer(device: torch.device, need: int) -> torch.Tensor:
+    """int32 zeros for _finish_sums' arrival counters, one buffer per (device, current stream), grown on demand.
+    Every launch leaves the counters it used at zero, so launches in one stream's order (a CUDA graph's replays
+    included) share the buffer with no memset. Launches that may overlap must come from different streams (each
+    gets its own buffer); two CUDA graphs captured on one stream and replayed at the same time on two streams
+    would share one and must not run concurrently."""
+    stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
+    buf = _counter_buffers.get((device, stream))
+    if buf is None or buf.numel() < need:
+        buf = torch.zeros(max(need, 4096), dtype=torch.int32, device=device)
+        _counter_buffers[(device, stream)] = buf
+    return buf
+
+
 class DzLaunch:
     """One dZ-kernel launch as fixed by its call signature: the kernel (tiled for 1 <= D <= 7, else the row kernel),
     its integer arguments, constexprs, grid and partial-sum buffer. dy/h/dz strides are over (b, s, [d,] n), dz's
     d-stride being the offset between branch blocks."""
 
-    __slots__ = ("serial", "ints", "meta", "grid", "part_shape", "acc_t", "launcher")
+    __slots__ = ("serial", "ints", "meta", "grid", "part_shape", "acc_t", "out_dtype", "counters", "launcher")
 
     def __init__(
         self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, programs=None, per_thread=None,
-        tiled=None,
+        tiled=None, group=None, out_dtype=None,
     ):  # fmt: skip
         """programs: the program budget (default 512 for the tiled kernel, 2048 for the row kernel; tests lower it
         so that each program walks several row tiles); per_thread: the tiled kernel's elements per thread per tile
         (probes), else chosen by D and the rows each program gets; tiled: False runs the row kernel at any D
-        (probes compare the two), None picks by D."""
+        (probes compare the two), None picks by D; group: programs per first-level group of the in-kernel sum
+        (a power of two; default ~sqrt of the programs); out_dtype: dsmall's dtype (default the gate's)."""
         d = gate.shape[0]
         if tiled is None:
             tiled = 1 <= d <= TILED_DZ_MAX_D
@@ -663,24 +778,38 @@ class DzLaunch:
             meta = dict(P=next_pow2(1 + d), BLOCK_R=block_r, ROWS64=rows + split * block_r >= 1 << 31)
         else:
             split, meta = max(1, min(rows, cap)), dict(PD=pd)
+        if group is not None and (group < 1 or group & (group - 1)):
+            raise ValueError(f"DzLaunch: group must be a power of two, got {group}")
+        # Two levels of in-kernel sums (_finish_sums): ~sqrt(split) partials per group, then the group sums.
+        group = group or min(32, next_pow2(max(2, int(split**0.5))))
+        # Finisher tiles [group, FIN_R, FIN_N] of ~64 registers per thread (the main loop's are free by then).
+        fin_n = min(block_n, 64)
+        fin_r = max(1, min(next_pow2(r), (256 // self.acc_t.itemsize) * 32 * num_warps // (group * fin_n)))
+        fin_r = 1 << (fin_r.bit_length() - 1)  # a power of two, rounded down
         self.part_shape = (split, r, n)
         self.grid = (split, num_n)
+        self.counters = num_n * (cdiv(split, group) + 1)
+        self.out_dtype = out_dtype or gate.dtype
         self.ints = (rows, n, s, *dy_strides, *h_strides, *gate.stride(), *cascade.stride(), *dz_strides)
-        self.meta = dict(D=d, ACT=act, ACC_DTYPE=acc_dtype(dtype), BLOCK_N=block_n, num_warps=num_warps, **meta)
+        self.meta = dict(D=d, ACT=act, ACC_DTYPE=acc_dtype(dtype), BLOCK_N=block_n, GROUP=group, FIN_R=fin_r,
+                         FIN_N=fin_n, num_warps=num_warps, **meta)  # fmt: skip
 
     @property
     def tiled(self) -> bool:
         return self.launcher is _launch_dz_tiled
 
-    def launch_into(self, dy, h, gate, cascade, dz, part) -> None:
-        """The kernel alone: dZcat into dz, the per-program partial sums into part [split, R, N]."""
-        ptrs = (dy, h, gate, cascade, dz, part)
+    def launch_into(self, dy, h, gate, cascade, dz, part, counters, out) -> None:
+        """The kernel alone: dZcat into dz and the reductions into out (dsmall), through the per-program partial
+        sums in part [split, R, N] and the zeroed int32 counters (counter_buffer)."""
+        ptrs = (dy, h, gate, cascade, dz, part, counters, out)
         self.launcher(self.grid, ptrs + self.ints, self.meta, (self.serial, aligned16(ptrs)))
 
     def __call__(self, dy, h, gate, cascade, dz) -> torch.Tensor:
         """Launch; returns the reductions packed as pai_fast._layout's dsmall [1 + 2D + D*D, N] (dbias,
-        ddendrite_bias, dgate, dcascade) in the accumulation dtype (fp64 for fp64 inputs, fp32 otherwise), summed
-        over a fixed number of programs: one buffer, one launch, one torch sum."""
-        part = torch.empty(self.part_shape, device=dy.device, dtype=self.acc_t)
-        self.launch_into(dy, h, gate, cascade, dz, part)
-        return part.sum(0)
+        ddendrite_bias, dgate, dcascade) in out_dtype, summed inside the launch over a fixed number of programs in a
+        fixed order (no float atomics): one launch, nothing after it."""
+        dev = dy.device
+        part = torch.empty(self.part_shape, device=dev, dtype=self.acc_t)
+        out = torch.empty(self.part_shape[1:], device=dev, dtype=self.out_dtype)
+        self.launch_into(dy, h, gate, cascade, dz, part, counter_buffer(dev, self.counters), out)
+        return out

@@ -28,7 +28,11 @@ from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-TL_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
+TL_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64",
+           torch.int32: "i32"}  # fmt: skip
+# The dZ kernels' partial sums (fp32) and arrival counters; its in-kernel finish as DzLaunch sets it for 512 programs.
+DZ_POINTERS = {"part_ptr": torch.float32, "cnt_ptr": torch.int32}
+DZ_FINISH = dict(GROUP=32, FIN_R=4, FIN_N=64)
 
 
 def compile_for(
@@ -103,8 +107,8 @@ def test_linear_forward_and_dz_kernels_compile(d):
     )  # fmt: skip
     assert compile_for(L._linear_fwd_kernel, 90, torch.bfloat16, meta, num_warps=4, num_stages=3).asm["cubin"]
     if d:
-        dz_meta = dict(D=d, PD=4, ACT=2, ACC_DTYPE=tl.float32, BLOCK_N=256)
-        k = compile_for(C._dendritic_dz_kernel, 90, torch.bfloat16, dz_meta, {"part_ptr": torch.float32}, num_warps=4)
+        dz_meta = dict(D=d, PD=4, ACT=2, ACC_DTYPE=tl.float32, BLOCK_N=256, **DZ_FINISH)
+        k = compile_for(C._dendritic_dz_kernel, 90, torch.bfloat16, dz_meta, DZ_POINTERS, num_warps=4)
         assert k.asm["cubin"]
 
 
@@ -115,12 +119,10 @@ def test_linear_forward_and_dz_kernels_compile(d):
 def test_tiled_dz_kernel_compiles_without_spills(d, block_n, block_r, rows64):
     """The tiled dZ kernel as DzLaunch configures it (4 warps, bf16, channels innermost): its register accumulators
     (1 + 2D + D(D-1)/2 tiles) stay in registers, also with int64 row indices (past 2^31 - 32k rows)."""
-    meta = dict(D=d, P=1 << d.bit_length(), ACT=1, ACC_DTYPE=tl.float32, BLOCK_N=block_n, BLOCK_R=block_r)
-    meta["ROWS64"] = rows64
+    meta = dict(D=d, P=1 << d.bit_length(), ACT=1, ACC_DTYPE=tl.float32, BLOCK_N=block_n, BLOCK_R=block_r,
+                ROWS64=rows64, **DZ_FINISH)  # fmt: skip
     unit = {f"stride_{s}": 1 for s in ("dyn", "hn", "zn", "gn", "an")}  # channels innermost, as the launches are
-    k = compile_for(
-        C._dendritic_dz_tiled_kernel, 90, torch.bfloat16, meta, {"part_ptr": torch.float32}, unit, num_warps=4
-    )
+    k = compile_for(C._dendritic_dz_tiled_kernel, 90, torch.bfloat16, meta, DZ_POINTERS, unit, num_warps=4)
     assert _spill_bytes(k) == 0, f"D={d}: ptxas spilled registers"
 
 

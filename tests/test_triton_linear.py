@@ -793,24 +793,70 @@ def test_dz_kernel_against_float64(d, b, s, n, programs, strided, dtype):
     assert launch.tiled == (d <= common.TILED_DZ_MAX_D) and launch.grid[0] <= programs
     assert rows > launch.grid[0] * launch.meta.get("BLOCK_R", 1)  # some program walks more than one row tile
     red = launch(dy, a, gate, cas, dz)
+    want_dz, want = _dz_reference(dy, a, gate, cas)
+    tol = 1e-12 if dtype == f64 else 1e-5
+    torch.testing.assert_close(dz.double().reshape(rows, 1 + d, n), want_dz, rtol=tol, atol=tol)
+    torch.testing.assert_close(red.double(), want, rtol=tol * 100, atol=tol * 100)
 
-    dy2, a2 = dy.double().reshape(rows, n), a.double().reshape(rows, d, n)
-    gate, cas = gate.double(), cas.double()
-    ds = torch.zeros(rows, d, n, dtype=f64, device=DEVICE)
+
+def _dz_reference(dy, a, gate, cas):
+    """(dZcat [rows, 1 + D, N], dsmall [1 + 2D + D*D, N]) in float64 from dy [..., N] and tanh activations a
+    [..., D, N]."""
+    d, n = gate.shape
+    dy2, a2 = dy.double().reshape(-1, n), a.double().reshape(-1, d, n)
+    gate, cas, f64 = gate.double(), cas.double(), torch.float64
+    ds = torch.zeros(dy2.shape[0], d, n, dtype=f64, device=dy.device)
     for i in range(d - 1, -1, -1):
         da = gate[i] * dy2 + sum((cas[k, i] * ds[:, k] for k in range(i + 1, d)), torch.zeros_like(dy2))
         ds[:, i] = da * (1 - a2[:, i] ** 2)
-    want = torch.zeros(1 + 2 * d + d * d, n, dtype=f64, device=DEVICE)
+    want = torch.zeros(1 + 2 * d + d * d, n, dtype=f64, device=dy.device)
     want[0] = dy2.sum(0)
     want[1 : 1 + d] = ds.sum(0)
     want[1 + d : 1 + 2 * d] = (dy2[:, None] * a2).sum(0)
     for k in range(d):
         for i in range(k):
             want[1 + 2 * d + k * d + i] = (ds[:, k] * a2[:, i]).sum(0)
-    tol = 1e-12 if dtype == f64 else 1e-5
-    got_dz = dz.double().reshape(rows, 1 + d, n)
-    torch.testing.assert_close(got_dz, torch.cat([dy2[:, None], ds], 1), rtol=tol, atol=tol)
-    torch.testing.assert_close(red.double(), want, rtol=tol * 100, atol=tol * 100)
+    return torch.cat([dy2[:, None], ds], 1), want
+
+
+@apply(interp)
+@pytest.mark.parametrize(
+    ("d", "programs", "group", "out_dtype"),
+    [(1, 7, 2, torch.float64), (3, 7, 4, torch.float16), (2, 5, 64, torch.float64), (9, 6, 4, torch.float64),
+     (3, 9, 1, torch.float32)],
+)  # fmt: skip
+def test_dz_sums_inside_the_launch(d, programs, group, out_dtype):
+    """The two-level in-kernel sum of the programs' partials (_finish_sums): groups of `group` programs (the last
+    one short: 7 = 2+2+2+1, 4+3; one group: 64 > 5; one program per group: 1), the tiled kernel and the row kernel
+    (D = 9), dsmall written in out_dtype. The counters are all zero again after the launch, and a second launch
+    into the same counters gives the same bits."""
+    common = sys.modules["pai_fast.kernels._common"]
+    g = torch.Generator().manual_seed(d + group)
+    b, s, n = 41, 3, 21
+
+    def r(*shape):
+        return torch.randn(shape, generator=g, dtype=torch.float64).to(DEVICE)
+
+    dy, a, gate, cas = r(b, s, n), torch.tanh(r(b, s, d, n)), r(d, n), r(d, d, n)
+    dz = torch.empty(b, s, 1 + d, n, dtype=torch.float64, device=DEVICE)
+    launch = common.DzLaunch(dy.stride(), a.stride(), dz.stride(), gate, cas, b * s, n, s,
+                             common.ACT_CODES["tanh"], torch.float64, programs=programs, group=group,
+                             out_dtype=out_dtype)  # fmt: skip
+    assert launch.grid[0] == programs and launch.meta["GROUP"] == group
+    part = torch.empty(launch.part_shape, dtype=torch.float64, device=DEVICE)
+    counters = torch.zeros(launch.counters, dtype=torch.int32, device=DEVICE)
+    outs = []
+    for _ in range(2):
+        out = torch.full(launch.part_shape[1:], float("nan"), dtype=out_dtype, device=DEVICE)
+        launch.launch_into(dy, a, gate, cas, dz, part, counters, out)
+        assert not counters.any(), "every arrival counter returns to zero"
+        outs.append(out)
+    want_dz, want = _dz_reference(dy, a, gate, cas)
+    torch.testing.assert_close(dz.reshape(b * s, 1 + d, n), want_dz, rtol=1e-12, atol=1e-12)
+    tol = 1e-10 if out_dtype == torch.float64 else 1e-6 if out_dtype == torch.float32 else 2e-3
+    assert outs[0].dtype == out_dtype
+    torch.testing.assert_close(outs[0].double(), want, rtol=tol, atol=tol)
+    assert torch.equal(outs[0], outs[1])
 
 
 @apply(interp)
