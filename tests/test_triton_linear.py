@@ -715,6 +715,50 @@ def test_gpu_linear_deterministic():
 
 
 @apply(gpu)
+@pytest.mark.parametrize(("d", "rows", "n"), [(1, 32 * 56 * 56, 64), (3, 32 * 56 * 56, 64), (3, 8192, 4096),
+                                             (7, 6272, 256), (9, 3001, 96)])  # fmt: skip
+def test_gpu_dz_sums_inside_the_launch(d, rows, n):
+    """The dZ kernel's in-launch sum on the GPU, where hundreds of programs really race for the arrival counters
+    (the interpreter runs them one after another): bf16 dZ and fp32 reductions against float64, the same bits on
+    every one of 30 launches, the counters back at zero after each, and the same bits again from a CUDA graph
+    captured on another stream (its own counters) and replayed 5 times."""
+    common = sys.modules["pai_fast.kernels._common"]
+    g = torch.Generator(device="cuda").manual_seed(d)
+    bf = torch.bfloat16
+    dy = torch.randn(rows, 1, n, device="cuda", dtype=bf, generator=g)
+    a = torch.tanh(torch.randn(rows, 1, d, n, device="cuda", dtype=bf, generator=g))
+    gate = torch.randn(d, n, device="cuda", dtype=bf, generator=g)
+    cas = torch.randn(d, d, n, device="cuda", dtype=bf, generator=g) / d
+    dz = torch.empty(rows, 1, 1 + d, n, device="cuda", dtype=bf)
+    launch = common.DzLaunch(dy.stride(), a.stride(), dz.stride(), gate, cas, rows, n, 1,
+                             common.ACT_CODES["tanh"], bf, out_dtype=torch.float32)  # fmt: skip
+    assert launch.grid[0] > launch.meta["GROUP"]  # two levels
+    first = launch(dy, a, gate, cas, dz).clone()
+    first_dz = dz.clone()
+    want_dz, want = _dz_reference(dy, a, gate, cas)
+    torch.testing.assert_close(first_dz.double().reshape(rows, 1 + d, n), want_dz, rtol=2e-2, atol=2e-2)
+    # The row kernel (D > 7) reads ds_k back from dZ, rounded to bf16, for the cascade; the tiled one keeps fp32.
+    tol = 1e-2 if d > common.TILED_DZ_MAX_D else 1e-3
+    torch.testing.assert_close(first.double(), want, rtol=tol, atol=tol * 0.1 * want.abs().max().item())
+    counters = common.counter_buffer(dy.device, launch.counters)
+    for _ in range(30):
+        assert torch.equal(launch(dy, a, gate, cas, dz), first)
+        assert not counters.any()
+    assert torch.equal(dz, first_dz)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(s), torch.cuda.graph(graph, stream=s):
+        captured = launch(dy, a, gate, cas, dz)
+    torch.cuda.current_stream().wait_stream(s)
+    for _ in range(5):
+        captured.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, first)
+
+
+@apply(gpu)
 def test_gpu_linear_cuda_graph():
     x, w, b, dw, db, g, c = make(256, 784, 128, 3, torch.bfloat16, "cuda")
     gy = torch.randn(256, 128, device="cuda", dtype=torch.bfloat16)
