@@ -1,6 +1,6 @@
 """The backward's dZ kernel alone (GPU machine): device time (CUDA-graph replay) of the row kernel and the tiled
-kernel at several program budgets and first-level group sizes of the in-kernel sum of the partials, at the ResNet
-convs' and the large Linear's shapes (bf16, the layouts the backward launches with).
+kernel at two program budgets, its partial sums finished by torch.sum or inside the launch (two first-level group
+sizes), at the ResNet convs' and the large Linear's shapes (bf16, the layouts the backward launches with).
 
     python benchmarks/probe_dz.py [--out probe_dz.json]
 """
@@ -39,12 +39,13 @@ def main() -> None:
             dz = torch.empty(b, s, 1 + d, n, device="cuda", dtype=dt)
             act = common.ACT_CODES["sigmoid"]
             want = None
-            variants = [("row", 2048, None, None)] + [("tiled", 512, None, g) for g in (None, 4, 8, 16, 32)]
-            variants += [("tiled", p, None, None) for p in (256, 1024)] + [("tiled", 512, e, None) for e in (2, 8)]
-            for kind, programs, per_thread, group in variants:
+            # (kernel, programs, elements per thread, finish of the partial sums, first-level group)
+            variants = [("row", 2048, None, "torch", None), ("tiled", 512, None, "torch", None)]
+            variants += [("tiled", 512, None, "kernel", g) for g in (None, 8)] + [("tiled", 256, None, "torch", None)]
+            for kind, programs, per_thread, finish, group in variants:
                 launch = common.DzLaunch(dy.stride(), h.stride(), dz.stride(), gate, cas, b * s, n, s, act, dt,
                                          programs=programs, per_thread=per_thread, tiled=kind == "tiled",
-                                         group=group)  # fmt: skip
+                                         finish=finish, group=group)  # fmt: skip
                 red = launch(dy, h, gate, cas, dz)
                 if want is None:
                     want = (dz.clone(), red.clone())
@@ -59,12 +60,12 @@ def main() -> None:
                 ms = do_bench_cudagraph(call, rep=100)
                 mb = (dy.numel() + h.numel() + dz.numel()) * dt.itemsize / 1e6
                 meta = {k: v for k, v in launch.meta.items() if k != "ACC_DTYPE"}
-                row = dict(case=name, D=d, kernel=kind, programs=programs, per_thread=per_thread, group=group,
+                row = dict(case=name, D=d, kernel=kind, programs=programs, per_thread=per_thread, finish=finish,
                            grid=launch.grid, meta=meta, ms=ms, mbytes=mb, tbps=mb / ms / 1e3)  # fmt: skip
                 rows_out.append(row)
                 print(
                     f"{name:24} D={d} {kind:5} programs={programs:5} block_r={meta.get('BLOCK_R')} "
-                    f"group={meta['GROUP']:2} grid={launch.grid}: "
+                    f"finish={finish:6} group={meta['GROUP']:2} grid={launch.grid}: "
                     f"{ms * 1e3:7.1f} us ({row['tbps']:.2f} TB/s of {mb:.0f} MB)",
                     flush=True,
                 )

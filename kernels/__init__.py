@@ -13,8 +13,10 @@ _common.CONFIG_POOLS). PAI_FAST_TRITON_AUTOTUNE=0 or set_autotune(False) switche
 benchmarking, so even the first call can be captured in a CUDA graph); use_config(cfg) forces one config (tests).
 The Linear backward of a small layer (M (1 + D) N K up to dendritic_linear.onepass_max_macs(dtype), 1 <= D <= 3) is
 one launch that recomputes dZ inside both GEMMs; larger layers run the dZ kernel, then cuBLAS. backward_path(path)
-forces one (tests). After the first call of a shape, launches skip Triton's per-call argument binding (_launch.py);
-PAI_FAST_TRITON_FAST_LAUNCH=0 or set_fast_launch(False) turns that off.
+forces one (tests); the split backward sums the dZ kernel's partial reductions with torch.sum, or inside the dZ
+launch under dz_finish("kernel") (three launches in all, measured slower). After the first call of a shape,
+launches skip Triton's per-call argument binding (_launch.py); PAI_FAST_TRITON_FAST_LAUNCH=0 or
+set_fast_launch(False) turns that off.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import torch
 
 from ..backends import FUSED_BACKEND_API, device_capability
 
-__all__ = [*FUSED_BACKEND_API, "set_autotune", "use_config", "backward_path", "set_fast_launch", "IMPORT_ERROR"]
+__all__ = [*FUSED_BACKEND_API, "set_autotune", "use_config", "backward_path", "dz_finish", "set_fast_launch",
+           "IMPORT_ERROR"]  # fmt: skip
 
 try:
     import triton  # noqa: F401
@@ -42,6 +45,7 @@ if IMPORT_ERROR is None:
         MAX_D,
         SUPPORTED_DTYPES,
         backward_path,
+        dz_finish,
         set_autotune,
         use_config,
     )
@@ -58,7 +62,7 @@ else:
         raise ImportError(f"pai_fast.kernels (the triton backend) cannot run: {IMPORT_ERROR}; pip install triton")
 
     linear_fwd = linear_bwd = linear_bwd_packed = conv_fwd = conv_bwd = conv_bwd_packed = _missing
-    set_autotune = use_config = backward_path = set_fast_launch = _missing
+    set_autotune = use_config = backward_path = dz_finish = set_fast_launch = _missing
     ALL_CONFIGS = []
 
 

@@ -21,9 +21,9 @@ Backward (``_dendritic_dz_tiled_kernel`` for D <= 7, ``_dendritic_dz_kernel`` be
 
 act' is computed from the saved a: sigmoid a(1-a), tanh 1-a^2, relu [a > 0], identity 1. The kernel writes
 dZcat = [dz_0, ds_0 .. ds_{D-1}] (what the dX / dW GEMMs need) and per-program partial sums of the four
-reductions, which the same launch then sums over its fixed program count in a fixed order (``_finish_sums``: int
-arrival counters pick the programs that sum, no float atomics) into dsmall in the parameters' dtype. The backward
-is then three launches: this kernel and the dX and dW GEMMs (or cuDNN's backward for a convolution).
+reductions over a fixed program count, summed in a fixed order (no float atomics) by torch.sum after the launch
+(the default, measured faster) or inside it (``_finish_sums``: int arrival counters pick the programs that sum;
+the backward is then three launches, this kernel and the dX and dW GEMMs or cuDNN's backward).
 """
 
 from __future__ import annotations
@@ -48,8 +48,14 @@ MAX_D = 31
 # Read ONCE, at import: triton.jit decides at decoration time whether a kernel is interpreted, and the launchers
 # must agree with how the kernels were decorated even if the environment changes later.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_state = {"autotune": os.environ.get("PAI_FAST_TRITON_AUTOTUNE", "1") != "0", "config": None, "bwd_path": "auto"}
+_state = {
+    "autotune": os.environ.get("PAI_FAST_TRITON_AUTOTUNE", "1") != "0",
+    "config": None,
+    "bwd_path": "auto",
+    "dz_finish": "torch",
+}
 BACKWARD_PATHS = ("auto", "onepass", "gemm")
+DZ_FINISHES = ("torch", "kernel")
 
 
 def interpreting() -> bool:
@@ -95,6 +101,16 @@ def backward_path(path: str):
     return _overriding("bwd_path", path)
 
 
+def dz_finish(mode: str):
+    """Choose, inside the block, who sums the dZ kernel's per-program partial reductions (split backward of Linear
+    and Conv): "torch" (default; torch.sum after the launch, using the whole GPU) or "kernel" (the same launch, by
+    int arrival counters: the backward is then three launches, dZ and the two GEMMs or cuDNN's backward, but a
+    latency-bound tail that measured slower on the H200, see DzLaunch). Both are deterministic."""
+    if mode not in DZ_FINISHES:
+        raise ValueError(f"dz_finish: mode must be one of {DZ_FINISHES}, got {mode!r}")
+    return _overriding("dz_finish", mode)
+
+
 def launch_config(heuristic) -> dict | None:
     """The explicit config for a forward launch: a forced one, else None when autotuning, else heuristic()."""
     forced = _state["config"]
@@ -105,8 +121,9 @@ def launch_config(heuristic) -> dict | None:
 
 def plan_state(dtype: torch.dtype) -> tuple:
     """The process state that changes a launch, which every launch plan keys on: TF32 for fp32 inputs, the autotune
-    switch, a forced config."""
-    return dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32, _state["autotune"], _state["config"]
+    switch, a forced config, the dZ finish."""
+    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return tf32, _state["autotune"], _state["config"], _state["dz_finish"]
 
 
 def cdiv(a: int, b: int) -> int:
@@ -461,6 +478,7 @@ def _dendritic_dz_kernel(
     GROUP: tl.constexpr,
     FIN_R: tl.constexpr,
     FIN_N: tl.constexpr,
+    FINISH: tl.constexpr,  # sum the partials into out in this launch (_finish_sums), else leave them
 ):
     """The row dZ kernel, for D > 7 (the tiled kernel below takes D <= 7): dendrites outer (i = D-1 .. 0,
     unrolled), rows inner, one row per step.
@@ -525,7 +543,8 @@ def _dendritic_dz_kernel(
         # dB[k, i] for every k: zero where k <= i (acc_cas only gathers ds_k of later k), so no memset is needed.
         cas_row = part_row + (1 + 2 * D + i) * N
         tl.store(cas_row + p[:, None] * (D * N) + offs_n[None, :], acc_cas, mask=(p < D)[:, None] & n_mask[None, :])
-    _finish_sums(part_ptr, cnt_ptr, out_ptr, pid_m, pid_n, N, 1 + 2 * D + D * D, BLOCK_N, GROUP, FIN_R, FIN_N)
+    if FINISH:
+        _finish_sums(part_ptr, cnt_ptr, out_ptr, pid_m, pid_n, N, 1 + 2 * D + D * D, BLOCK_N, GROUP, FIN_R, FIN_N)
 
 
 _launch_dz = Launcher(_dendritic_dz_kernel)
@@ -617,6 +636,7 @@ def _dendritic_dz_tiled_kernel(
     GROUP: tl.constexpr,
     FIN_R: tl.constexpr,
     FIN_N: tl.constexpr,
+    FINISH: tl.constexpr,  # sum the partials into out in this launch (_finish_sums), else leave them
     BLOCK_R: tl.constexpr,
     ROWS64: tl.constexpr,
 ):
@@ -676,7 +696,8 @@ def _dendritic_dz_tiled_kernel(
             else:  # dB is strictly lower triangular: these rows of the partial buffer are zeros
                 val = tl.zeros((BLOCK_N,), ACC_DTYPE)
             tl.store(part_row + (1 + 2 * D + k * D + i) * N, val, mask=n_mask)
-    _finish_sums(part_ptr, cnt_ptr, out_ptr, pid_m, pid_n, N, 1 + 2 * D + D * D, BLOCK_N, GROUP, FIN_R, FIN_N)
+    if FINISH:
+        _finish_sums(part_ptr, cnt_ptr, out_ptr, pid_m, pid_n, N, 1 + 2 * D + D * D, BLOCK_N, GROUP, FIN_R, FIN_N)
 
 
 @triton.jit
@@ -724,13 +745,19 @@ class DzLaunch:
 
     def __init__(
         self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, programs=None, per_thread=None,
-        tiled=None, group=None, out_dtype=None,
+        tiled=None, finish=None, group=None, out_dtype=None,
     ):  # fmt: skip
         """programs: the program budget (default 512 for the tiled kernel, 2048 for the row kernel; tests lower it
         so that each program walks several row tiles); per_thread: the tiled kernel's elements per thread per tile
         (probes), else chosen by D and the rows each program gets; tiled: False runs the row kernel at any D
-        (probes compare the two), None picks by D; group: programs per first-level group of the in-kernel sum
-        (a power of two; default ~sqrt of the programs); out_dtype: dsmall's dtype (default the gate's)."""
+        (probes compare the two), None picks by D; finish: "torch" sums the partials with torch.sum after the
+        launch, "kernel" inside it (_finish_sums: one launch, measured slower, see below), None as dz_finish()
+        set it; group: programs per
+        first-level group of the in-kernel sum (a power of two; default ~sqrt of the programs); out_dtype: dsmall's
+        dtype (default the gate's)."""
+        finish = finish or _state["dz_finish"]
+        if finish not in DZ_FINISHES:
+            raise ValueError(f"DzLaunch: finish must be one of {DZ_FINISHES}, got {finish!r}")
         d = gate.shape[0]
         if tiled is None:
             tiled = 1 <= d <= TILED_DZ_MAX_D
@@ -780,36 +807,58 @@ class DzLaunch:
             split, meta = max(1, min(rows, cap)), dict(PD=pd)
         if group is not None and (group < 1 or group & (group - 1)):
             raise ValueError(f"DzLaunch: group must be a power of two, got {group}")
-        # Two levels of in-kernel sums (_finish_sums): ~sqrt(split) partials per group, then the group sums.
-        group = group or min(32, next_pow2(max(2, int(split**0.5))))
-        # Finisher tiles [group, FIN_R, FIN_N] of ~64 registers per thread (the main loop's are free by then).
-        fin_n = min(block_n, 64)
-        fin_r = max(1, min(next_pow2(r), (256 // self.acc_t.itemsize) * 32 * num_warps // (group * fin_n)))
-        fin_r = 1 << (fin_r.bit_length() - 1)  # a power of two, rounded down
+        # finish="torch" is the default by measurement (probe_dz, H200, bf16): the in-kernel sum leaves one program
+        # per level summing a group's partials, a latency-bound tail (~8 KB in flight per round trip) that cost
+        # more than torch.sum's whole-GPU launch at every shape measured, e.g. 32x256x14x14 D = 3 (8 MB of
+        # partials) 64.8 vs 20.2 us, and 8192x4096 D = 3 410 vs 183 us when its 64-register finisher tiles pushed
+        # the kernel to 255 registers. It stays for callers that count launches (and is tested like the default).
+        if finish == "kernel":
+            # Two levels: ~sqrt(split) partials per group, then the group sums.
+            group = group or min(32, next_pow2(max(2, int(split**0.5))))
+            # Finisher tiles [group, FIN_R, FIN_N] of ~16 fp32 values per thread: bigger ones (64, with their 64-bit
+            # addresses) raised the whole kernel's registers to 255 and a quarter of the occupancy.
+            fin_n = min(block_n, 64)
+            fin_r = max(1, min(next_pow2(r), (64 // self.acc_t.itemsize) * 32 * num_warps // (group * fin_n)))
+            fin_r = 1 << (fin_r.bit_length() - 1)  # a power of two, rounded down
+            self.counters = num_n * (cdiv(split, group) + 1)
+            meta.update(FINISH=True, GROUP=group, FIN_R=fin_r, FIN_N=fin_n)
+        else:
+            self.counters = 0
+            meta.update(FINISH=False, GROUP=1, FIN_R=1, FIN_N=1)
         self.part_shape = (split, r, n)
         self.grid = (split, num_n)
-        self.counters = num_n * (cdiv(split, group) + 1)
         self.out_dtype = out_dtype or gate.dtype
         self.ints = (rows, n, s, *dy_strides, *h_strides, *gate.stride(), *cascade.stride(), *dz_strides)
-        self.meta = dict(D=d, ACT=act, ACC_DTYPE=acc_dtype(dtype), BLOCK_N=block_n, GROUP=group, FIN_R=fin_r,
-                         FIN_N=fin_n, num_warps=num_warps, **meta)  # fmt: skip
+        self.meta = dict(D=d, ACT=act, ACC_DTYPE=acc_dtype(dtype), BLOCK_N=block_n, num_warps=num_warps, **meta)
 
     @property
     def tiled(self) -> bool:
         return self.launcher is _launch_dz_tiled
 
-    def launch_into(self, dy, h, gate, cascade, dz, part, counters, out) -> None:
-        """The kernel alone: dZcat into dz and the reductions into out (dsmall), through the per-program partial
-        sums in part [split, R, N] and the zeroed int32 counters (counter_buffer)."""
+    @property
+    def finishes_in_kernel(self) -> bool:
+        return self.meta["FINISH"]
+
+    def launch_into(self, dy, h, gate, cascade, dz, part, counters=None, out=None) -> None:
+        """The kernel alone: dZcat into dz, the per-program partial sums into part [split, R, N] and, when it
+        finishes in the kernel, their sum into out (dsmall) through the zeroed int32 counters (counter_buffer)."""
+        if counters is None or out is None:
+            if self.finishes_in_kernel:
+                raise ValueError("DzLaunch.launch_into: finish='kernel' needs counters and out")
+            counters = out = part  # never dereferenced without FINISH
         ptrs = (dy, h, gate, cascade, dz, part, counters, out)
         self.launcher(self.grid, ptrs + self.ints, self.meta, (self.serial, aligned16(ptrs)))
 
     def __call__(self, dy, h, gate, cascade, dz) -> torch.Tensor:
         """Launch; returns the reductions packed as pai_fast._layout's dsmall [1 + 2D + D*D, N] (dbias,
-        ddendrite_bias, dgate, dcascade) in out_dtype, summed inside the launch over a fixed number of programs in a
-        fixed order (no float atomics): one launch, nothing after it."""
+        ddendrite_bias, dgate, dcascade) in out_dtype, summed over a fixed number of programs in a fixed order (no
+        float atomics) by torch.sum (and a cast when out_dtype is not the accumulation dtype) or inside the
+        launch."""
         dev = dy.device
         part = torch.empty(self.part_shape, device=dev, dtype=self.acc_t)
+        if not self.finishes_in_kernel:
+            self.launch_into(dy, h, gate, cascade, dz, part)
+            return part.sum(0).to(self.out_dtype)
         out = torch.empty(self.part_shape[1:], device=dev, dtype=self.out_dtype)
         self.launch_into(dy, h, gate, cascade, dz, part, counter_buffer(dev, self.counters), out)
         return out

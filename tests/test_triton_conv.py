@@ -123,6 +123,15 @@ def test_conv_activations_fp64(nd, act):
 
 
 @apply(interp)
+@pytest.mark.parametrize("d", [1, 3, 9])
+def test_conv_dz_finish_in_kernel_fp64(d):
+    """The conv backward with the dZ kernel's partial reductions summed inside its launch (dz_finish("kernel"):
+    dZ, then cuDNN's backward) against float64 autograd."""
+    with K.dz_finish("kernel"):
+        conv_case(DEVICE, torch.float64, 3, 3, 5, (9, 8), 3, d, "tanh", padding=1)
+
+
+@apply(interp)
 @pytest.mark.parametrize(
     "k,stride,padding,dilation",
     [(1, 1, 0, 1), (3, 2, 1, 1), (3, 1, 2, 2), (2, 3, 0, 1), ((3, 2), (2, 1), (0, 1), (1, 2)), (5, 2, 3, 1)],
@@ -549,16 +558,18 @@ def test_gpu_conv_weight_tma(dtype, d, c, x_tma):
 
 @apply(gpu)
 @pytest.mark.usefixtures("fixed_config")
-def test_gpu_conv_deterministic():
-    x, w, b, dw, db, g, c = make_conv(16, 64, 64, (28, 28), 3, 3, torch.bfloat16, "cuda")
-    geo = ((1, 1), (1, 1), (1, 1))
-    _, h = K.conv_fwd(x, w, b, dw, db, g, c, *geo, "sigmoid", True)
-    gy = torch.randn(16, 64, 28, 28, device="cuda", dtype=torch.bfloat16)
-    first = K.conv_bwd(gy, x, w, dw, g, c, h, *geo, "sigmoid", True)
-    for _ in range(10):
-        again = K.conv_bwd(gy, x, w, dw, g, c, h, *geo, "sigmoid", True)
-        # dX / dW come from cuDNN; with torch.backends.cudnn.deterministic unset only the fused parts are pinned.
-        assert all(torch.equal(a, b_) for a, b_ in list(zip(first, again))[2:])
+@pytest.mark.parametrize("finish", ["torch", "kernel"])
+def test_gpu_conv_deterministic(finish):
+    with K.dz_finish(finish):
+        x, w, b, dw, db, g, c = make_conv(16, 64, 64, (28, 28), 3, 3, torch.bfloat16, "cuda")
+        geo = ((1, 1), (1, 1), (1, 1))
+        _, h = K.conv_fwd(x, w, b, dw, db, g, c, *geo, "sigmoid", True)
+        gy = torch.randn(16, 64, 28, 28, device="cuda", dtype=torch.bfloat16)
+        first = K.conv_bwd(gy, x, w, dw, g, c, h, *geo, "sigmoid", True)
+        for _ in range(10):
+            again = K.conv_bwd(gy, x, w, dw, g, c, h, *geo, "sigmoid", True)
+            # dX / dW come from cuDNN; with torch.backends.cudnn.deterministic unset only the fused parts are pinned.
+            assert all(torch.equal(a, b_) for a, b_ in list(zip(first, again))[2:])
 
 
 try:

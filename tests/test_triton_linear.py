@@ -702,26 +702,29 @@ def test_gpu_linear_tf32():
 
 @apply(gpu)
 @pytest.mark.usefixtures("fixed_config")
-def test_gpu_linear_deterministic():
-    x, w, b, dw, db, g, c = make(4096, 512, 512, 3, torch.bfloat16, "cuda")
-    _, h = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
-    gy = torch.randn(4096, 512, device="cuda", dtype=torch.bfloat16)
-    first = K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True)
-    for _ in range(20):
-        again = K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True)
-        assert all(torch.equal(a, b_) for a, b_ in zip(first, again))
-        y2, h2 = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
-        assert torch.equal(h2, h)
+@pytest.mark.parametrize("finish", ["torch", "kernel"])
+def test_gpu_linear_deterministic(finish):
+    with K.dz_finish(finish), K.backward_path("gemm" if finish == "kernel" else "auto"):
+        x, w, b, dw, db, g, c = make(4096, 512, 512, 3, torch.bfloat16, "cuda")
+        _, h = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
+        gy = torch.randn(4096, 512, device="cuda", dtype=torch.bfloat16)
+        first = K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True)
+        for _ in range(20):
+            again = K.linear_bwd(gy, x, w, dw, g, c, h, "sigmoid", True)
+            assert all(torch.equal(a, b_) for a, b_ in zip(first, again))
+            y2, h2 = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
+            assert torch.equal(h2, h)
 
 
 @apply(gpu)
+@pytest.mark.parametrize("finish", ["torch", "kernel"])
 @pytest.mark.parametrize(("d", "rows", "n"), [(1, 32 * 56 * 56, 64), (3, 32 * 56 * 56, 64), (3, 8192, 4096),
                                              (7, 6272, 256), (9, 3001, 96)])  # fmt: skip
-def test_gpu_dz_sums_inside_the_launch(d, rows, n):
-    """The dZ kernel's in-launch sum on the GPU, where hundreds of programs really race for the arrival counters
-    (the interpreter runs them one after another): bf16 dZ and fp32 reductions against float64, the same bits on
-    every one of 30 launches, the counters back at zero after each, and the same bits again from a CUDA graph
-    captured on another stream (its own counters) and replayed 5 times."""
+def test_gpu_dz_launch(d, rows, n, finish):
+    """DzLaunch on the GPU with either finish of the reductions; with finish="kernel" hundreds of programs really
+    race for the arrival counters (the interpreter runs them one after another): bf16 dZ and fp32 reductions
+    against float64, the same bits on every one of 30 launches, the counters back at zero after each, and the same
+    bits again from a CUDA graph captured on another stream (its own counters) and replayed 5 times."""
     common = sys.modules["pai_fast.kernels._common"]
     g = torch.Generator(device="cuda").manual_seed(d)
     bf = torch.bfloat16
@@ -731,8 +734,8 @@ def test_gpu_dz_sums_inside_the_launch(d, rows, n):
     cas = torch.randn(d, d, n, device="cuda", dtype=bf, generator=g) / d
     dz = torch.empty(rows, 1, 1 + d, n, device="cuda", dtype=bf)
     launch = common.DzLaunch(dy.stride(), a.stride(), dz.stride(), gate, cas, rows, n, 1,
-                             common.ACT_CODES["tanh"], bf, out_dtype=torch.float32)  # fmt: skip
-    assert launch.grid[0] > launch.meta["GROUP"]  # two levels
+                             common.ACT_CODES["tanh"], bf, finish=finish, out_dtype=torch.float32)  # fmt: skip
+    assert launch.grid[0] > launch.meta["GROUP"]  # two levels when finishing in the kernel
     first = launch(dy, a, gate, cas, dz).clone()
     first_dz = dz.clone()
     want_dz, want = _dz_reference(dy, a, gate, cas)
@@ -743,7 +746,7 @@ def test_gpu_dz_sums_inside_the_launch(d, rows, n):
     counters = common.counter_buffer(dy.device, launch.counters)
     for _ in range(30):
         assert torch.equal(launch(dy, a, gate, cas, dz), first)
-        assert not counters.any()
+        assert not counters.any()  # (finish="torch" needs none; they stay zero)
     assert torch.equal(dz, first_dz)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -799,11 +802,13 @@ def test_autotune_candidates_fit():
 
 
 @apply(interp)
-@pytest.mark.parametrize("d", [0, 1, 3, 5])
-def test_linear_dz_kernel_float64(d):
-    """The split backward (the dZ kernel, then the GEMMs) on odd sizes, against float64 autograd."""
-    with K.backward_path("gemm"):
-        linear_case(DEVICE, torch.float64, 7, 6, 9, d, "tanh")
+@pytest.mark.parametrize("finish", ["torch", "kernel"])
+@pytest.mark.parametrize("d", [0, 1, 3, 5, 9])
+def test_linear_dz_kernel_float64(d, finish):
+    """The split backward (the dZ kernel, then the GEMMs) on odd sizes, against float64 autograd, with the
+    partial reductions summed by torch or inside the dZ launch."""
+    with K.backward_path("gemm"), K.dz_finish(finish):
+        linear_case(DEVICE, torch.float64, 37, 6, 9, d, "tanh")
 
 
 @apply(interp)
@@ -884,8 +889,8 @@ def test_dz_sums_inside_the_launch(d, programs, group, out_dtype):
     dy, a, gate, cas = r(b, s, n), torch.tanh(r(b, s, d, n)), r(d, n), r(d, d, n)
     dz = torch.empty(b, s, 1 + d, n, dtype=torch.float64, device=DEVICE)
     launch = common.DzLaunch(dy.stride(), a.stride(), dz.stride(), gate, cas, b * s, n, s,
-                             common.ACT_CODES["tanh"], torch.float64, programs=programs, group=group,
-                             out_dtype=out_dtype)  # fmt: skip
+                             common.ACT_CODES["tanh"], torch.float64, programs=programs, finish="kernel",
+                             group=group, out_dtype=out_dtype)  # fmt: skip
     assert launch.grid[0] == programs and launch.meta["GROUP"] == group
     part = torch.empty(launch.part_shape, dtype=torch.float64, device=DEVICE)
     counters = torch.zeros(launch.counters, dtype=torch.int32, device=DEVICE)
@@ -921,6 +926,14 @@ def test_dz_launch_configuration():
     with pytest.raises(ValueError, match="per_thread must be a power of two"):
         launch(64, per_thread=3)
     assert not launch(64, tiled=False).tiled and launch(64).tiled  # the row kernel on request (probes)
+    assert not launch(64).finishes_in_kernel and launch(64, finish="kernel").finishes_in_kernel
+    with pytest.raises(ValueError, match="finish must be one of"):
+        launch(64, finish="atomics")
+    with pytest.raises(ValueError, match="group must be a power of two"):
+        launch(64, finish="kernel", group=6)
+    with pytest.raises(ValueError, match="needs counters and out"):
+        t = torch.empty(1)
+        launch(64, finish="kernel").launch_into(t, t, t, t, t, t)
     with pytest.raises(ValueError, match="tiled kernel takes 1 <= D <= 7"):
         common.DzLaunch((8, 8, 1), (64, 64, 8, 1), (72, 72, 8, 1), torch.empty(8, 8), torch.empty(8, 8, 8), 4, 8, 4,
                         1, torch.bfloat16, tiled=True)  # fmt: skip
