@@ -283,44 +283,48 @@ def summarize(rows) -> str:
 
 
 def plot(rows, path: str, title: str) -> None:
+    """Grouped bars, one group per (kind, shape, dtype, D) case, one bar per provider: the top row times the
+    dendritic layer over the plain one (dendrite overhead, log scale), the bottom row over the limit (one GEMM or
+    cuDNN conv of width (1+D)N, with the issue's forward / forward+backward targets drawn); forward left,
+    forward+backward right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keyed: dict = {}
+    by_case: dict = {}
     for r in rows:
-        keyed.setdefault((r["kind"], r["shape"], r["dtype"], r["mode"]), {}).setdefault(r["D"], {})[r["provider"]] = r[
-            "ms"
-        ]
-    fig, axes = plt.subplots(1, 2, figsize=(16, 6))
-    for (_, shape, dtype, mode), by_d in keyed.items():
-        ds = sorted(by_d)
-        for prov, ls in (("triton", "-"), ("cuda", "--"), ("eager", ":"), ("compiled", "-.")):
-            xs = [d for d in ds if prov in by_d[d] and "plain" in by_d[d]]
-            if xs:
-                axes[0].plot(
-                    xs,
-                    [by_d[d][prov] / by_d[d]["plain"] for d in xs],
-                    ls,
-                    marker="o",
-                    label=f"{prov} {shape} {dtype} {mode}",
-                )
-            xs = [d for d in ds if prov in by_d[d] and "cat_gemm" in by_d[d]]
-            if xs and prov in ("triton", "cuda", "compiled"):
-                axes[1].plot(
-                    xs,
-                    [by_d[d][prov] / by_d[d]["cat_gemm"] for d in xs],
-                    ls,
-                    marker="o",
-                    label=f"{prov} {shape} {dtype} {mode}",
-                )
-    axes[0].set(title="dendrite overhead: time / plain layer", xlabel="dendrites D", ylabel="ratio", yscale="log")
-    axes[1].set(title="time / one GEMM of width (1+D)N (the limit)", xlabel="dendrites D", ylabel="ratio")
-    axes[1].axhline(1.0, color="k", lw=0.5)
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:  # a panel with no curve (e.g. no limit timed) gets no legend
-            ax.legend(fontsize=6)
+        if r.get("D", 0) == 0:  # D = 0 has no dendrite overhead to show
+            continue
+        case = (r["mode"], f"{r['kind']} {r['shape']}\n{r['dtype']} D={r['D']}")
+        by_case.setdefault(case, {})[r["provider"]] = r["ms"]
+    modes = [m for m in ("f", "fb") if any(c[0] == m for c in by_case)]
+    provs = [p for p in ("triton", "cuda", "compiled", "eager") if any(p in v for v in by_case.values())]
+    if not modes or not provs:
+        return
+    n_cases = max(sum(c[0] == m for c in by_case) for m in modes)
+    fig, axes = plt.subplots(2, len(modes), figsize=(max(8, 0.9 * n_cases * len(modes) + 2), 9), squeeze=False)
+    width = 0.8 / len(provs)
+    for col, mode in enumerate(modes):
+        cases = [c for c in by_case if c[0] == mode]
+        for row, (ref, label) in enumerate((("plain", "time / plain layer"), ("cat_gemm", "time / limit"))):
+            ax = axes[row][col]
+            for k, prov in enumerate(provs):
+                xs, ys = [], []
+                for i, c in enumerate(cases):
+                    t = by_case[c]
+                    if prov in t and t.get(ref):
+                        xs.append(i + (k - (len(provs) - 1) / 2) * width)
+                        ys.append(t[prov] / t[ref])
+                ax.bar(xs, ys, width, label=prov)
+            ax.set_xticks(range(len(cases)), [c[1] for c in cases], fontsize=7, rotation=60, ha="right")
+            ax.set(ylabel=label, yscale="log", title=f"{'forward' if mode == 'f' else 'forward+backward'}: {label}")
+            ax.axhline(1.0, color="k", lw=0.6)
+            if ref == "cat_gemm":
+                target = 1.10 if mode == "f" else 1.15
+                ax.axhline(target, color="r", lw=0.8, ls="--", label=f"target {target:.2f} (8192x4096)")
+            ax.grid(axis="y", which="both", lw=0.3)
+            ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -362,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(a.out + ".json", "w") as f:
         json.dump({"environment": env, "rows": rows}, f, indent=1)
     try:
-        plot(rows, a.out + ".png", f"{env['gpu'] or env['cpu']} | torch {env['torch']} | {env['commit'] or ''}"[:120])
+        where = f"{env['gpu'] or env['cpu']} | torch {env['torch']} | triton {env.get('triton') or '-'}"
+        plot(rows, a.out + ".png", f"{where} | {env['commit'] or ''} | {env['date'][:10]}")
     except ImportError:
         warnings.warn("matplotlib not installed: no PNG written", stacklevel=1)
     print(summarize(rows))

@@ -90,3 +90,20 @@ def test_host_and_wall_ms_times_every_call():
     host, wall = host_and_wall_ms(lambda: calls.append(1), 40)
     assert len(calls) == 10 + 40  # the warm-up, then the timed calls
     assert 0 < host <= wall
+
+
+def test_bench_plot_writes_a_png(tmp_path):
+    """The bench's PNG: one bar per provider and case, forward and forward+backward; D = 0 rows add no bar, and
+    rows with nothing to compare write nothing."""
+    pytest.importorskip("matplotlib")
+    from pai_fast.bench import plot
+
+    rows = [dict(kind="linear", shape="64x784->128", dtype="float32", mode=m, D=d, provider=p, ms=t)
+            for m in ("f", "fb") for d in (0, 1, 3)
+            for p, t in (("plain", 1.0), ("cat_gemm", 1.2), ("triton", 1.5 + d), ("eager", 4.0 + d))]  # fmt: skip
+    path = tmp_path / "bench.png"
+    plot(rows, str(path), "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    empty = tmp_path / "empty.png"
+    plot([r for r in rows if r["D"] == 0], str(empty), "test")
+    assert not empty.exists()
