@@ -104,11 +104,17 @@ def backward_path(path: str):
 def dz_finish(mode: str):
     """Choose, inside the block, who sums the dZ kernel's per-program partial reductions (split backward of Linear
     and Conv): "torch" (default; torch.sum after the launch, using the whole GPU) or "kernel" (the same launch, by
-    int arrival counters: the backward is then three launches, dZ and the two GEMMs or cuDNN's backward, but a
-    latency-bound tail that measured slower on the H200, see DzLaunch). Both are deterministic."""
+    int arrival counters: the backward is then dZ and the two GEMMs or cuDNN's backward, three launches for
+    contiguous dy and weights stacked in one buffer as the modules keep them, but a latency-bound tail that
+    measured slower on the H200, see DzLaunch). Both are deterministic. The backward plans key on the mode."""
     if mode not in DZ_FINISHES:
         raise ValueError(f"dz_finish: mode must be one of {DZ_FINISHES}, got {mode!r}")
     return _overriding("dz_finish", mode)
+
+
+def dz_finish_mode() -> str:
+    """The dz_finish mode in force (the backward plans key on it)."""
+    return _state["dz_finish"]
 
 
 def launch_config(heuristic) -> dict | None:
@@ -121,9 +127,8 @@ def launch_config(heuristic) -> dict | None:
 
 def plan_state(dtype: torch.dtype) -> tuple:
     """The process state that changes a launch, which every launch plan keys on: TF32 for fp32 inputs, the autotune
-    switch, a forced config, the dZ finish."""
-    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    return tf32, _state["autotune"], _state["config"], _state["dz_finish"]
+    switch, a forced config."""
+    return dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32, _state["autotune"], _state["config"]
 
 
 def cdiv(a: int, b: int) -> int:
@@ -400,7 +405,7 @@ def _sum_slots(
 def _finish_sums(
     part_ptr,  # [SPLIT, R, N]: this program's row pid_m is stored (by all its threads)
     cnt_ptr,  # int32 [num N tiles, NGROUPS + 1], zero at launch and again when the launch ends
-    out_ptr,  # dsmall [R, N], contiguous, in the parameters' dtype
+    out_ptr,  # dsmall [R, N], contiguous, in DzLaunch's out_dtype
     pid_m,
     pid_n,
     N,
@@ -719,21 +724,22 @@ def _stack_branches(dz, P: tl.constexpr):
 _launch_dz_tiled = Launcher(_dendritic_dz_tiled_kernel)
 
 
-_counter_buffers: dict[tuple, torch.Tensor] = {}
+_counter_buffers: dict[tuple, list[torch.Tensor]] = {}
 
 
 def counter_buffer(device: torch.device, need: int) -> torch.Tensor:
     """int32 zeros for _finish_sums' arrival counters, one buffer per (device, current stream), grown on demand.
     Every launch leaves the counters it used at zero, so launches in one stream's order (a CUDA graph's replays
-    included) share the buffer with no memset. Launches that may overlap must come from different streams (each
-    gets its own buffer); two CUDA graphs captured on one stream and replayed at the same time on two streams
-    would share one and must not run concurrently."""
+    included) share the buffer with no memset between them. A buffer that is outgrown stays allocated (a CUDA graph
+    may have captured its address), so the memory is never handed to anyone else. A buffer first made during a
+    capture is zeroed by a memset the graph replays (harmless). Launches that may overlap must come from different
+    streams (each gets its own buffer); two CUDA graphs captured on one stream and replayed at the same time on two
+    streams would share one and must not run concurrently."""
     stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
-    buf = _counter_buffers.get((device, stream))
-    if buf is None or buf.numel() < need:
-        buf = torch.zeros(max(need, 4096), dtype=torch.int32, device=device)
-        _counter_buffers[(device, stream)] = buf
-    return buf
+    bufs = _counter_buffers.setdefault((device, stream), [])
+    if not bufs or bufs[-1].numel() < need:
+        bufs.append(torch.zeros(max(need, 4096), dtype=torch.int32, device=device))
+    return bufs[-1]
 
 
 class DzLaunch:
@@ -789,7 +795,7 @@ class DzLaunch:
         # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
         # every GPU for the same shapes, strides and alignment. The tiled kernel's 512 (x N tiles) measured best
         # or near it at the ResNet convs and at 8192x4096 (probe_dz: 2048 cost up to 1.5x, 256 up to 1.4x). The
-        # [split, R, N] partials stay under 8M floats.
+        # [split, R, N] partials stay under 8M floats, which also keeps _finish_sums' int32 offsets in range.
         cap = max(1, min(cdiv(programs, num_n), (8 << 20) // max(1, r * n)))
         if tiled:
             if per_thread is None:
@@ -817,8 +823,9 @@ class DzLaunch:
             group = group or min(32, next_pow2(max(2, int(split**0.5))))
             # Finisher tiles [group, FIN_R, FIN_N] of ~16 fp32 values per thread: bigger ones (64, with their 64-bit
             # addresses) raised the whole kernel's registers to 255 and a quarter of the occupancy.
-            fin_n = min(block_n, 64)
-            fin_r = max(1, min(next_pow2(r), (64 // self.acc_t.itemsize) * 32 * num_warps // (group * fin_n)))
+            budget = (64 // self.acc_t.itemsize) * 32 * num_warps  # elements per finisher tile
+            fin_n = max(1, min(block_n, 64, budget // group))
+            fin_r = max(1, min(next_pow2(r), budget // (group * fin_n)))
             fin_r = 1 << (fin_r.bit_length() - 1)  # a power of two, rounded down
             self.counters = num_n * (cdiv(split, group) + 1)
             meta.update(FINISH=True, GROUP=group, FIN_R=fin_r, FIN_N=fin_n)
@@ -842,10 +849,21 @@ class DzLaunch:
     def launch_into(self, dy, h, gate, cascade, dz, part, counters=None, out=None) -> None:
         """The kernel alone: dZcat into dz, the per-program partial sums into part [split, R, N] and, when it
         finishes in the kernel, their sum into out (dsmall) through the zeroed int32 counters (counter_buffer)."""
+        # The launch cache keys on this plan, not on the pointers' dtypes: check what it was compiled for.
+        if part.dtype != self.acc_t or tuple(part.shape) != self.part_shape or not part.is_contiguous():
+            raise ValueError(f"DzLaunch.launch_into: part must be a contiguous {self.acc_t} tensor of shape "
+                             f"{self.part_shape}, got {part.dtype} {tuple(part.shape)}")  # fmt: skip
         if counters is None or out is None:
             if self.finishes_in_kernel:
                 raise ValueError("DzLaunch.launch_into: finish='kernel' needs counters and out")
             counters = out = part  # never dereferenced without FINISH
+        elif self.finishes_in_kernel:
+            if out.dtype != self.out_dtype or tuple(out.shape) != self.part_shape[1:] or not out.is_contiguous():
+                raise ValueError(f"DzLaunch.launch_into: out must be a contiguous {self.out_dtype} tensor of shape "
+                                 f"{self.part_shape[1:]}, got {out.dtype} {tuple(out.shape)}")  # fmt: skip
+            if counters.dtype != torch.int32 or counters.numel() < self.counters:
+                raise ValueError(f"DzLaunch.launch_into: counters must be int32 with >= {self.counters} entries, "
+                                 f"got {counters.dtype} with {counters.numel()}")  # fmt: skip
         ptrs = (dy, h, gate, cascade, dz, part, counters, out)
         self.launcher(self.grid, ptrs + self.ints, self.meta, (self.serial, aligned16(ptrs)))
 

@@ -56,6 +56,7 @@ from ._common import (
     cdiv,
     check_common,
     dot_precision,
+    dz_finish_mode,
     interpreting,
     launch_config,
     next_pow2,
@@ -918,7 +919,7 @@ def conv_bwd_packed(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dwcat, dsmall), packed as pai_fast._layout says; see the module docstring."""
     tensors = (grad_y, x, weight, dendrite_weight, gate, cascade, h)
-    plan = _bwd_plans.get(tensors, (activation, *plan_state(x.dtype)), lambda: _ConvBwdPlan(*tensors, activation))
+    plan = _bwd_plans.get(tensors, (activation, dz_finish_mode()), lambda: _ConvBwdPlan(*tensors, activation))
     dev, dt = x.device, x.dtype
     n, d, nd = plan.n, plan.d, plan.nd
     if plan.cast_dy:

@@ -887,7 +887,7 @@ def linear_bwd_packed(
     tensors = (grad_y, x2d, weight, dendrite_weight, gate, cascade, h)
     plan = _bwd_plans.get(
         tensors,
-        (activation, has_bias, _state["bwd_path"], *plan_state(x2d.dtype)),
+        (activation, has_bias, _state["bwd_path"], _state["dz_finish"], *plan_state(x2d.dtype)),
         lambda: _BwdPlan(*tensors, activation, has_bias),
     )
     m, n, d = plan.m, plan.n, plan.d

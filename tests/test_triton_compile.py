@@ -30,7 +30,7 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 
 TL_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64",
            torch.int32: "i32"}  # fmt: skip
-# The dZ kernels' partial sums (fp32) and arrival counters; its in-kernel finish as DzLaunch sets it for 512 programs.
+# The dZ kernels' partial sums (fp32) and arrival counters; DZ_FINISH compiles the in-launch finish out (the default).
 DZ_POINTERS = {"part_ptr": torch.float32, "cnt_ptr": torch.int32}
 DZ_FINISH = dict(FINISH=False, GROUP=1, FIN_R=1, FIN_N=1)
 

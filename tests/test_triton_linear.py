@@ -750,15 +750,19 @@ def test_gpu_dz_launch(d, rows, n, finish):
     assert torch.equal(dz, first_dz)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # s's counters exist before the capture: no memset inside the graph
+        launch(dy, a, gate, cas, dz)
+        s_counters = common.counter_buffer(dy.device, launch.counters)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(s), torch.cuda.graph(graph, stream=s):
         captured = launch(dy, a, gate, cas, dz)
     torch.cuda.current_stream().wait_stream(s)
-    for _ in range(5):
+    for _ in range(5):  # each replay finds the counters the previous one left at zero
         captured.zero_()
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(captured, first)
+        assert not s_counters.any()
 
 
 @apply(gpu)
@@ -931,9 +935,19 @@ def test_dz_launch_configuration():
         launch(64, finish="atomics")
     with pytest.raises(ValueError, match="group must be a power of two"):
         launch(64, finish="kernel", group=6)
+    fin = launch(64, finish="kernel")
+    part = torch.empty(fin.part_shape)
     with pytest.raises(ValueError, match="needs counters and out"):
-        t = torch.empty(1)
-        launch(64, finish="kernel").launch_into(t, t, t, t, t, t)
+        fin.launch_into(part, part, part, part, part, part)
+    with pytest.raises(ValueError, match="part must be a contiguous torch.float32 tensor"):
+        fin.launch_into(part, part, part, part, part, part.double())
+    counters, out = torch.zeros(fin.counters, dtype=torch.int32), torch.empty(fin.part_shape[1:])  # the gate's dtype
+    with pytest.raises(ValueError, match="out must be a contiguous torch.float32 tensor"):
+        fin.launch_into(part, part, part, part, part, part, counters, out.double())
+    with pytest.raises(ValueError, match="out must be a contiguous torch.float32 tensor"):
+        fin.launch_into(part, part, part, part, part, part, counters, out[:, :8])
+    with pytest.raises(ValueError, match="counters must be int32"):
+        fin.launch_into(part, part, part, part, part, part, counters.float(), out)
     with pytest.raises(ValueError, match="tiled kernel takes 1 <= D <= 7"):
         common.DzLaunch((8, 8, 1), (64, 64, 8, 1), (72, 72, 8, 1), torch.empty(8, 8), torch.empty(8, 8, 8), 4, 8, 4,
                         1, torch.bfloat16, tiled=True)  # fmt: skip

@@ -24,7 +24,7 @@ lib=$(find "$inc/.." /usr/local/cuda*/lib64 /usr/local/cuda*/targets/*/lib -name
 echo "cuBLAS: $hdr $lib"
 cmake -S . -B build-cutlass -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90 -DPAI_FAST_PYTHON=OFF -DPAI_FAST_TESTS=OFF \
   -DCMAKE_BUILD_TYPE=Release >"$out/cutlass_cmake.log" 2>&1
-cmake --build build-cutlass --target pai_fast_kernels -j16 >>"$out/cutlass_cmake.log" 2>&1
+cmake --build build-cutlass --target pai_fast_kernels -j"${PAI_CUTLASS_JOBS:-16}" >>"$out/cutlass_cmake.log" 2>&1
 # The library goes to the host linker by path (-Xlinker): nvcc refuses an input named libcublas.so.13.x.
 nvcc -std=c++17 -O3 -arch=sm_90a --expt-relaxed-constexpr -I"$inc" -I$C/include -I$C/tools/util/include \
   -Icsrc/include benchmarks/cutlass_probe/cutlass_probe.cu build-cutlass/libpai_fast_kernels.a -Xlinker "$lib" \
