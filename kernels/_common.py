@@ -750,18 +750,16 @@ class DzLaunch:
     __slots__ = ("serial", "ints", "meta", "grid", "part_shape", "acc_t", "out_dtype", "counters", "launcher")
 
     def __init__(
-        self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, programs=None, per_thread=None,
-        tiled=None, finish=None, group=None, out_dtype=None,
+        self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, programs=None, tiled=None,
+        finish=None, group=None, out_dtype=None,
     ):  # fmt: skip
         """programs: the program budget (default 512 for the tiled kernel, 2048 for the row kernel; tests lower it
-        so that each program walks several row tiles); per_thread: the tiled kernel's elements per thread per tile
-        (probes), else chosen by D and the rows each program gets; tiled: False runs the row kernel at any D
-        (probes compare the two), None picks by D; finish: "torch" sums the partials with torch.sum after the
-        launch, "kernel" inside it (_finish_sums: one launch, measured slower, see below), None as dz_finish()
-        set it; group: programs per
-        first-level group of the in-kernel sum (a power of two; default ~sqrt of the programs); out_dtype: dsmall's
-        dtype (default the gate's)."""
-        finish = finish or _state["dz_finish"]
+        so that each program walks several row tiles); tiled: False runs the row kernel at any D (probes compare
+        the two), None picks by D; finish: "torch" sums the partials with torch.sum after the launch, "kernel"
+        inside it (_finish_sums: one launch, measured slower, see below), None as dz_finish() set it; group:
+        programs per first-level group of the in-kernel sum (a power of two; default ~sqrt of the programs);
+        out_dtype: dsmall's dtype (default the gate's)."""
+        finish = finish or dz_finish_mode()
         if finish not in DZ_FINISHES:
             raise ValueError(f"DzLaunch: finish must be one of {DZ_FINISHES}, got {finish!r}")
         d = gate.shape[0]
@@ -769,8 +767,6 @@ class DzLaunch:
             tiled = 1 <= d <= TILED_DZ_MAX_D
         elif tiled and not 1 <= d <= TILED_DZ_MAX_D:
             raise ValueError(f"DzLaunch: the tiled kernel takes 1 <= D <= {TILED_DZ_MAX_D}, got D = {d}")
-        if per_thread is not None and per_thread & (per_thread - 1):
-            raise ValueError(f"DzLaunch: per_thread must be a power of two, got {per_thread}")
         self.serial = serial()
         self.acc_t = torch_acc_dtype(dtype)
         self.launcher = _launch_dz_tiled if tiled else _launch_dz
@@ -798,14 +794,13 @@ class DzLaunch:
         # [split, R, N] partials stay under 8M floats, which also keeps _finish_sums' int32 offsets in range.
         cap = max(1, min(cdiv(programs, num_n), (8 << 20) // max(1, r * n)))
         if tiled:
-            if per_thread is None:
-                # Each program ends with 1 + 2D + D(D-1)/2 sums across its warps and a partial-row store: with
-                # fewer than 8 row tiles to walk, that tail dominates (probe_dz, 14x14 convs: 46 us at 1 tile per
-                # program, 6 us at 12), so smaller tiles.
-                per_thread = 8 if d == 1 else 4 if d <= 3 else 2
-                rows_each = cdiv(rows, max(1, min(rows, cap)))
-                while per_thread > 2 and rows_each < 8 * max(1, 32 * num_warps * per_thread // block_n):
-                    per_thread //= 2
+            # Each program ends with 1 + 2D + D(D-1)/2 sums across its warps and a partial-row store: with fewer
+            # than 8 row tiles to walk, that tail dominates (probe_dz, 14x14 convs: 46 us at 1 tile per program, 6
+            # us at 12), so smaller tiles.
+            per_thread = 8 if d == 1 else 4 if d <= 3 else 2
+            rows_each = cdiv(rows, max(1, min(rows, cap)))
+            while per_thread > 2 and rows_each < 8 * max(1, 32 * num_warps * per_thread // block_n):
+                per_thread //= 2
             block_r = max(1, 32 * num_warps * per_thread // block_n)
             split = max(1, min(cdiv(rows, block_r), cap))
             meta = dict(P=next_pow2(1 + d), BLOCK_R=block_r, ROWS64=rows + split * block_r >= 1 << 31)
@@ -813,11 +808,11 @@ class DzLaunch:
             split, meta = max(1, min(rows, cap)), dict(PD=pd)
         if group is not None and (group < 1 or group & (group - 1)):
             raise ValueError(f"DzLaunch: group must be a power of two, got {group}")
-        # finish="torch" is the default by measurement (probe_dz, H200, bf16): the in-kernel sum leaves one program
-        # per level summing a group's partials, a latency-bound tail (~8 KB in flight per round trip) that cost
-        # more than torch.sum's whole-GPU launch at every shape measured, e.g. 32x256x14x14 D = 3 (8 MB of
-        # partials) 64.8 vs 20.2 us, and 8192x4096 D = 3 410 vs 183 us when its 64-register finisher tiles pushed
-        # the kernel to 255 registers. It stays for callers that count launches (and is tested like the default).
+        # finish="torch" is the default by measurement (h200_probe_dz_df22e16, bf16): the in-kernel sum leaves one
+        # program per level summing a group's partials, a latency-bound tail (8-32 KB in flight per round trip)
+        # that cost more than torch.sum's whole-GPU launch at 5 of 6 shapes, e.g. 32x256x14x14 D = 3 (8 MB of
+        # partials) 93.7 vs 21.4 us and 8192x4096 D = 3 260 vs 187 us; it won only at 32x64x56x56 D = 1 (25.8 vs
+        # 31.0). It stays for callers that count launches (and is tested like the default).
         if finish == "kernel":
             # Two levels: ~sqrt(split) partials per group, then the group sums.
             group = group or min(32, next_pow2(max(2, int(split**0.5))))
@@ -847,9 +842,11 @@ class DzLaunch:
         return self.meta["FINISH"]
 
     def launch_into(self, dy, h, gate, cascade, dz, part, counters=None, out=None) -> None:
-        """The kernel alone: dZcat into dz, the per-program partial sums into part [split, R, N] and, when it
-        finishes in the kernel, their sum into out (dsmall) through the zeroed int32 counters (counter_buffer)."""
-        # The launch cache keys on this plan, not on the pointers' dtypes: check what it was compiled for.
+        """The kernel alone, into caller-made buffers (probes, tests): dZcat into dz, the per-program partial sums
+        into part [split, R, N] and, when it finishes in the kernel, their sum into out (dsmall) through the zeroed
+        int32 counters (counter_buffer)."""
+        # The launch cache keys on this plan, not on the pointers' dtypes: check what it was compiled for (__call__
+        # makes its own buffers and skips this).
         if part.dtype != self.acc_t or tuple(part.shape) != self.part_shape or not part.is_contiguous():
             raise ValueError(f"DzLaunch.launch_into: part must be a contiguous {self.acc_t} tensor of shape "
                              f"{self.part_shape}, got {part.dtype} {tuple(part.shape)}")  # fmt: skip
@@ -864,7 +861,9 @@ class DzLaunch:
             if counters.dtype != torch.int32 or counters.numel() < self.counters:
                 raise ValueError(f"DzLaunch.launch_into: counters must be int32 with >= {self.counters} entries, "
                                  f"got {counters.dtype} with {counters.numel()}")  # fmt: skip
-        ptrs = (dy, h, gate, cascade, dz, part, counters, out)
+        self._launch((dy, h, gate, cascade, dz, part, counters, out))
+
+    def _launch(self, ptrs: tuple) -> None:
         self.launcher(self.grid, ptrs + self.ints, self.meta, (self.serial, aligned16(ptrs)))
 
     def __call__(self, dy, h, gate, cascade, dz) -> torch.Tensor:
@@ -875,8 +874,8 @@ class DzLaunch:
         dev = dy.device
         part = torch.empty(self.part_shape, device=dev, dtype=self.acc_t)
         if not self.finishes_in_kernel:
-            self.launch_into(dy, h, gate, cascade, dz, part)
+            self._launch((dy, h, gate, cascade, dz, part, part, part))  # counters and out unused without FINISH
             return part.sum(0).to(self.out_dtype)
         out = torch.empty(self.part_shape[1:], device=dev, dtype=self.out_dtype)
-        self.launch_into(dy, h, gate, cascade, dz, part, counter_buffer(dev, self.counters), out)
+        self._launch((dy, h, gate, cascade, dz, part, counter_buffer(dev, self.counters), out))
         return out

@@ -932,7 +932,7 @@ def conv_bwd_packed(
         )
     if d == 0:
         dz = grad_y
-        red = grad_y.sum([0, *range(2, nd + 2)], dtype=plan.acc_t)[None]
+        red = grad_y.sum([0, *range(2, nd + 2)], dtype=plan.acc_t)[None].to(plan.small_dtype)
         wcat = weight
     else:
         if plan.dy_contig:
@@ -940,12 +940,12 @@ def conv_bwd_packed(
         if plan.h_contig:
             h = h.contiguous()
         dz = torch.empty_strided(plan.z_shape, plan.z_strides, device=dev, dtype=dt)
-        red = plan.dz_launch(grad_y, h, gate, cascade, dz)
+        red = plan.dz_launch(grad_y, h, gate, cascade, dz)  # already in the parameters' dtype
         wcat = _stacked_weight(weight, dendrite_weight)
     dx, dwcat, _ = torch.ops.aten.convolution_backward(
         dz, x, wcat, None, list(stride), list(padding), list(dilation), False, [0] * nd, 1, [True, True, False]
     )
-    return _like(dx, x), weight_rows_like(dwcat, weight), red.to(plan.small_dtype)
+    return _like(dx, x), weight_rows_like(dwcat, weight), red
 
 
 conv_bwd = seven_grads(conv_bwd_packed)

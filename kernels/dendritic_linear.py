@@ -72,6 +72,7 @@ from ._common import (
     cdiv,
     check_common,
     dot_precision,
+    dz_finish_mode,
     interpreting,
     launch_config,
     next_pow2,
@@ -887,7 +888,7 @@ def linear_bwd_packed(
     tensors = (grad_y, x2d, weight, dendrite_weight, gate, cascade, h)
     plan = _bwd_plans.get(
         tensors,
-        (activation, has_bias, _state["bwd_path"], _state["dz_finish"], *plan_state(x2d.dtype)),
+        (activation, has_bias, _state["bwd_path"], dz_finish_mode(), *plan_state(x2d.dtype)),
         lambda: _BwdPlan(*tensors, activation, has_bias),
     )
     m, n, d = plan.m, plan.n, plan.d
@@ -910,10 +911,10 @@ def linear_bwd_packed(
     if d == 0:
         # No dendrites: dZcat is dy itself; nothing to fuse.
         dz = grad_y
-        red = grad_y.sum(0, dtype=torch_acc_dtype(dt))[None]
+        red = grad_y.sum(0, dtype=torch_acc_dtype(dt))[None].to(plan.small_dtype)
     else:
         dz = torch.empty(plan.dz_shape, device=dev, dtype=dt)
-        red = plan.dz_launch(grad_y, h, gate, cascade, dz)
+        red = plan.dz_launch(grad_y, h, gate, cascade, dz)  # already in the parameters' dtype
     # dWcat = dZcat^T X: one GEMM, already in the packed layout.
     dwcat = torch.mm(dz.t(), x2d)
     wcat = _stacked_view(weight, dendrite_weight) if d > 0 else weight
@@ -924,7 +925,7 @@ def linear_bwd_packed(
         dx.addmm_(dz.narrow(1, n, d * n), dendrite_weight.reshape(d * n, plan.k))
     if plan.restride_dx:
         dx = _like(dx, x2d)
-    return dx, dwcat, red.to(plan.small_dtype)
+    return dx, dwcat, red
 
 
 linear_bwd = seven_grads(linear_bwd_packed)

@@ -914,8 +914,8 @@ def test_dz_sums_inside_the_launch(d, programs, group, out_dtype):
 
 @apply(interp)
 def test_dz_launch_configuration():
-    """The tiled kernel's tiles shrink when programs would walk few of them; int64 rows only near 2^31; per_thread
-    overrides must be powers of two; the row kernel can be asked for, the tiled one only where it runs."""
+    """The tiled kernel's tiles shrink when programs would walk few of them and stay powers of two; int64 rows only
+    near 2^31; the row kernel can be asked for, the tiled one only where it runs."""
     common = sys.modules["pai_fast.kernels._common"]
     g, c = torch.empty(3, 256), torch.empty(3, 3, 256)
 
@@ -927,8 +927,9 @@ def test_dz_launch_configuration():
     few, many = launch(6272), launch(1 << 20)
     assert few.meta["BLOCK_R"] < many.meta["BLOCK_R"] and not many.meta["ROWS64"]
     assert launch((1 << 31) - 1000).meta["ROWS64"]
-    with pytest.raises(ValueError, match="per_thread must be a power of two"):
-        launch(64, per_thread=3)
+    for rows in (64, 999, 6272, 1 << 20):  # the elements per thread (hence BLOCK_R) are powers of two
+        block_r = launch(rows).meta["BLOCK_R"]
+        assert block_r & (block_r - 1) == 0, (rows, block_r)
     assert not launch(64, tiled=False).tiled and launch(64).tiled  # the row kernel on request (probes)
     assert not launch(64).finishes_in_kernel and launch(64, finish="kernel").finishes_in_kernel
     with pytest.raises(ValueError, match="finish must be one of"):
