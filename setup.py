@@ -52,6 +52,18 @@ def _find_nvcc() -> str | None:
     return None
 
 
+def _cutlass_include() -> str | None:
+    """The CUTLASS headers for the Hopper forward: PAI_FAST_CUTLASS_INCLUDE, else the nvidia-cutlass package's copy."""
+    if os.environ.get("PAI_FAST_CUTLASS_INCLUDE"):
+        return os.environ["PAI_FAST_CUTLASS_INCLUDE"]
+    try:
+        import cutlass_library  # nvidia-cutlass: headers only, no GPU needed
+    except ImportError:
+        return None
+    inc = Path(cutlass_library.__file__).parent / "source" / "include"
+    return str(inc) if (inc / "cutlass" / "cutlass.h").exists() else None
+
+
 def _tool(name: str) -> str:
     """cmake/ninja from PATH, next to this Python (a venv not on PATH), or the PyPI wheels' bin dirs."""
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
@@ -107,7 +119,11 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             "-DPAI_FAST_PYTHON=ON",
             f"-DPAI_FAST_TESTS={'ON' if os.environ.get('PAI_FAST_BUILD_CTEST') == '1' else 'OFF'}",
+            f"-DPAI_FAST_CUTLASS={os.environ.get('PAI_FAST_CUTLASS', 'AUTO').upper()}",
         ]
+        cutlass_inc = _cutlass_include()
+        if cutlass_inc:
+            configure.append(f"-DPAI_FAST_CUTLASS_INCLUDE={cutlass_inc}")
         _log(f"building the CUDA extension pai_fast._C with CMake ({ext.nvcc}, archs {archs}, -j{jobs})")
         subprocess.run(configure, check=True)
         subprocess.run([cmake, "--build", str(build_dir), "--target", "_C", "-j", jobs], check=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, test, benchmark. Full results go under $OUT; a short table is printed last.
-#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [probeconv] [probeconvbwd] [probedz] [probebwd] [ctest]
+#   bash benchmarks/gpu_check.sh [build] [test] [bench] [quickbench] [profile] [probe] [probehost] [probeconv] [probeconvbwd] [probedz] [probebwd] [probesm90] [ctest]
 #     [sanitize] [export] [cutlass]
 #   (default: build test bench). probe: the TMA-forward and host-overhead probes; ctest: the standalone CMake build
 #   of csrc/ (no Python), its C++ test program under ctest and compute-sanitizer (memcheck/racecheck/synccheck/initcheck).
@@ -36,7 +36,9 @@ if has cutlass; then  # nvcc of the CUTLASS probe in the background, niced to 2 
 fi
 if has build; then
   t0=$(date +%s)
-  python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
+  # PAI_FAST_CUTLASS=ON: the Hopper forward must build here (its headers come from .whl/'s nvidia-cutlass).
+  PAI_FAST_CUTLASS=ON MAX_JOBS=${MAX_JOBS:-8} python3 -m pip install -q --no-build-isolation --no-deps -e . \
+    >"$OUT/build.log" 2>&1
   rc=$?
   summary+=("build rc=$rc in $(( $(date +%s) - t0 ))s (log: build.log)")
   [ $rc -ne 0 ] && tail -40 "$OUT/build.log"
@@ -103,6 +105,11 @@ if has probeconv; then
   summary+=("probe_conv_host rc=$? (probe_conv_host.log)")
 fi
 
+if has probesm90; then  # the cuda backend's Hopper forward alone: vs cuBLAS, the pack, the generic kernel
+  timeout "${PAI_PROBE_TIMEOUT:-300}" python3 benchmarks/probe_sm90.py --out "$OUT/probe_sm90.json" >"$OUT/probe_sm90.log" 2>&1
+  summary+=("probe_sm90 rc=$? (probe_sm90.log)")
+  tail -12 "$OUT/probe_sm90.log"
+fi
 if has probedz; then  # the dZ kernel alone: row vs tiled kernel, program budgets, with and without the partials' sum
   timeout "${PAI_PROBE_TIMEOUT:-400}" python3 benchmarks/probe_dz.py --out "$OUT/probe_dz.json" >"$OUT/probe_dz.log" 2>&1
   summary+=("probe_dz rc=$? (probe_dz.log)")

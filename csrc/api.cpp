@@ -385,9 +385,10 @@ cudaError_t dispatch(pf_dtype dtype, F&& f) {
 }
 
 // ------------------------------------------------------------------ forward
-void run_forward(const Problem& pr, const pf_tensor* x, const pf_tensor* weight, const pf_tensor* bias,
-                 const pf_tensor* dendrite_weight, const pf_tensor* dendrite_bias, const pf_tensor* gate,
-                 const pf_tensor* cascade, const pf_tensor* y, const pf_tensor* h, cudaStream_t stream) {
+// Checks the forward's arguments and gathers them for the kernels.
+pf::FwdParams forward_params(const Problem& pr, const pf_tensor* x, const pf_tensor* weight, const pf_tensor* bias,
+                             const pf_tensor* dendrite_weight, const pf_tensor* dendrite_bias, const pf_tensor* gate,
+                             const pf_tensor* cascade, const pf_tensor* y, const pf_tensor* h) {
   const Checker ck{pr.fn};
   const pf::Geom& g = pr.g;
   const int lead_sp = pr.nd == 0 ? 0 : 2;  // first spatial dim of y
@@ -458,9 +459,55 @@ void run_forward(const Problem& pr, const pf_tensor* x, const pf_tensor* weight,
                           (g.D == 0 || (p.svk == 1 && p.svn % vw == 0 && p.svd % vw == 0 && aligned16(p.v)));
   p.a_vec = vec && pr.nd == 0 && pr.sx[1] == 1 && pr.sx[0] % vw == 0 && g.KC % vw == 0 && aligned16(p.x);
   p.b_vec = vec && w_rows_vec;
-  if (g.P == 0 || g.Cout == 0) return;
+  return p;
+}
+
+void run_forward(const Problem& pr, const pf_tensor* x, const pf_tensor* weight, const pf_tensor* bias,
+                 const pf_tensor* dendrite_weight, const pf_tensor* dendrite_bias, const pf_tensor* gate,
+                 const pf_tensor* cascade, const pf_tensor* y, const pf_tensor* h, cudaStream_t stream) {
+  const pf::FwdParams p = forward_params(pr, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, y, h);
+  if (pr.g.P == 0 || pr.g.Cout == 0) return;
   const cudaError_t e = dispatch(pr.dtype, [&](auto tag) { return pf::launch_fwd<decltype(tag)>(p, pr.math, stream); });
   check_cuda(pr.fn, "the forward kernel", e);
+}
+
+// ------------------------------------------------------------------ Hopper forward over packed weights
+// Bytes of the packed weights, or 0 when this build, the current device or the problem does not take the path.
+size_t sm90_packed_bytes(const Problem& pr) {
+#ifdef PF_HAVE_SM90_CUTLASS
+  if (pr.nd != 0 || (pr.dtype != PF_FLOAT16 && pr.dtype != PF_BFLOAT16)) return 0;
+  if (pr.g.R > pf::kSm90MaxR || pr.g.KC % 8 != 0 || pr.g.KC == 0 || pr.g.KC > 0x7fffffff) return 0;
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    cudaGetLastError();  // no device: the path does not apply
+    return 0;
+  }
+  if (major != 9 || minor != 0) return 0;  // sm_90a code runs on sm_90 only
+  const int64_t rows = pf::sm90_packed_rows(pr.g.Cout, pr.g.R);
+  if (rows > 0x7fffffff) return 0;
+  return static_cast<size_t>(rows * pr.g.KC) * dtype_size(pr.dtype);
+#else
+  (void)pr;
+  return 0;
+#endif
+}
+
+size_t need_packed(const Problem& pr, const void* packed, size_t packed_bytes) {
+  const size_t need = sm90_packed_bytes(pr);
+  if (need == 0)
+    fail(PF_ERROR_UNSUPPORTED, std::string(pr.fn) +
+                                   ": the packed-weight forward does not apply here (it needs a build with CUTLASS, an "
+                                   "sm_90 device, fp16/bf16, D <= " +
+                                   std::to_string(pf_sm90_max_d()) + " and in_features % 8 == 0; got D=" +
+                                   std::to_string(pr.g.D) + ", in_features=" + std::to_string(pr.g.KC) +
+                                   "); check pf_linear_packed_bytes first");
+  if (packed == nullptr || packed_bytes < need || !aligned16(packed))
+    fail(PF_ERROR_WORKSPACE, std::string(pr.fn) + ": 'packed' must be a 16-byte aligned device buffer of at least " +
+                                 std::to_string(need) + " bytes, got " + std::to_string(packed_bytes) + " bytes at " +
+                                 (packed ? "an address" : "NULL") + (packed && !aligned16(packed) ? " not aligned" : ""));
+  return need;
 }
 
 // ------------------------------------------------------------------ backward
@@ -715,7 +762,12 @@ const char* pf_status_string(pf_status status) {
 }
 
 const char* pf_build_info(void) {
-  return "archs=" PF_CUDA_ARCHS " nvcc=" PF_NVCC_VERSION " max_dendrites=127 fused_dz_max_d=8";
+#ifdef PF_HAVE_SM90_CUTLASS
+#define PF_CUTLASS_INFO " cutlass=sm90a"
+#else
+#define PF_CUTLASS_INFO " cutlass=off"
+#endif
+  return "archs=" PF_CUDA_ARCHS " nvcc=" PF_NVCC_VERSION " max_dendrites=127 fused_dz_max_d=8" PF_CUTLASS_INFO;
 }
 
 pf_status pf_linear_forward(pf_dtype dtype, pf_activation activation, int allow_tf32, const pf_tensor* x,
@@ -725,6 +777,93 @@ pf_status pf_linear_forward(pf_dtype dtype, pf_activation activation, int allow_
   return guarded([&] {
     const Problem pr = linear_problem("pf_linear_forward", dtype, activation, allow_tf32, x, weight, dendrite_weight);
     run_forward(pr, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, y, h, stream);
+  });
+}
+
+int pf_sm90_max_d(void) {
+#ifdef PF_HAVE_SM90_CUTLASS
+  return pf::kSm90MaxR - 1;
+#else
+  return -1;
+#endif
+}
+
+size_t pf_linear_packed_bytes(pf_dtype dtype, const pf_tensor* weight, const pf_tensor* dendrite_weight) {
+  size_t bytes = 0;
+  const pf_status st = guarded([&] {
+    if (weight == nullptr) fail(PF_ERROR_INVALID_ARGUMENT, "pf_linear_packed_bytes: 'weight' must not be NULL");
+    pf_tensor x{};  // only the shapes matter here
+    x.ndim = 2;
+    x.sizes[0] = 1;
+    x.sizes[1] = weight->ndim == 2 ? weight->sizes[1] : 0;
+    x.strides[0] = x.sizes[1];
+    x.strides[1] = 1;
+    const Problem pr = linear_problem("pf_linear_packed_bytes", dtype, PF_ACT_IDENTITY, 0, &x, weight, dendrite_weight);
+    bytes = sm90_packed_bytes(pr);
+  });
+  return st == PF_SUCCESS ? bytes : 0;
+}
+
+pf_status pf_linear_pack(pf_dtype dtype, const pf_tensor* weight, const pf_tensor* dendrite_weight, void* packed,
+                         size_t packed_bytes, cudaStream_t stream) {
+  return guarded([&] {
+#ifdef PF_HAVE_SM90_CUTLASS
+    if (weight == nullptr) fail(PF_ERROR_INVALID_ARGUMENT, "pf_linear_pack: 'weight' must not be NULL");
+    pf_tensor x{};
+    x.ndim = 2;
+    x.sizes[0] = 1;
+    x.sizes[1] = weight->ndim == 2 ? weight->sizes[1] : 0;
+    x.strides[0] = x.sizes[1];
+    x.strides[1] = 1;
+    const Problem pr = linear_problem("pf_linear_pack", dtype, PF_ACT_IDENTITY, 0, &x, weight, dendrite_weight);
+    need_packed(pr, packed, packed_bytes);
+    const Checker ck{pr.fn};
+    pf::FwdParams p{};
+    p.g = pr.g;
+    p.w = weight->data;
+    weight_strides(ck, "weight", weight, 0, &p.swn, &p.swk);
+    if (pr.g.D > 0) {
+      p.v = dendrite_weight->data;
+      p.svd = dendrite_weight->strides[0];
+      weight_strides(ck, "dendrite_weight", dendrite_weight, 1, &p.svn, &p.svk);
+    }
+    p.bno = pf::sm90_neurons_per_tile(pr.g.R);
+    const cudaError_t e =
+        dtype == PF_FLOAT16 ? pf::sm90_pack<__half>(p, packed, stream) : pf::sm90_pack<__nv_bfloat16>(p, packed, stream);
+    check_cuda(pr.fn, "the weight packing kernel", e);
+#else
+    (void)dtype, (void)dendrite_weight, (void)packed, (void)packed_bytes, (void)stream;
+    (void)weight;
+    fail(PF_ERROR_UNSUPPORTED, "pf_linear_pack: this build has no Hopper path (built without CUTLASS)");
+#endif
+  });
+}
+
+pf_status pf_linear_forward_packed(pf_dtype dtype, pf_activation activation, const pf_tensor* x,
+                                   const pf_tensor* weight, const pf_tensor* bias, const pf_tensor* dendrite_weight,
+                                   const pf_tensor* dendrite_bias, const pf_tensor* gate, const pf_tensor* cascade,
+                                   const void* packed, size_t packed_bytes, const pf_tensor* y, const pf_tensor* h,
+                                   cudaStream_t stream) {
+  return guarded([&] {
+    const Problem pr = linear_problem("pf_linear_forward_packed", dtype, activation, 0, x, weight, dendrite_weight);
+    need_packed(pr, packed, packed_bytes);
+    pf::FwdParams p = forward_params(pr, x, weight, bias, dendrite_weight, dendrite_bias, gate, cascade, y, h);
+    if (!(pr.sx[1] == 1 || pr.g.Cin == 1) || pr.sx[0] % 8 != 0 || !aligned16(x->data))
+      fail(PF_ERROR_INVALID_ARGUMENT, std::string(pr.fn) + ": argument 'x' (shape " + shape_str(x) +
+                                          ") must have unit stride along in_features, a row stride that is a multiple "
+                                          "of 8 and 16-byte aligned data for the TMA loads, got strides [" +
+                                          std::to_string(pr.sx[0]) + ", " + std::to_string(pr.sx[1]) + "]");
+    if (pr.g.P == 0 || pr.g.Cout == 0) return;
+#ifdef PF_HAVE_SM90_CUTLASS
+    if (pr.g.P > 0x7fffffff)
+      fail(PF_ERROR_UNSUPPORTED, std::string(pr.fn) + ": at most 2^31-1 rows of x, got " + std::to_string(pr.g.P));
+    p.bno = pf::sm90_neurons_per_tile(pr.g.R);
+    const cudaError_t e = dtype == PF_FLOAT16 ? pf::sm90_linear_fwd<__half>(p, packed, stream)
+                                              : pf::sm90_linear_fwd<__nv_bfloat16>(p, packed, stream);
+    check_cuda(pr.fn, "the Hopper forward kernel", e);
+#else
+    (void)p, (void)stream;
+#endif
   });
 }
 

@@ -193,6 +193,44 @@ PYBIND11_MODULE(PF_MODULE_NAME, m) {
       py::arg("dendrite_weight"), py::arg("dendrite_bias"), py::arg("gate"), py::arg("cascade"), py::arg("y"),
       py::arg("h"), py::arg("stream"));
 
+  m.def("sm90_max_d", &pf_sm90_max_d, "Largest D of the Hopper packed-weight forward in this build (-1: not built).");
+  m.def(
+      "linear_packed_bytes",
+      [](int dtype, py::handle w, py::handle v) -> uint64_t {
+        const TensorArg W = to_tensor(w, "weight"), V = to_tensor(v, "dendrite_weight");
+        return pf_linear_packed_bytes(static_cast<pf_dtype>(dtype), W.get(), V.get());
+      },
+      py::arg("dtype"), py::arg("weight"), py::arg("dendrite_weight"),
+      "Bytes of the packed weights of the Hopper forward on the current device; 0 when that path does not apply.");
+  m.def(
+      "linear_pack",
+      [](int dtype, py::handle w, py::handle v, uint64_t packed, uint64_t packed_bytes, uint64_t stream) {
+        require_gpu();
+        const TensorArg W = to_tensor(w, "weight"), V = to_tensor(v, "dendrite_weight");
+        raise_status(pf_linear_pack(static_cast<pf_dtype>(dtype), W.get(), V.get(),
+                                    reinterpret_cast<void*>(static_cast<uintptr_t>(packed)), packed_bytes,
+                                    to_stream(stream)));
+      },
+      py::arg("dtype"), py::arg("weight"), py::arg("dendrite_weight"), py::arg("packed"), py::arg("packed_bytes"),
+      py::arg("stream"));
+  m.def(
+      "linear_forward_packed",
+      [](int dtype, int act, py::handle x, py::handle w, py::handle b, py::handle v, py::handle vb, py::handle g,
+         py::handle c, uint64_t packed, uint64_t packed_bytes, py::handle y, py::handle h, uint64_t stream) {
+        require_gpu();
+        const TensorArg X = to_tensor(x, "x"), W = to_tensor(w, "weight"), B = to_tensor(b, "bias"),
+                        V = to_tensor(v, "dendrite_weight"), VB = to_tensor(vb, "dendrite_bias"),
+                        G = to_tensor(g, "gate"), C = to_tensor(c, "cascade"), Y = to_tensor(y, "y"),
+                        H = to_tensor(h, "h");
+        raise_status(pf_linear_forward_packed(static_cast<pf_dtype>(dtype), static_cast<pf_activation>(act), X.get(),
+                                              W.get(), B.get(), V.get(), VB.get(), G.get(), C.get(),
+                                              reinterpret_cast<const void*>(static_cast<uintptr_t>(packed)),
+                                              packed_bytes, Y.get(), H.get(), to_stream(stream)));
+      },
+      py::arg("dtype"), py::arg("activation"), py::arg("x"), py::arg("weight"), py::arg("bias"),
+      py::arg("dendrite_weight"), py::arg("dendrite_bias"), py::arg("gate"), py::arg("cascade"), py::arg("packed"),
+      py::arg("packed_bytes"), py::arg("y"), py::arg("h"), py::arg("stream"));
+
   m.def(
       "linear_backward",
       [](int dtype, int act, bool allow_tf32, py::handle dy, py::handle x, py::handle w, py::handle v, py::handle g,

@@ -138,6 +138,23 @@ cudaError_t launch_dz(const DzParams& p, cudaStream_t s);
 template <class T>
 cudaError_t launch_reduce(const ReduceParams& p, cudaStream_t s);
 
+// Hopper Linear forward (sm90_linear.cuh; only in builds with CUTLASS, PF_HAVE_SM90_CUTLASS). T in {__half,
+// __nv_bfloat16}, R = 1 + D <= kSm90MaxR. FwdParams as for launch_fwd, except p.bno = sm90_neurons_per_tile(R).
+constexpr int kSm90MaxR = 8;
+constexpr int kSm90TileN = 128;  // GEMM columns per tile
+// Neurons per tile: whole groups of 8 neurons x R branches (0 when R is out of range).
+constexpr int sm90_neurons_per_tile(int64_t R) {
+  return R >= 1 && R <= kSm90MaxR ? 8 * static_cast<int>(kSm90TileN / (8 * R)) : 0;
+}
+// Rows of the packed weights [rows, K].
+constexpr int64_t sm90_packed_rows(int64_t N, int64_t R) {
+  return sm90_neurons_per_tile(R) == 0 ? 0 : (N + sm90_neurons_per_tile(R) - 1) / sm90_neurons_per_tile(R) * kSm90TileN;
+}
+template <class T>
+cudaError_t sm90_pack(const FwdParams& p, void* packed, cudaStream_t s);
+template <class T>
+cudaError_t sm90_linear_fwd(const FwdParams& p, const void* packed, cudaStream_t s);
+
 // GEMM tile shape per dtype (pf_dtype code) and math mode; gemm_core.cuh static_asserts that its
 // configurations agree. BN is kTileBN everywhere.
 constexpr int tile_bm(int dtype_code, int /*math*/) { return dtype_code == 3 ? 32 : 64; }

@@ -18,6 +18,8 @@ The module imports without a GPU and without _C; ``supports`` then lists why it 
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -33,7 +35,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     _C = None
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
-__all__ = [*FUSED_BACKEND_API, "available", "build_info"]
+__all__ = [*FUSED_BACKEND_API, "available", "build_info", "clear_packed_weights", "sm90_enabled"]
 
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 # Same codes as pai_fast.activations.FUSED_CODES and csrc/include/pai_fast/dendritic.h.
@@ -191,6 +193,62 @@ def _run_with_workspace(fn, args: list, device: torch.device, stream: int) -> No
     fn(*args, ws.data_ptr(), nbytes, stream)
 
 
+# ---------------------------------------------------------------------------------------------- Hopper packing
+# The Hopper forward (csrc/sm90_linear.cu) reads the weights packed neuron-interleaved into one buffer. Packs are kept
+# per (device, weight storage) and redone when either weight's version counter moves (an optimizer step, load, or any
+# in-place write), so inference packs once and training once per step. Inside CUDA-graph capture the pack is always
+# redone, so it is part of the graph and replays see the weights of that replay.
+_PACKS: OrderedDict[tuple, tuple[int, int, torch.Tensor]] = OrderedDict()
+_PACK_BYTES: dict[tuple, int] = {}
+_MAX_PACKS = 64
+
+
+def sm90_enabled() -> bool:
+    """Whether the Hopper path may be used: built with CUTLASS and not switched off by PAI_FAST_CUDA_SM90=0."""
+    return (
+        _C is not None
+        and not _emulated()
+        and getattr(_C, "sm90_max_d", lambda: -1)() >= 0
+        and os.environ.get("PAI_FAST_CUDA_SM90", "1") != "0"
+    )
+
+
+def _sm90_bytes(lib, dt: int, weight: torch.Tensor, v: torch.Tensor | None, d: int) -> int:
+    key = (weight.device, dt, tuple(weight.shape), d)
+    nbytes = _PACK_BYTES.get(key)
+    if nbytes is None:
+        nbytes = int(lib.linear_packed_bytes(dt, _t(weight), _t(v)))
+        _PACK_BYTES[key] = nbytes
+    return nbytes
+
+
+def _sm90_x_ok(x2d: torch.Tensor) -> bool:
+    return (x2d.stride(1) == 1 or x2d.shape[1] == 1) and x2d.stride(0) % 8 == 0 and x2d.data_ptr() % 16 == 0
+
+
+def _packed(lib, dt: int, weight: torch.Tensor, v: torch.Tensor | None, d: int, nbytes: int, stream: int):
+    capturing = torch.cuda.is_current_stream_capturing()
+    key = (weight.device, weight.data_ptr(), 0 if v is None else v.data_ptr(), tuple(weight.shape), d, dt)
+    versions = (weight._version, 0 if v is None else v._version)
+    hit = None if capturing else _PACKS.get(key)
+    if hit is not None and hit[:2] == versions:
+        _PACKS.move_to_end(key)
+        return hit[2]
+    packed = torch.empty(nbytes, dtype=torch.uint8, device=weight.device)
+    lib.linear_pack(dt, _t(weight), _t(v), packed.data_ptr(), nbytes, stream)
+    if not capturing:
+        _PACKS[key] = (*versions, packed)
+        _PACKS.move_to_end(key)
+        while len(_PACKS) > _MAX_PACKS:
+            _PACKS.popitem(last=False)
+    return packed
+
+
+def clear_packed_weights() -> None:
+    """Drop the cached Hopper weight packs (they are rebuilt on the next forward)."""
+    _PACKS.clear()
+
+
 # ---------------------------------------------------------------------------------------------- Linear
 def linear_fwd(
     x2d: torch.Tensor,
@@ -220,6 +278,28 @@ def linear_fwd(
     h = torch.empty((m, d, n) if save_for_backward else (0,), dtype=x2d.dtype, device=x2d.device)
     v, vb, g, c = _dendrite_args(d, dendrite_weight, dendrite_bias, gate, cascade)
     with _DeviceGuard(x2d):
+        if x2d.dtype in (torch.float16, torch.bfloat16) and sm90_enabled() and _sm90_x_ok(x2d):
+            nbytes = _sm90_bytes(lib, dt, weight, v, d)
+            if nbytes:
+                stream = _stream(x2d)
+                packed = _packed(lib, dt, weight, v, d, nbytes, stream)
+                lib.linear_forward_packed(
+                    dt,
+                    act,
+                    _t(x2d),
+                    _t(weight),
+                    _t(bias),
+                    _t(v),
+                    _t(vb),
+                    _t(g),
+                    _t(c),
+                    packed.data_ptr(),
+                    nbytes,
+                    _t(y),
+                    _t(h) if (save_for_backward and d > 0) else None,
+                    stream,
+                )
+                return y, h
         lib.linear_forward(
             dt,
             act,

@@ -93,6 +93,29 @@ pf_status pf_linear_forward(pf_dtype dtype, pf_activation activation, int allow_
                             const pf_tensor* y, const pf_tensor* h, cudaStream_t stream);
 
 /*
+ * Hopper Linear forward over packed weights: a CUTLASS TMA + wgmma mainloop with the same fused epilogue, for
+ * builds with CUTLASS (CMake PAI_FAST_CUTLASS) on sm_90 devices, fp16/bf16, D <= pf_sm90_max_d(), in_features % 8
+ * == 0, and x with unit stride along in_features, a row stride that is a multiple of 8 and 16-byte aligned data.
+ * The weights are packed once into a buffer the caller owns (neuron-interleaved, see csrc/sm90_linear.cu) and read by
+ * every forward until they change; pack again after each update.
+ *   pf_sm90_max_d: the largest D this build takes on the path (-1: built without it).
+ *   pf_linear_packed_bytes: bytes of the packed weights on the current device, or 0 when the path does not apply
+ *     (then use pf_linear_forward). Launches nothing.
+ *   pf_linear_pack: writes the packed weights (`packed`: 16-byte aligned, at least pf_linear_packed_bytes).
+ *   pf_linear_forward_packed: pf_linear_forward reading the weights from `packed` (weight and dendrite_weight give
+ *     the shapes; their data is not read). Fails with PF_ERROR_UNSUPPORTED when the path does not apply.
+ */
+int pf_sm90_max_d(void);
+size_t pf_linear_packed_bytes(pf_dtype dtype, const pf_tensor* weight, const pf_tensor* dendrite_weight);
+pf_status pf_linear_pack(pf_dtype dtype, const pf_tensor* weight, const pf_tensor* dendrite_weight, void* packed,
+                         size_t packed_bytes, cudaStream_t stream);
+pf_status pf_linear_forward_packed(pf_dtype dtype, pf_activation activation, const pf_tensor* x,
+                                   const pf_tensor* weight, const pf_tensor* bias, const pf_tensor* dendrite_weight,
+                                   const pf_tensor* dendrite_bias, const pf_tensor* gate, const pf_tensor* cascade,
+                                   const void* packed, size_t packed_bytes, const pf_tensor* y, const pf_tensor* h,
+                                   cudaStream_t stream);
+
+/*
  * Dendritic Linear backward.
  *   grad_y [M,N], x [M,K], weight [N,K], dendrite_weight [D,N,K], gate [D,N], cascade [D,D,N],
  *   h [M,D,N] (the forward's activated outputs; NULL iff D == 0).

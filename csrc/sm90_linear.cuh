@@ -1,0 +1,286 @@
+// Dendritic Linear forward on Hopper: a CUTLASS 3 mainloop (TMA + wgmma, warp-specialized, persistent) over
+// neuron-interleaved packed weights, with the dendrite epilogue run on the accumulators in registers.
+//
+//   z_0 = x W^T + b ; u_i = x V_i^T + c_i ; s_i = u_i + sum_{j<i} B[i,j] a_j ; a_i = act(s_i)
+//   y = z_0 + sum_i G[i] a_i           (h[:, i] = a_i saved for backward when requested)
+//
+// Packed weights P [T * kTileN, K] for R = 1 + D branches: a tile of kTileN GEMM columns holds the R branches of
+// npt = 8 * floor(kTileN / 8R) neurons, in groups of 8 neurons:
+//     P[t * kTileN + q * 8R + b * 8 + j] = Wcat_b[t * npt + q * 8 + j]      (b = branch, Wcat_0 = W, Wcat_b = V_{b-1})
+// and zero rows where the neuron is past N or the tile has no whole group left. Why this order: a wgmma 64xN
+// accumulator gives each thread the same two columns of every 8-column block (CUTLASS's SM90 C layout:
+// ((2,2,N/8) values) = (column pair, row +8, 8-column block)), so with branches 8 columns apart the R values of
+// a neuron sit in one thread's registers at blocks q*R .. q*R+R-1: the epilogue needs no shuffle and no shared
+// memory, and no (1+D)*M*N intermediate reaches global memory.
+//
+// Built only with CUTLASS headers (nvidia-cutlass) for sm_90a (CMake option PAI_FAST_CUTLASS); runs on sm_90.
+// fp16 and bf16, D <= 7 (R <= kSm90MaxR); pf_linear_forward's own kernel serves everything else.
+// sm90_linear_f16.cu and sm90_linear_bf16.cu instantiate it, one dtype per translation unit (minutes of nvcc each).
+#pragma once
+// Reference: pai_fast/reference.py dendritic_linear_ref; the packing is checked against it through the op tests.
+#include <cstdint>
+
+#include "common.cuh"
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/detail.hpp"
+#include "cutlass/epilogue/thread/linear_combination.h"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+
+namespace pf {
+namespace sm90 {
+
+using namespace cute;
+
+template <class T>
+struct CutlassType;
+template <>
+struct CutlassType<__half> {
+  using type = cutlass::half_t;
+};
+template <>
+struct CutlassType<__nv_bfloat16> {
+  using type = cutlass::bfloat16_t;
+};
+
+// The epilogue half of the GEMM: CUTLASS's DefaultEpilogue interface (wrapped for the warp-specialized kernels by
+// Sm90TmaWarpSpecializedAdapter), with the dendrite math in place of alpha * acc + beta * C.
+template <class T>
+class DendriteEpilogue {
+ public:
+  using E = typename CutlassType<T>::type;
+  using EpilogueSchedule = cutlass::gemm::EpilogueDefault;
+  using DispatchPolicy = EpilogueSchedule;
+  using ThreadEpilogueOp = cutlass::epilogue::thread::LinearCombination<E, 1, float, float>;  // names types only
+  using ElementOutput = E;
+  using ElementAccumulator = float;
+  using ElementCompute = float;
+  using ElementC = E;
+  using ElementD = E;
+  using StrideC = cute::Stride<int64_t, cute::Int<1>, int64_t>;
+  using StrideD = StrideC;
+  using GmemTiledCopyC = void;
+  using GmemTiledCopyD = void;
+  struct SharedStorage {};
+  using TensorStorage = SharedStorage;
+  struct Arguments {
+    FwdParams p;
+  };
+  using Params = Arguments;
+
+  template <class ProblemShape>
+  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
+    return args;
+  }
+  template <class ProblemShape>
+  static size_t get_workspace_size(ProblemShape const&, Arguments const&) {
+    return 0;
+  }
+  template <class ProblemShape>
+  static cutlass::Status initialize_workspace(ProblemShape const&, Arguments const&, void*, cudaStream_t,
+                                              cutlass::CudaHostAdapter* = nullptr) {
+    return cutlass::Status::kSuccess;
+  }
+  template <class ProblemShape>
+  static bool can_implement(ProblemShape const&, Arguments const&) {
+    return true;
+  }
+
+  CUTLASS_HOST_DEVICE explicit DendriteEpilogue(Params const& params, SharedStorage const& = SharedStorage())
+      : params_(params) {}
+
+  CUTLASS_DEVICE bool is_source_needed() { return false; }
+
+  template <class ProblemShapeMNKL, class BlockShapeMNK, class BlockCoordMNKL, class FrgEngine, class FrgLayout,
+            class TiledMma, class ResidueMNK>
+  CUTLASS_DEVICE void operator()(ProblemShapeMNKL problem_shape_mnkl, BlockShapeMNK blk_shape_mnk,
+                                 BlockCoordMNKL blk_coord_mnkl, cute::Tensor<FrgEngine, FrgLayout> const& acc,
+                                 TiledMma tiled_mma, ResidueMNK, int thread_idx, char*) {
+    static_assert(rank<0>(FrgLayout{}) == 3, "wgmma accumulators are ((2,2,N/8), MMA_M, MMA_N)");
+    static_assert(size<2>(FrgLayout{}) == 1, "one wgmma atom spans the tile's N");
+    const int M = static_cast<int>(get<0>(problem_shape_mnkl));
+    const int NG = static_cast<int>(get<1>(problem_shape_mnkl));
+    const auto m_coord = get<0>(blk_coord_mnkl);
+    const auto n_coord = get<1>(blk_coord_mnkl);
+    Tensor cD = local_tile(make_identity_tensor(make_shape(M, NG)), take<0, 2>(blk_shape_mnk),
+                           make_coord(m_coord, n_coord));
+    Tensor tCcD = tiled_mma.get_thread_slice(thread_idx).partition_C(cD);
+    const int64_t neuron0 = static_cast<int64_t>(n_coord) * params_.p.bno;
+    switch (params_.p.g.R) {
+#define PF_EPI_CASE(r) \
+  case r:              \
+    return branches<r>(acc, tCcD, M, neuron0);
+      PF_EPI_CASE(1)
+      PF_EPI_CASE(2)
+      PF_EPI_CASE(3)
+      PF_EPI_CASE(4)
+      PF_EPI_CASE(5)
+      PF_EPI_CASE(6)
+      PF_EPI_CASE(7)
+      PF_EPI_CASE(8)
+#undef PF_EPI_CASE
+      default:
+        return;  // the host never launches other R
+    }
+  }
+
+ private:
+  template <int R, class Acc, class Crd>
+  CUTLASS_DEVICE void branches(Acc const& acc, Crd const& tCcD, int M, int64_t neuron0) const {
+    constexpr int V2 = size<0, 2>(typename Acc::layout_type{});
+    constexpr int MM = size<1>(typename Acc::layout_type{});
+    constexpr int G = V2 / R;  // groups of 8 neurons in one tile
+    const FwdParams& p = params_.p;
+    const T* bias = static_cast<const T*>(p.bias);
+    const T* vbias = static_cast<const T*>(p.vbias);
+    const T* gate = static_cast<const T*>(p.gate);
+    const T* casc = static_cast<const T*>(p.casc);
+    T* y = static_cast<T*>(p.y);
+    T* h = static_cast<T*>(p.h);
+    CUTLASS_PRAGMA_UNROLL
+    for (int mm = 0; mm < MM; ++mm) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int q = 0; q < G; ++q) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int v1 = 0; v1 < 2; ++v1) {
+          CUTLASS_PRAGMA_UNROLL
+          for (int v0 = 0; v0 < 2; ++v0) {
+            const auto crd = tCcD(make_coord(v0, v1, q * R), mm, 0);
+            const int m = get<0>(crd);
+            const int64_t n = neuron0 + q * 8 + (get<1>(crd) & 7);
+            if (m >= M || n >= p.g.Cout) continue;
+            float z = acc(make_coord(v0, v1, q * R), mm, 0);
+            if (bias != nullptr) z += to_acc(bias[n * p.sb]);
+            float a[R > 1 ? R - 1 : 1];
+            CUTLASS_PRAGMA_UNROLL
+            for (int i = 0; i < R - 1; ++i) {
+              float s = acc(make_coord(v0, v1, q * R + 1 + i), mm, 0);
+              if (vbias != nullptr) s += to_acc(vbias[i * p.svbd + n * p.svbn]);
+              CUTLASS_PRAGMA_UNROLL
+              for (int j = 0; j < i; ++j) s += to_acc(casc[i * p.sci + j * p.scj + n * p.scn]) * a[j];
+              a[i] = act_fwd(s, p.act);
+              z += to_acc(gate[i * p.sgd + n * p.sgn]) * a[i];
+              if (h != nullptr) h[m * p.shb + i * p.shd + n * p.shc] = from_acc<T>(a[i]);
+            }
+            y[m * p.syb + n * p.syc] = from_acc<T>(z);
+          }
+        }
+      }
+    }
+  }
+
+  Params params_;
+};
+
+constexpr int kTileN = kSm90TileN;
+
+template <class T>
+struct Sm90Fwd {
+  using E = typename CutlassType<T>::type;
+  using TileShape = Shape<_256, Int<kTileN>, _64>;
+  using ClusterShape = Shape<_1, _2, _1>;
+  using Epilogue = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<DendriteEpilogue<T>>;
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, E, cutlass::layout::RowMajor, 8, E,
+      cutlass::layout::ColumnMajor, 8, float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
+  using Device = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+};
+
+// One CTA per packed row; 16-byte copies when every source row allows them.
+template <class T>
+PF_GLOBAL void pack_kernel(const FwdParams p, T* packed, int64_t K, int vec) {
+  const int64_t row = blockIdx.x;
+  const int R = static_cast<int>(p.g.R);
+  const int64_t t = row / kTileN, c = row % kTileN;
+  const int64_t q = c / (8 * R), b = (c % (8 * R)) / 8, j = c % 8;
+  const int64_t n = t * p.bno + q * 8 + j;
+  T* dst = packed + row * K;
+  const bool live = q < kTileN / (8 * R) && n < p.g.Cout;
+  const T* src = nullptr;
+  int64_t sk = 0;
+  if (live) {
+    if (b == 0) {
+      src = static_cast<const T*>(p.w) + n * p.swn;
+      sk = p.swk;
+    } else {
+      src = static_cast<const T*>(p.v) + (b - 1) * p.svd + n * p.svn;
+      sk = p.svk;
+    }
+  }
+  if (vec) {
+    for (int64_t k = threadIdx.x * 8; k < K; k += blockDim.x * 8) {
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (live) v = *reinterpret_cast<const uint4*>(src + k);
+      *reinterpret_cast<uint4*>(dst + k) = v;
+    }
+  } else {
+    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) dst[k] = live ? src[k * sk] : from_acc<T>(0.0f);
+  }
+}
+
+inline int sm_count(int dev) {
+  static int counts[64];
+  if (dev < 0 || dev >= 64) return 0;
+  if (counts[dev] == 0) cudaDeviceGetAttribute(&counts[dev], cudaDevAttrMultiProcessorCount, dev);
+  return counts[dev];
+}
+
+}  // namespace sm90
+
+template <class T>
+cudaError_t sm90_pack(const FwdParams& p, void* packed, cudaStream_t s) {
+  using namespace sm90;
+  const int64_t rows = sm90_packed_rows(p.g.Cout, p.g.R), K = p.g.KC;
+  if (rows == 0 || K == 0) return cudaSuccess;
+  const auto a16 = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
+  const bool vec = K % 8 == 0 && p.swk == 1 && p.swn % 8 == 0 && a16(p.w) && a16(packed) &&
+                   (p.g.D == 0 || (p.svk == 1 && p.svn % 8 == 0 && p.svd % 8 == 0 && a16(p.v)));
+  if (rows > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  pack_kernel<T><<<static_cast<unsigned>(rows), 128, 0, s>>>(p, static_cast<T*>(packed), K, vec ? 1 : 0);
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t sm90_linear_fwd(const FwdParams& p, const void* packed, cudaStream_t s) {
+  using namespace sm90;
+  using G = Sm90Fwd<T>;
+  using E = typename G::E;
+  const int M = static_cast<int>(p.g.P), K = static_cast<int>(p.g.KC);
+  const int NG = static_cast<int>(sm90_packed_rows(p.g.Cout, p.g.R));
+  if (M == 0 || NG == 0) return cudaSuccess;
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  typename G::Kernel::Arguments args{
+      cutlass::gemm::GemmUniversalMode::kGemm,
+      {M, NG, K, 1},
+      {static_cast<const E*>(p.x), typename G::Kernel::StrideA{p.sx[0], Int<1>{}, int64_t(0)},
+       static_cast<const E*>(packed), typename G::Kernel::StrideB{int64_t(K), Int<1>{}, int64_t(0)}},
+      {p}};
+  args.hw_info.device_id = dev;
+  args.hw_info.sm_count = sm_count(dev);
+  if (G::Kernel::get_workspace_size(args) != 0) return cudaErrorInvalidConfiguration;
+  if (!G::Kernel::can_implement(args)) return cudaErrorInvalidValue;
+  static bool attr_set[64] = {};
+  const int smem = G::Kernel::SharedStorageSize;
+  if (dev < 64 && !attr_set[dev]) {
+    e = cudaFuncSetAttribute(cutlass::device_kernel<typename G::Kernel>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             smem);
+    if (e != cudaSuccess) return e;
+    attr_set[dev] = true;
+  }
+  auto params = G::Kernel::to_underlying_arguments(args, nullptr);
+  if (G::Device::run(params, s) != cutlass::Status::kSuccess) {
+    e = cudaGetLastError();
+    return e != cudaSuccess ? e : cudaErrorLaunchFailure;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace pf
