@@ -472,19 +472,30 @@ void run_forward(const Problem& pr, const pf_tensor* x, const pf_tensor* weight,
 }
 
 // ------------------------------------------------------------------ Hopper forward over packed weights
-// Bytes of the packed weights, or 0 when this build, the current device or the problem does not take the path.
-size_t sm90_packed_bytes(const Problem& pr) {
+// Whether the current device runs this build's sm_90a kernels (PAI_FAST_CUDA_SM90=0 turns them off).
+[[maybe_unused]] bool sm90_device() {
 #ifdef PF_HAVE_SM90_CUTLASS
-  if (pr.nd != 0 || (pr.dtype != PF_FLOAT16 && pr.dtype != PF_BFLOAT16)) return 0;
-  if (pr.g.R > pf::kSm90MaxR || pr.g.KC % 8 != 0 || pr.g.KC == 0 || pr.g.KC > 0x7fffffff) return 0;
+  const char* off = std::getenv("PAI_FAST_CUDA_SM90");
+  if (off != nullptr && off[0] == '0') return false;
   int dev = 0, major = 0, minor = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
     cudaGetLastError();  // no device: the path does not apply
-    return 0;
+    return false;
   }
-  if (major != 9 || minor != 0) return 0;  // sm_90a code runs on sm_90 only
+  return major == 9 && minor == 0;  // sm_90a code runs on sm_90 only
+#else
+  return false;
+#endif
+}
+
+// Bytes of the packed weights, or 0 when this build, the current device or the problem does not take the path.
+size_t sm90_packed_bytes(const Problem& pr) {
+#ifdef PF_HAVE_SM90_CUTLASS
+  if (pr.nd != 0 || (pr.dtype != PF_FLOAT16 && pr.dtype != PF_BFLOAT16)) return 0;
+  if (pr.g.R > pf::kSm90MaxR || pr.g.KC % 8 != 0 || pr.g.KC == 0 || pr.g.KC > 0x7fffffff) return 0;
+  if (!sm90_device()) return 0;
   const int64_t rows = pf::sm90_packed_rows(pr.g.Cout, pr.g.R);
   if (rows > 0x7fffffff) return 0;
   return static_cast<size_t>(rows * pr.g.KC) * dtype_size(pr.dtype);
@@ -712,9 +723,28 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
   gp.a_vec = vec && RN % vw == 0;
   gp.b_vec = vec && gp.swk == 1 && gp.swn % vw == 0 && aligned16(gp.w) && g.Cin % vw == 0 &&
              (g.D == 0 || (gp.svk == 1 && gp.svn % vw == 0 && gp.svd % vw == 0 && aligned16(gp.v)));
-  if (g.PIN > 0 && g.Cin > 0)
-    check_cuda(pr.fn, "the dX GEMM",
-               dispatch(pr.dtype, [&](auto tag) { return pf::launch_dgrad<decltype(tag)>(gp, pr.math, stream); }));
+  // Hopper: CUTLASS GEMMs over the stacked weights / gradients when they sit back to back (DendriticLinear's own).
+#ifdef PF_HAVE_SM90_CUTLASS
+  const int64_t NK = g.Cout * g.Cin;
+  const bool sm90 = pr.nd == 0 && (pr.dtype == PF_FLOAT16 || pr.dtype == PF_BFLOAT16) && g.Cin % 8 == 0 &&
+                    RN % 8 == 0 && g.P <= 0x7fffffff && RN <= 0x7fffffff && sm90_device();
+  const bool w_stacked = gp.swk == 1 && gp.swn == g.Cin && aligned16(gp.w) &&
+                         (g.D == 0 || (gp.v == static_cast<const char*>(gp.w) + NK * dtype_size(pr.dtype) &&
+                                       gp.svk == 1 && gp.svn == g.Cin && gp.svd == NK));
+  const bool sm90_dgrad = sm90 && w_stacked && gp.sdx[1] == 1 && gp.sdx[0] % 8 == 0 && aligned16(gp.dx);
+#else
+  const bool sm90 = false, sm90_dgrad = false;
+#endif
+  if (g.PIN > 0 && g.Cin > 0) {
+    cudaError_t e = cudaSuccess;
+#ifdef PF_HAVE_SM90_CUTLASS
+    if (sm90_dgrad)
+      e = pr.dtype == PF_FLOAT16 ? pf::sm90_dgrad<__half>(gp, stream) : pf::sm90_dgrad<__nv_bfloat16>(gp, stream);
+#endif
+    if (!sm90_dgrad)
+      e = dispatch(pr.dtype, [&](auto tag) { return pf::launch_dgrad<decltype(tag)>(gp, pr.math, stream); });
+    check_cuda(pr.fn, "the dX GEMM", e);
+  }
 
   // 4. dWcat = dZcat^T . X
   pf::WgradParams wp{};
@@ -734,9 +764,23 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
   wp.epi_row_fast = 0;
   wp.a_vec = vec && RN % vw == 0;
   wp.b_vec = vec && pr.sx[1] == 1 && pr.sx[0] % vw == 0 && g.KC % vw == 0 && aligned16(wp.x);
-  if (g.KC > 0 && g.Cout > 0)
-    check_cuda(pr.fn, "the dW GEMM",
-               dispatch(pr.dtype, [&](auto tag) { return pf::launch_wgrad<decltype(tag)>(wp, pr.math, stream); }));
+  bool sm90_wgrad = false;
+#ifdef PF_HAVE_SM90_CUTLASS
+  sm90_wgrad = sm90 && g.P > 0 && aligned16(wp.dw) && pr.sx[1] == 1 && pr.sx[0] % 8 == 0 && aligned16(wp.x) &&
+               (g.D == 0 || wp.dv == static_cast<char*>(wp.dw) + NK * dtype_size(pr.dtype));
+#else
+  (void)sm90;
+#endif
+  if (g.KC > 0 && g.Cout > 0) {
+    cudaError_t e = cudaSuccess;
+#ifdef PF_HAVE_SM90_CUTLASS
+    if (sm90_wgrad)
+      e = pr.dtype == PF_FLOAT16 ? pf::sm90_wgrad<__half>(wp, stream) : pf::sm90_wgrad<__nv_bfloat16>(wp, stream);
+#endif
+    if (!sm90_wgrad)
+      e = dispatch(pr.dtype, [&](auto tag) { return pf::launch_wgrad<decltype(tag)>(wp, pr.math, stream); });
+    check_cuda(pr.fn, "the dW GEMM", e);
+  }
 }
 
 }  // namespace

@@ -154,6 +154,12 @@ template <class T>
 cudaError_t sm90_pack(const FwdParams& p, void* packed, cudaStream_t s);
 template <class T>
 cudaError_t sm90_linear_fwd(const FwdParams& p, const void* packed, cudaStream_t s);
+// Hopper backward GEMMs (sm90_grad.cuh), Linear only: Wcat = [W; V] stacked (p.w, row stride p.swn, unit stride
+// along K) and dWcat = [dW; dV] stacked contiguous at p.dw; x and dx with unit stride along K.
+template <class T>
+cudaError_t sm90_dgrad(const DgradParams& p, cudaStream_t s);
+template <class T>
+cudaError_t sm90_wgrad(const WgradParams& p, cudaStream_t s);
 
 // GEMM tile shape per dtype (pf_dtype code) and math mode; gemm_core.cuh static_asserts that its
 // configurations agree. BN is kTileBN everywhere.

@@ -9,7 +9,11 @@ Math (spec §2.3), for D dendrites and act in {identity, sigmoid, tanh, relu}:
               dX = dZcat Wcat ; dWcat = dZcat^T X
 
 Forward is one kernel; backward is a dZ kernel (deterministic partial sums), a fixed-order reduction and two
-GEMMs (csrc/*.cu). This module allocates outputs with torch, then passes data pointers, sizes, strides and
+GEMMs (csrc/*.cu). On sm_90 with a build that has CUTLASS (PAI_FAST_CUTLASS), 16-bit Linear layers with D <= 7 and
+in_features % 8 == 0 run the forward on a CUTLASS TMA + wgmma mainloop over neuron-interleaved packed weights (packed
+once per weight version, see _packed) with the same epilogue, and the backward's two GEMMs on CUTLASS when the
+weights are stacked in one storage (DendriticLinear's layout); PAI_FAST_CUDA_SM90=0 turns both off.
+This module allocates outputs with torch, then passes data pointers, sizes, strides and
 the current stream to pai_fast._C, which contains no torch code (one build serves any torch version).
 Reference: pai_fast.reference.dendritic_linear_ref / dendritic_conv_ref.
 

@@ -62,9 +62,15 @@ def _ref_grads(fn, ref_inputs, gy):
     return y.detach(), [None if t is None else t.grad for t in leaves]
 
 
-def check_linear(device, dtype, m, k, n, d, act="sigmoid", bias=True, noncontig_x=False, tf32=False, grads=True):
-    """One forward + backward case of the cuda backend against float64 autograd of the reference."""
+def check_linear(
+    device, dtype, m, k, n, d, act="sigmoid", bias=True, noncontig_x=False, tf32=False, grads=True, stacked=False
+):
+    """One forward + backward case of the cuda backend against float64 autograd of the reference. stacked: weight
+    and dendrite_weight are views of one [(1+D)N, K] storage, as DendriticLinear keeps them."""
     (x, w, b, dw, db, g, c), ref_in = _inputs((n, k), (m, k), d, bias, dtype, device)
+    if stacked:
+        wcat = torch.cat([w, dw.reshape(d * n, k)])
+        w, dw = wcat[:n], wcat[n:].view(d, n, k)
     if noncontig_x:
         x = noncontig(x)
     tol = TF32_TOL if tf32 and dtype == torch.float32 else REL_TOL[dtype]

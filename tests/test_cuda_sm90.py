@@ -60,6 +60,17 @@ def test_sm90_linear_grid_gpu(dtype, d, shape):
 
 @gpu
 @needs_sm90
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d", [0, 1, 3, 7])
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=str)
+def test_sm90_backward_stacked_gpu(dtype, d, shape):
+    """Stacked weights (DendriticLinear's layout): the backward's dX GEMM runs on CUTLASS too."""
+    m, k, n = shape
+    check_linear("cuda", dtype, m, k, n, d, stacked=True)
+
+
+@gpu
+@needs_sm90
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("bias", [True, False])
 def test_sm90_activations_bias_gpu(act, bias):
