@@ -838,7 +838,7 @@ size_t pf_linear_packed_bytes(pf_dtype dtype, const pf_tensor* weight, const pf_
     if (weight == nullptr) fail(PF_ERROR_INVALID_ARGUMENT, "pf_linear_packed_bytes: 'weight' must not be NULL");
     pf_tensor x{};  // only the shapes matter here
     x.ndim = 2;
-    x.sizes[0] = 1;
+    x.sizes[0] = 0;  // no rows: a NULL data pointer is allowed
     x.sizes[1] = weight->ndim == 2 ? weight->sizes[1] : 0;
     x.strides[0] = x.sizes[1];
     x.strides[1] = 1;
@@ -855,7 +855,7 @@ pf_status pf_linear_pack(pf_dtype dtype, const pf_tensor* weight, const pf_tenso
     if (weight == nullptr) fail(PF_ERROR_INVALID_ARGUMENT, "pf_linear_pack: 'weight' must not be NULL");
     pf_tensor x{};
     x.ndim = 2;
-    x.sizes[0] = 1;
+    x.sizes[0] = 0;  // no rows: a NULL data pointer is allowed
     x.sizes[1] = weight->ndim == 2 ? weight->sizes[1] : 0;
     x.strides[0] = x.sizes[1];
     x.strides[1] = 1;
