@@ -140,29 +140,40 @@ class DendriteEpilogue {
     const T* casc = static_cast<const T*>(p.casc);
     T* y = static_cast<T*>(p.y);
     T* h = static_cast<T*>(p.h);
+    // Per neuron, its parameters are loaded once (read-only path, so the loads need not wait for the y/h stores)
+    // and reused for every row this thread holds.
+    constexpr int D = R - 1;
+    constexpr int NC = D > 1 ? D * (D - 1) / 2 : 1;
     CUTLASS_PRAGMA_UNROLL
-    for (int mm = 0; mm < MM; ++mm) {
+    for (int q = 0; q < G; ++q) {
       CUTLASS_PRAGMA_UNROLL
-      for (int q = 0; q < G; ++q) {
+      for (int v0 = 0; v0 < 2; ++v0) {
+        const int64_t n = neuron0 + q * 8 + (get<1>(tCcD(make_coord(v0, 0, q * R), 0, 0)) & 7);
+        if (n >= p.g.Cout) continue;
+        float pb = 0.0f, pvb[D > 0 ? D : 1], pg[D > 0 ? D : 1], pc[NC];
+        if (bias != nullptr) pb = to_acc(__ldg(bias + n * p.sb));
         CUTLASS_PRAGMA_UNROLL
-        for (int v1 = 0; v1 < 2; ++v1) {
+        for (int i = 0; i < D; ++i) {
+          pvb[i] = vbias != nullptr ? to_acc(__ldg(vbias + i * p.svbd + n * p.svbn)) : 0.0f;
+          pg[i] = to_acc(__ldg(gate + i * p.sgd + n * p.sgn));
           CUTLASS_PRAGMA_UNROLL
-          for (int v0 = 0; v0 < 2; ++v0) {
-            const auto crd = tCcD(make_coord(v0, v1, q * R), mm, 0);
-            const int m = get<0>(crd);
-            const int64_t n = neuron0 + q * 8 + (get<1>(crd) & 7);
-            if (m >= M || n >= p.g.Cout) continue;
-            float z = acc(make_coord(v0, v1, q * R), mm, 0);
-            if (bias != nullptr) z += to_acc(bias[n * p.sb]);
-            float a[R > 1 ? R - 1 : 1];
+          for (int j = 0; j < i; ++j) pc[i * (i - 1) / 2 + j] = to_acc(__ldg(casc + i * p.sci + j * p.scj + n * p.scn));
+        }
+        CUTLASS_PRAGMA_UNROLL
+        for (int mm = 0; mm < MM; ++mm) {
+          CUTLASS_PRAGMA_UNROLL
+          for (int v1 = 0; v1 < 2; ++v1) {
+            const int m = get<0>(tCcD(make_coord(v0, v1, q * R), mm, 0));
+            if (m >= M) continue;
+            float z = acc(make_coord(v0, v1, q * R), mm, 0) + pb;
+            float a[D > 0 ? D : 1];
             CUTLASS_PRAGMA_UNROLL
-            for (int i = 0; i < R - 1; ++i) {
-              float s = acc(make_coord(v0, v1, q * R + 1 + i), mm, 0);
-              if (vbias != nullptr) s += to_acc(vbias[i * p.svbd + n * p.svbn]);
+            for (int i = 0; i < D; ++i) {
+              float s = acc(make_coord(v0, v1, q * R + 1 + i), mm, 0) + pvb[i];
               CUTLASS_PRAGMA_UNROLL
-              for (int j = 0; j < i; ++j) s += to_acc(casc[i * p.sci + j * p.scj + n * p.scn]) * a[j];
+              for (int j = 0; j < i; ++j) s += pc[i * (i - 1) / 2 + j] * a[j];
               a[i] = act_fwd(s, p.act);
-              z += to_acc(gate[i * p.sgd + n * p.sgn]) * a[i];
+              z += pg[i] * a[i];
               if (h != nullptr) h[m * p.shb + i * p.shd + n * p.shc] = from_acc<T>(a[i]);
             }
             y[m * p.syb + n * p.syc] = from_acc<T>(z);
