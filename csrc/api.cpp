@@ -384,6 +384,19 @@ cudaError_t dispatch(pf_dtype dtype, F&& f) {
   return cudaErrorInvalidValue;
 }
 
+// The Hopper kernel (fp16/bf16 only, builds with CUTLASS) when `use_hopper`, else the generic one for the dtype.
+// Without CUTLASS the Hopper callable is never instantiated, so its kernels need not exist.
+template <class H, class G>
+cudaError_t hopper_or_generic(bool use_hopper, pf_dtype dtype, H&& hopper, G&& generic) {
+#ifdef PF_HAVE_SM90_CUTLASS
+  if (use_hopper) return dtype == PF_FLOAT16 ? hopper(__half{}) : hopper(__nv_bfloat16{});
+#else
+  (void)use_hopper;
+  (void)hopper;
+#endif
+  return dispatch(dtype, generic);
+}
+
 // ------------------------------------------------------------------ forward
 // Checks the forward's arguments and gathers them for the kernels.
 pf::FwdParams forward_params(const Problem& pr, const pf_tensor* x, const pf_tensor* weight, const pf_tensor* bias,
@@ -735,16 +748,11 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
 #else
   const bool sm90 = false, sm90_dgrad = false;
 #endif
-  if (g.PIN > 0 && g.Cin > 0) {
-    cudaError_t e = cudaSuccess;
-#ifdef PF_HAVE_SM90_CUTLASS
-    if (sm90_dgrad)
-      e = pr.dtype == PF_FLOAT16 ? pf::sm90_dgrad<__half>(gp, stream) : pf::sm90_dgrad<__nv_bfloat16>(gp, stream);
-#endif
-    if (!sm90_dgrad)
-      e = dispatch(pr.dtype, [&](auto tag) { return pf::launch_dgrad<decltype(tag)>(gp, pr.math, stream); });
-    check_cuda(pr.fn, "the dX GEMM", e);
-  }
+  if (g.PIN > 0 && g.Cin > 0)
+    check_cuda(pr.fn, "the dX GEMM",
+               hopper_or_generic(
+                   sm90_dgrad, pr.dtype, [&](auto tag) { return pf::sm90_dgrad<decltype(tag)>(gp, stream); },
+                   [&](auto tag) { return pf::launch_dgrad<decltype(tag)>(gp, pr.math, stream); }));
 
   // 4. dWcat = dZcat^T . X
   pf::WgradParams wp{};
@@ -771,16 +779,11 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
 #else
   (void)sm90;
 #endif
-  if (g.KC > 0 && g.Cout > 0) {
-    cudaError_t e = cudaSuccess;
-#ifdef PF_HAVE_SM90_CUTLASS
-    if (sm90_wgrad)
-      e = pr.dtype == PF_FLOAT16 ? pf::sm90_wgrad<__half>(wp, stream) : pf::sm90_wgrad<__nv_bfloat16>(wp, stream);
-#endif
-    if (!sm90_wgrad)
-      e = dispatch(pr.dtype, [&](auto tag) { return pf::launch_wgrad<decltype(tag)>(wp, pr.math, stream); });
-    check_cuda(pr.fn, "the dW GEMM", e);
-  }
+  if (g.KC > 0 && g.Cout > 0)
+    check_cuda(pr.fn, "the dW GEMM",
+               hopper_or_generic(
+                   sm90_wgrad, pr.dtype, [&](auto tag) { return pf::sm90_wgrad<decltype(tag)>(wp, stream); },
+                   [&](auto tag) { return pf::launch_wgrad<decltype(tag)>(wp, pr.math, stream); }));
 }
 
 }  // namespace

@@ -281,44 +281,18 @@ def linear_fwd(
     y = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
     h = torch.empty((m, d, n) if save_for_backward else (0,), dtype=x2d.dtype, device=x2d.device)
     v, vb, g, c = _dendrite_args(d, dendrite_weight, dendrite_bias, gate, cascade)
+    tensors = [_t(x2d), _t(weight), _t(bias), _t(v), _t(vb), _t(g), _t(c)]
+    outs = [_t(y), _t(h) if (save_for_backward and d > 0) else None]
+    stream = _stream(x2d)
     with _DeviceGuard(x2d):
+        nbytes = 0
         if x2d.dtype in (torch.float16, torch.bfloat16) and sm90_enabled() and _sm90_x_ok(x2d):
             nbytes = _sm90_bytes(lib, dt, weight, v, d)
-            if nbytes:
-                stream = _stream(x2d)
-                packed = _packed(lib, dt, weight, v, d, nbytes, stream)
-                lib.linear_forward_packed(
-                    dt,
-                    act,
-                    _t(x2d),
-                    _t(weight),
-                    _t(bias),
-                    _t(v),
-                    _t(vb),
-                    _t(g),
-                    _t(c),
-                    packed.data_ptr(),
-                    nbytes,
-                    _t(y),
-                    _t(h) if (save_for_backward and d > 0) else None,
-                    stream,
-                )
-                return y, h
-        lib.linear_forward(
-            dt,
-            act,
-            _allow_tf32(x2d),
-            _t(x2d),
-            _t(weight),
-            _t(bias),
-            _t(v),
-            _t(vb),
-            _t(g),
-            _t(c),
-            _t(y),
-            _t(h) if (save_for_backward and d > 0) else None,
-            _stream(x2d),
-        )
+        if nbytes:
+            packed = _packed(lib, dt, weight, v, d, nbytes, stream)
+            lib.linear_forward_packed(dt, act, *tensors, packed.data_ptr(), nbytes, *outs, stream)
+        else:
+            lib.linear_forward(dt, act, _allow_tf32(x2d), *tensors, *outs, stream)
     return y, h
 
 
