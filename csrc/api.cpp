@@ -490,14 +490,20 @@ void run_forward(const Problem& pr, const pf_tensor* x, const pf_tensor* weight,
 #ifdef PF_HAVE_SM90_CUTLASS
   const char* off = std::getenv("PAI_FAST_CUDA_SM90");
   if (off != nullptr && off[0] == '0') return false;
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
     cudaGetLastError();  // no device: the path does not apply
     return false;
   }
-  return major == 9 && minor == 0;  // sm_90a code runs on sm_90 only
+  static signed char is_sm90[64];  // 0 unknown, 1 yes, -1 no: queried once per device (this runs on every backward)
+  if (is_sm90[dev] == 0) {
+    int major = 0, minor = 0;
+    const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess;
+    if (!ok) cudaGetLastError();
+    is_sm90[dev] = ok && major == 9 && minor == 0 ? 1 : -1;  // sm_90a code runs on sm_90 only
+  }
+  return is_sm90[dev] == 1;
 #else
   return false;
 #endif
@@ -516,6 +522,17 @@ size_t sm90_packed_bytes(const Problem& pr) {
   (void)pr;
   return 0;
 #endif
+}
+
+// The Linear problem of the weights alone (an x with no rows), for the calls that only pack weights.
+Problem weights_problem(const char* fn, pf_dtype dtype, const pf_tensor* weight, const pf_tensor* dendrite_weight) {
+  if (weight == nullptr) fail(PF_ERROR_INVALID_ARGUMENT, std::string(fn) + ": 'weight' must not be NULL");
+  pf_tensor x{};
+  x.ndim = 2;
+  x.sizes[1] = weight->ndim == 2 ? weight->sizes[1] : 0;
+  x.strides[0] = x.sizes[1];
+  x.strides[1] = 1;
+  return linear_problem(fn, dtype, PF_ACT_IDENTITY, 0, &x, weight, dendrite_weight);
 }
 
 size_t need_packed(const Problem& pr, const void* packed, size_t packed_bytes) {
@@ -838,14 +855,7 @@ int pf_sm90_max_d(void) {
 size_t pf_linear_packed_bytes(pf_dtype dtype, const pf_tensor* weight, const pf_tensor* dendrite_weight) {
   size_t bytes = 0;
   const pf_status st = guarded([&] {
-    if (weight == nullptr) fail(PF_ERROR_INVALID_ARGUMENT, "pf_linear_packed_bytes: 'weight' must not be NULL");
-    pf_tensor x{};  // only the shapes matter here
-    x.ndim = 2;
-    x.sizes[0] = 0;  // no rows: a NULL data pointer is allowed
-    x.sizes[1] = weight->ndim == 2 ? weight->sizes[1] : 0;
-    x.strides[0] = x.sizes[1];
-    x.strides[1] = 1;
-    const Problem pr = linear_problem("pf_linear_packed_bytes", dtype, PF_ACT_IDENTITY, 0, &x, weight, dendrite_weight);
+    const Problem pr = weights_problem("pf_linear_packed_bytes", dtype, weight, dendrite_weight);
     bytes = sm90_packed_bytes(pr);
   });
   return st == PF_SUCCESS ? bytes : 0;
@@ -855,14 +865,7 @@ pf_status pf_linear_pack(pf_dtype dtype, const pf_tensor* weight, const pf_tenso
                          size_t packed_bytes, cudaStream_t stream) {
   return guarded([&] {
 #ifdef PF_HAVE_SM90_CUTLASS
-    if (weight == nullptr) fail(PF_ERROR_INVALID_ARGUMENT, "pf_linear_pack: 'weight' must not be NULL");
-    pf_tensor x{};
-    x.ndim = 2;
-    x.sizes[0] = 0;  // no rows: a NULL data pointer is allowed
-    x.sizes[1] = weight->ndim == 2 ? weight->sizes[1] : 0;
-    x.strides[0] = x.sizes[1];
-    x.strides[1] = 1;
-    const Problem pr = linear_problem("pf_linear_pack", dtype, PF_ACT_IDENTITY, 0, &x, weight, dendrite_weight);
+    const Problem pr = weights_problem("pf_linear_pack", dtype, weight, dendrite_weight);
     need_packed(pr, packed, packed_bytes);
     const Checker ck{pr.fn};
     pf::FwdParams p{};
