@@ -106,9 +106,9 @@ if has probeconv; then
 fi
 
 if has probesm90; then  # the cuda backend's Hopper forward alone: vs cuBLAS, the pack, the generic kernel
-  timeout "${PAI_PROBE_TIMEOUT:-300}" python3 benchmarks/probe_sm90.py --out "$OUT/probe_sm90.json" >"$OUT/probe_sm90.log" 2>&1
+  timeout "${PAI_PROBE_TIMEOUT:-300}" python3 benchmarks/probe_sm90.py --out "$OUT/probe_sm90.json" ${PAI_PROBE_SM90_ARGS:-} >"$OUT/probe_sm90.log" 2>&1
   summary+=("probe_sm90 rc=$? (probe_sm90.log)")
-  tail -12 "$OUT/probe_sm90.log"
+  tail -40 "$OUT/probe_sm90.log"
 fi
 if has probedz; then  # the dZ kernel alone: row vs tiled kernel, program budgets, with and without the partials' sum
   timeout "${PAI_PROBE_TIMEOUT:-400}" python3 benchmarks/probe_dz.py --out "$OUT/probe_dz.json" >"$OUT/probe_dz.log" 2>&1

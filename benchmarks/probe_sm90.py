@@ -1,8 +1,16 @@
-"""The cuda backend's Hopper forward (csrc/sm90_linear.cuh) alone (GPU machine): device time of the fused forward over
-packed weights (inference, and training writing h), the weight pack it needs after each weight update, csrc's
-generic forward kernel, and the limit (one cuBLAS GEMM of width (1+D)N), bf16, side by side in one run.
+"""The cuda backend's Hopper forward (csrc/sm90_linear.cuh) alone (GPU machine), bf16, side by side in one run:
 
-    python benchmarks/probe_sm90.py [--out probe_sm90.json]
+- device time (CUDA-graph replay, triton.testing.do_bench_cudagraph) of the fused forward over packed weights, in
+  inference and in training (writing h), for the library's choice and each mainloop schedule (PAI_FAST_SM90_SCHEDULE:
+  cooperative 256x128 with the parameters staged in shared memory, the same loading them per neuron from global
+  memory, ping-pong 128x128);
+- the weight pack it needs after each weight update, csrc's generic forward, and the limit (one cuBLAS GEMM of
+  width (1+D)N);
+- the kernels of one cuda-backend forward+backward step (torch.profiler), to see where the step's time goes.
+
+    python benchmarks/probe_sm90.py [--out probe_sm90.json] [--quick]
+
+--quick: 8192x4096->4096 only, D = 0, 1, 3, 7, the library's choice of schedule only, and the step's kernels.
 """
 
 from __future__ import annotations
@@ -12,73 +20,120 @@ import json
 import os
 
 import torch
-from triton.testing import do_bench
+from triton.testing import do_bench_cudagraph
 
 from pai_fast import cuda_backend as CB
-from pai_fast.bench import environment
+from pai_fast import functional
+from pai_fast.bench import _linear_case, environment
 
 SHAPES = [(8192, 4096, 4096), (256, 1024, 1024), (64, 784, 128)]
+SCHEDULES = ("default", "cooperative", "global-params", "pingpong")
 
 
-def measure(m: int, k: int, n: int, d: int) -> dict:
-    dt, lib, stream = torch.bfloat16, CB._C, torch.cuda.current_stream().cuda_stream
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(m, k, device="cuda", dtype=dt, generator=g)
-    wcat = torch.randn((1 + d) * n, k, device="cuda", dtype=dt, generator=g) / k**0.5
-    w, dw = wcat[:n], wcat[n:].view(d, n, k)
-    b = torch.randn(n, device="cuda", dtype=dt, generator=g)
-    db = torch.randn(d, n, device="cuda", dtype=dt, generator=g)
-    gate = torch.randn(d, n, device="cuda", dtype=dt, generator=g)
-    cas = torch.randn(d, d, n, device="cuda", dtype=dt, generator=g)
+def _bench(fn) -> float:
+    return do_bench_cudagraph(fn, rep=100, return_mode="median")
+
+
+def measure(m: int, k: int, n: int, d: int, schedules=SCHEDULES) -> dict:
+    dt, lib = torch.bfloat16, CB._C
+    x, (w, b, dw, db, gate, cas) = _linear_case(m, k, n, d, dt, "cuda")
+    wcat = torch.cat([w[None], dw]).flatten(0, 1)
     v = dw if d else None
+    tensors = [CB._t(x), CB._t(w), CB._t(b), CB._t(v), CB._t(db), CB._t(gate), CB._t(cas)]
     nbytes = lib.linear_packed_bytes(2, CB._t(w), CB._t(v))
     packed = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    y = torch.empty(m, n, device="cuda", dtype=dt)
+    h = torch.empty(m, d, n, device="cuda", dtype=dt)
+    act = CB._act_code("sigmoid")
+
+    def stream() -> int:
+        return torch.cuda.current_stream().cuda_stream
 
     def pack():
-        lib.linear_pack(2, CB._t(w), CB._t(v), packed.data_ptr(), nbytes, stream)
+        lib.linear_pack(2, CB._t(w), CB._t(v), packed.data_ptr(), nbytes, stream())
 
     def fwd(train: bool):
-        return CB.linear_fwd(x, w, b, dw, db, gate, cas, "sigmoid", train)
+        outs = [CB._t(y), CB._t(h) if train and d else None]
+        lib.linear_forward_packed(2, act, *tensors, packed.data_ptr(), nbytes, *outs, stream())
 
-    os.environ["PAI_FAST_CUDA_SM90"] = "0"
-    y_generic, _ = fwd(False)
-    t_generic = do_bench(lambda: fwd(False), rep=200)
-    os.environ["PAI_FAST_CUDA_SM90"] = "1"
-    y, _ = fwd(False)
-    err = ((y.float() - y_generic.float()).norm() / y_generic.float().norm()).item()
-    assert err < 1e-2, f"{m}x{k}->{n} D={d}: Hopper path differs from the generic kernel by {err:.3g}"
-    return {
-        "shape": f"{m}x{k}->{n}",
-        "D": d,
-        "cublas_cat_gemm_ms": do_bench(lambda: torch.mm(x, wcat.t()), rep=200),
-        "sm90_infer_ms": do_bench(lambda: fwd(False), rep=200),
-        "sm90_train_ms": do_bench(lambda: fwd(True), rep=200),
-        "pack_ms": do_bench(pack, rep=200),
-        "generic_infer_ms": t_generic,
-        "rel_err_vs_generic": err,
-    }
+    def generic():
+        lib.linear_forward(2, act, 0, *tensors, CB._t(y), None, stream())
+
+    generic()
+    y_ref = y.float().clone()
+    pack()
+    row = {"shape": f"{m}x{k}->{n}", "D": d, "limit_ms": _bench(lambda: torch.mm(x, wcat.t()))}
+    for sched in schedules:
+        os.environ["PAI_FAST_SM90_SCHEDULE"] = sched  # "default": the library's own choice
+        y.zero_()
+        fwd(True)
+        err = ((y.float() - y_ref).norm() / y_ref.norm()).item()
+        assert err < 1e-2, f"{m}x{k}->{n} D={d} {sched}: differs from the generic kernel by {err:.3g}"
+        row[f"{sched}_infer_ms"] = _bench(lambda: fwd(False))
+        row[f"{sched}_train_ms"] = _bench(lambda: fwd(True))
+        row[f"{sched}_rel_err"] = err
+    os.environ.pop("PAI_FAST_SM90_SCHEDULE")
+    row["pack_ms"] = _bench(pack)
+    row["generic_infer_ms"] = _bench(generic)
+    return row
+
+
+def step_kernels(m: int, k: int, n: int, d: int) -> list[dict]:
+    """Device time per kernel of one cuda-backend forward+backward step (the median step of 10)."""
+    x, params = _linear_case(m, k, n, d, torch.bfloat16, "cuda")
+    params = [p.requires_grad_() for p in params]
+    x.requires_grad_()
+    gy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        functional.dendritic_linear(x, *params, backend="cuda").backward(gy)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.count:
+            rows.append({"kernel": e.key[:90], "calls_per_step": e.count / 10, "us_per_call": e.device_time / 1})
+    rows.sort(key=lambda r: -r["us_per_call"] * r["calls_per_step"])
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="probe_sm90.json")
+    ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    schedules = SCHEDULES[:1] if args.quick else SCHEDULES
     assert CB.sm90_enabled(), "pai_fast._C was built without the Hopper path"
-    rows = []
-    for m, k, n in SHAPES:
-        for d in (0, 1, 3):
-            row = measure(m, k, n, d)
+    rows, steps = [], {}
+    print(f"{'shape':>18} D  limit   " + "  ".join(f"{s:>22}" for s in schedules) + "   pack  generic", flush=True)
+    for m, k, n in shapes:
+        for d in range(8) if m >= 4096 and not args.quick else (0, 1, 3, 7):
+            row = measure(m, k, n, d, schedules)
             rows.append(row)
-            lim, t_generic = row["cublas_cat_gemm_ms"], row["generic_infer_ms"]
+            lim = row["limit_ms"]
+            cells = "  ".join(
+                f"{row[f'{s}_infer_ms'] / lim:5.2f}x/{row[f'{s}_train_ms'] / lim:5.2f}x train" for s in schedules
+            )
             print(
-                f"{row['shape']:>18} D={d}  cublas {lim:.4f}  sm90 {row['sm90_infer_ms']:.4f} "
-                f"({row['sm90_infer_ms'] / lim:.2f}x)  train {row['sm90_train_ms']:.4f} "
-                f"({row['sm90_train_ms'] / lim:.2f}x)  pack {row['pack_ms']:.4f}  generic {t_generic:.4f} "
-                f"({t_generic / lim:.2f}x)",
+                f"{row['shape']:>18} {d}  {lim:.4f}  {cells}  {row['pack_ms']:.4f}  "
+                f"{row['generic_infer_ms'] / lim:.2f}x",
                 flush=True,
             )
+    for d in (1, 3):
+        key = f"8192x4096->4096 D={d}"
+        steps[key] = step_kernels(8192, 4096, 4096, d)
+        print(f"-- kernels of one cuda fb step, {key} (us per call x calls per step)")
+        for r in steps[key][:8]:
+            print(f"   {r['us_per_call']:9.1f} x{r['calls_per_step']:.0f}  {r['kernel']}")
     with open(args.out, "w") as f:
-        json.dump({"environment": environment(), "rows": rows}, f, indent=1)
+        json.dump({"environment": environment(), "rows": rows, "fb_step_kernels": steps}, f, indent=1)
 
 
 if __name__ == "__main__":

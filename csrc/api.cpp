@@ -509,6 +509,30 @@ void run_forward(const Problem& pr, const pf_tensor* x, const pf_tensor* weight,
 #endif
 }
 
+// The Hopper forward's mainloop schedule, from the H200 measurements (benchmarks/results, probe_sm90): ping-pong
+// where its overlap of one tile's epilogue with the other's mainloop pays, i.e. for 2 <= D <= 6 (the epilogue is a
+// large share of the tile) and for small problems (under two waves of 256-row tiles, its 128-row tiles fill more
+// SMs); cooperative otherwise (its 256x128 tiles have the faster mainloop). PAI_FAST_SM90_SCHEDULE=cooperative|
+// pingpong|global-params overrides it, to measure them side by side.
+[[maybe_unused]] int sm90_schedule(const pf::Geom& g) {
+  if (const char* s = std::getenv("PAI_FAST_SM90_SCHEDULE")) {
+    const std::string v(s);
+    if (v == "pingpong") return pf::kSm90PingPong;
+    if (v == "global-params") return pf::kSm90CooperativeGlobalParams;
+    if (v == "cooperative") return pf::kSm90Cooperative;
+  }
+  static int sm_counts[64];  // queried once per device
+  int dev = 0, sms = 132;
+  if (cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64) {
+    if (sm_counts[dev] == 0 && cudaDeviceGetAttribute(&sm_counts[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      sm_counts[dev] = 132;
+    sms = sm_counts[dev];
+  }
+  const int64_t coop_tiles = (g.P + 255) / 256 * (pf::sm90_packed_rows(g.Cout, g.R) / pf::kSm90TileN);
+  return (g.D >= 2 && g.D <= 6) || coop_tiles < 2 * static_cast<int64_t>(sms) ? pf::kSm90PingPong
+                                                                                 : pf::kSm90Cooperative;
+}
+
 // Bytes of the packed weights, or 0 when this build, the current device or the problem does not take the path.
 size_t sm90_packed_bytes(const Problem& pr) {
 #ifdef PF_HAVE_SM90_CUTLASS
@@ -582,13 +606,16 @@ BwdPlan plan_backward(const Problem& pr, int64_t dy_pix_stride) {
   const size_t as = pr.dtype == PF_FLOAT64 ? 8 : 4;
   pl.np = static_cast<int>(1 + 2 * g.D + g.D * (g.D - 1) / 2);
   // dZ kernel: pixel-fast lanes when neighbouring pixels are neighbours in memory (NCHW), else
-  // channel-fast. About 64K threads, each with >= 4 rows.
+  // channel-fast. Channel-fast: about 4096 blocks of one channel per thread (2048 when a thread takes two), a few
+  // waves of a full H100/H200: the loop is latency-bound, so occupancy is what feeds it. Pixel-fast: about 512, since
+  // each block there leaves 32 partial-sum slots per channel for the reduction. Each thread gets >= 4 rows.
   pl.lanes = (g.OPIX > 1 && dy_pix_stride == 1) ? 32 : 1;
   const int64_t cpb = pf::kDzThreads / pl.lanes;
   const int64_t grid_y = (g.Cout + cpb - 1) / cpb;
   if (grid_y > 65535) fail(PF_ERROR_UNSUPPORTED, std::string(pr.fn) + ": too many output channels for the dZ kernel");
   if (g.P > 0 && g.Cout > 0) {
-    int64_t nch = std::max<int64_t>(1, 512 / std::max<int64_t>(grid_y, 1));
+    const int64_t blocks = pl.lanes == 1 ? 4096 : 512;
+    int64_t nch = std::max<int64_t>(1, blocks / std::max<int64_t>(grid_y, 1));
     nch = std::min<int64_t>(nch, std::max<int64_t>(1, (g.P + 4 * pl.lanes - 1) / (4 * pl.lanes)));
     pl.rows_per_chunk = (g.P + nch - 1) / nch;
     pl.nchunks = static_cast<int>((g.P + pl.rows_per_chunk - 1) / pl.rows_per_chunk);
@@ -705,6 +732,13 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
   dp.rows_per_chunk = pl.rows_per_chunk;
   dp.nchunks = pl.nchunks;
   dp.np = pl.np;
+  // Two channels per thread, with vector accesses, where the rows of grad_y, h and dZcat allow them.
+  const auto aligned2 = [&](const void* q) { return reinterpret_cast<uintptr_t>(q) % (2 * dtype_size(pr.dtype)) == 0; };
+  const bool h_vec = g.D == 0 || (dp.shc == 1 && dp.shb % 2 == 0 && dp.shd % 2 == 0 && aligned2(dp.h));
+  dp.vec = pl.lanes == 1 && g.OPIX == 1 && g.D <= pf::kDzMaxVecD && g.Cout % 2 == 0 && dp.sdyc == 1 &&
+                   dp.sdyb % 2 == 0 && aligned2(dp.dy) && h_vec
+               ? 2
+               : 1;
   check_cuda(pr.fn, "the dZ kernel",
              dispatch(pr.dtype, [&](auto tag) { return pf::launch_dz<decltype(tag)>(dp, stream); }));
 
@@ -908,9 +942,18 @@ pf_status pf_linear_forward_packed(pf_dtype dtype, pf_activation activation, con
     if (pr.g.P > 0x7fffffff)
       fail(PF_ERROR_UNSUPPORTED, std::string(pr.fn) + ": at most 2^31-1 rows of x, got " + std::to_string(pr.g.P));
     p.bno = pf::sm90_neurons_per_tile(pr.g.R);
-    const cudaError_t e = dtype == PF_FLOAT16 ? pf::sm90_linear_fwd<__half>(p, packed, stream)
-                                              : pf::sm90_linear_fwd<__nv_bfloat16>(p, packed, stream);
-    check_cuda(pr.fn, "the Hopper forward kernel", e);
+    const auto run = [&](auto tag) {
+      using T = decltype(tag);
+      switch (sm90_schedule(pr.g)) {
+        case pf::kSm90PingPong:
+          return pf::sm90_linear_fwd<T, pf::kSm90PingPong>(p, packed, stream);
+        case pf::kSm90CooperativeGlobalParams:
+          return pf::sm90_linear_fwd<T, pf::kSm90CooperativeGlobalParams>(p, packed, stream);
+        default:
+          return pf::sm90_linear_fwd<T, pf::kSm90Cooperative>(p, packed, stream);
+      }
+    };
+    check_cuda(pr.fn, "the Hopper forward kernel", dtype == PF_FLOAT16 ? run(__half{}) : run(__nv_bfloat16{}));
 #else
     (void)p, (void)stream;
 #endif

@@ -32,6 +32,16 @@
 
 namespace pf {
 
+// A load through the read-only data path (the emulator has none).
+template <class T>
+PF_DEV T ldg(const T* q) {
+#ifdef PF_EMULATE
+  return *q;
+#else
+  return __ldg(q);
+#endif
+}
+
 // Accumulator type: fp32, or fp64 for fp64 data.
 template <class T>
 struct AccOf {

@@ -17,7 +17,53 @@ namespace {
 
 PF_DEV int64_t casc_slot(int64_t D, int64_t k, int64_t i) { return 1 + 2 * D + k * (k - 1) / 2 + i; }
 
-template <class T, int DT>
+// VEC neighbouring channels' values of one row: one 2-element vector access for VEC = 2 (the host takes it only when
+// the channels are contiguous and the address is aligned), a scalar one for VEC = 1.
+template <class T>
+struct Pair;
+template <>
+struct Pair<float> {
+  using type = float2;
+};
+template <>
+struct Pair<double> {
+  using type = double2;
+};
+template <>
+struct Pair<__half> {
+  using type = __half2;
+};
+template <>
+struct Pair<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+};
+
+template <class T, int VEC, class A>
+PF_DEV void load_vec(const T* q, A* out) {
+  if constexpr (VEC == 2) {
+    const typename Pair<T>::type v = ldg(reinterpret_cast<const typename Pair<T>::type*>(q));
+    out[0] = to_acc(v.x);
+    out[1] = to_acc(v.y);
+  } else {
+    out[0] = to_acc(ldg(q));
+  }
+}
+
+template <class T, int VEC, class A>
+PF_DEV void store_vec(T* q, const A* v) {
+  if constexpr (VEC == 2) {
+    typename Pair<T>::type w;
+    w.x = from_acc<T>(v[0]);
+    w.y = from_acc<T>(v[1]);
+    *reinterpret_cast<typename Pair<T>::type*>(q) = w;
+  } else {
+    q[0] = from_acc<T>(v[0]);
+  }
+}
+
+// DT >= 0: D fixed at compile time, partial sums in registers; each thread owns VEC neighbouring channels.
+// DT == -1: any D (VEC == 1), partial sums in the workspace.
+template <class T, int DT, int VEC>
 PF_GLOBAL void PF_LAUNCH_BOUNDS(kDzThreads) dz_kernel(const DzParams p) {
   using A = typename AccOf<T>::type;
   const Geom& g = p.g;
@@ -26,9 +72,9 @@ PF_GLOBAL void PF_LAUNCH_BOUNDS(kDzThreads) dz_kernel(const DzParams p) {
   const int L = p.lanes;
   const int cpb = kDzThreads / L;
   const int tid = static_cast<int>(threadIdx.x);
-  const int64_t c = static_cast<int64_t>(blockIdx.y) * cpb + tid / L;
+  const int64_t c = (static_cast<int64_t>(blockIdx.y) * cpb + tid / L) * VEC;
   const int sub = tid % L;
-  if (c >= C) return;  // no barriers in this kernel
+  if (c >= C) return;  // no barriers in this kernel; VEC = 2 only with C even, so c + 1 < C too
   const int64_t slot = static_cast<int64_t>(blockIdx.x) * L + sub;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * p.rows_per_chunk;
   const int64_t r1 = r0 + p.rows_per_chunk < g.P ? r0 + p.rows_per_chunk : g.P;
@@ -37,58 +83,77 @@ PF_GLOBAL void PF_LAUNCH_BOUNDS(kDzThreads) dz_kernel(const DzParams p) {
   const T* gate = static_cast<const T*>(p.gate);
   const T* casc = static_cast<const T*>(p.casc);
   T* dz = static_cast<T*>(p.dz);
-  A* part = static_cast<A*>(p.part) + slot * p.np * C + c;  // part[j * C]
+  A* part = static_cast<A*>(p.part) + slot * p.np * C + c;  // part[j * C + v]
   const int64_t bstride = C * OPIX;                         // between branches of dZcat
   const int act = p.act;
 
   if constexpr (DT >= 0) {
     constexpr int DA = DT > 0 ? DT : 1;
-    A G[DA], Bc[DA][DA];
+    A G[VEC][DA], Bc[VEC][DA][DA];
 #pragma unroll
-    for (int i = 0; i < DT; ++i) {
-      G[i] = to_acc(gate[i * p.sgd + c * p.sgn]);
-#pragma unroll
-      for (int k = i + 1; k < DT; ++k) Bc[k][i] = to_acc(casc[k * p.sci + i * p.scj + c * p.scn]);
-    }
-    A s_b = A(0), s_g[DA], s_c[DA], s_B[DA][DA];
-#pragma unroll
-    for (int i = 0; i < DA; ++i) {
-      s_g[i] = s_c[i] = A(0);
-#pragma unroll
-      for (int k = 0; k < DA; ++k) s_B[k][i] = A(0);
-    }
-    for (int64_t pix = r0 + sub; pix < r1; pix += L) {
-      const int64_t b = pix / OPIX, op = pix - b * OPIX;
-      const A gy = to_acc(dy[b * p.sdyb + c * p.sdyc + op * p.sdyp]);
-      A a[DA], ds[DA];
-#pragma unroll
-      for (int i = 0; i < DT; ++i) a[i] = to_acc(h[b * p.shb + i * p.shd + c * p.shc + op * p.shp]);
-#pragma unroll
-      for (int i = DT - 1; i >= 0; --i) {
-        A da = G[i] * gy;
-#pragma unroll
-        for (int k = i + 1; k < DT; ++k) da += Bc[k][i] * ds[k];
-        ds[i] = da * act_grad(a[i], act);
-      }
-      T* zrow = dz + (b * R * C + c) * OPIX + op;
-      zrow[0] = from_acc<T>(gy);
-      s_b += gy;
+    for (int v = 0; v < VEC; ++v) {
 #pragma unroll
       for (int i = 0; i < DT; ++i) {
-        zrow[(i + 1) * bstride] = from_acc<T>(ds[i]);
-        s_g[i] += gy * a[i];
-        s_c[i] += ds[i];
+        G[v][i] = to_acc(gate[i * p.sgd + (c + v) * p.sgn]);
 #pragma unroll
-        for (int k = i + 1; k < DT; ++k) s_B[k][i] += ds[k] * a[i];
+        for (int k = i + 1; k < DT; ++k) Bc[v][k][i] = to_acc(casc[k * p.sci + i * p.scj + (c + v) * p.scn]);
       }
     }
-    part[0] = s_b;
+    A s_b[VEC], s_g[VEC][DA], s_c[VEC][DA], s_B[VEC][DA][DA];
 #pragma unroll
-    for (int i = 0; i < DT; ++i) {
-      part[(1 + i) * C] = s_g[i];
-      part[(1 + DT + i) * C] = s_c[i];
+    for (int v = 0; v < VEC; ++v) {
+      s_b[v] = A(0);
 #pragma unroll
-      for (int k = i + 1; k < DT; ++k) part[casc_slot(DT, k, i) * C] = s_B[k][i];
+      for (int i = 0; i < DA; ++i) {
+        s_g[v][i] = s_c[v][i] = A(0);
+#pragma unroll
+        for (int k = 0; k < DA; ++k) s_B[v][k][i] = A(0);
+      }
+    }
+    // (b, op) of row pix, stepped without a 64-bit division per row. The loads go through the read-only path so
+    // that the unrolled rows' loads can be issued ahead of the previous rows' dZ stores (latency, not bandwidth,
+    // bounds this loop otherwise).
+    int64_t b = (r0 + sub) / OPIX, op = (r0 + sub) - b * OPIX;
+#pragma unroll 4
+    for (int64_t pix = r0 + sub; pix < r1; pix += L) {
+      A gy[VEC], a[DA][VEC], ds[DA][VEC];
+      load_vec<T, VEC>(dy + b * p.sdyb + c * p.sdyc + op * p.sdyp, gy);
+#pragma unroll
+      for (int i = 0; i < DT; ++i) load_vec<T, VEC>(h + b * p.shb + i * p.shd + c * p.shc + op * p.shp, a[i]);
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+#pragma unroll
+        for (int i = DT - 1; i >= 0; --i) {
+          A da = G[v][i] * gy[v];
+#pragma unroll
+          for (int k = i + 1; k < DT; ++k) da += Bc[v][k][i] * ds[k][v];
+          ds[i][v] = da * act_grad(a[i][v], act);
+        }
+        s_b[v] += gy[v];
+#pragma unroll
+        for (int i = 0; i < DT; ++i) {
+          s_g[v][i] += gy[v] * a[i][v];
+          s_c[v][i] += ds[i][v];
+#pragma unroll
+          for (int k = i + 1; k < DT; ++k) s_B[v][k][i] += ds[k][v] * a[i][v];
+        }
+      }
+      T* zrow = dz + (b * R * C + c) * OPIX + op;
+      store_vec<T, VEC>(zrow, gy);
+#pragma unroll
+      for (int i = 0; i < DT; ++i) store_vec<T, VEC>(zrow + (i + 1) * bstride, ds[i]);
+      for (op += L; op >= OPIX; op -= OPIX) ++b;
+    }
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      part[v] = s_b[v];
+#pragma unroll
+      for (int i = 0; i < DT; ++i) {
+        part[(1 + i) * C + v] = s_g[v][i];
+        part[(1 + DT + i) * C + v] = s_c[v][i];
+#pragma unroll
+        for (int k = i + 1; k < DT; ++k) part[casc_slot(DT, k, i) * C + v] = s_B[v][k][i];
+      }
     }
   } else {
     // Any D: partial sums accumulate in this thread's own slots of `part`, ds_k in its own scratch.
@@ -152,7 +217,15 @@ PF_GLOBAL void dz_reduce_kernel(const ReduceParams p) {
 
 template <class T, int DT>
 void launch_dz_d(const DzParams& p, dim3 grid, cudaStream_t s) {
-  auto kernel = dz_kernel<T, DT>;
+  if constexpr (DT >= 0 && DT <= kDzMaxVecD) {
+    if (p.vec == 2) {
+      auto kernel = dz_kernel<T, DT, 2>;
+      grid.y = static_cast<unsigned>((p.g.Cout + 2 * kDzThreads - 1) / (2 * kDzThreads));
+      PF_LAUNCH(kernel, grid, dim3(kDzThreads), s, p);
+      return;
+    }
+  }
+  auto kernel = dz_kernel<T, DT, 1>;
   PF_LAUNCH(kernel, grid, dim3(kDzThreads), s, p);
 }
 

@@ -46,9 +46,36 @@ struct CutlassType<__nv_bfloat16> {
   using type = cutlass::bfloat16_t;
 };
 
+template <class T>
+struct Vec2;
+template <>
+struct Vec2<__half> {
+  using type = __half2;
+};
+template <>
+struct Vec2<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+};
+
+// Where the epilogue finds each neuron's parameters (bias, dendrite biases, gates, cascade).
+enum class ParamSource {
+  kShared,  // staged per tile in shared memory: one round of global loads per tile, then shared reads
+  kGlobal,  // loaded per neuron through the read-only path (one global round trip per neuron group)
+};
+
+// Parameters per neuron for R branches: bias, D dendrite biases, D gates, D(D-1)/2 cascade weights.
+constexpr int params_per_neuron(int R) { return 1 + 2 * (R - 1) + (R - 1) * (R - 2) / 2; }
+// Shared floats one consumer warp group needs: the largest params_per_neuron(R) * neurons_per_tile(R) over R.
+constexpr int max_tile_params(int R = 1) {
+  return R > kSm90MaxR ? 0
+                       : (params_per_neuron(R) * sm90_neurons_per_tile(R) > max_tile_params(R + 1)
+                              ? params_per_neuron(R) * sm90_neurons_per_tile(R)
+                              : max_tile_params(R + 1));
+}
+
 // The epilogue half of the GEMM: CUTLASS's DefaultEpilogue interface (wrapped for the warp-specialized kernels by
 // Sm90TmaWarpSpecializedAdapter), with the dendrite math in place of alpha * acc + beta * C.
-template <class T>
+template <class T, ParamSource Src>
 class DendriteEpilogue {
  public:
   using E = typename CutlassType<T>::type;
@@ -64,7 +91,12 @@ class DendriteEpilogue {
   using StrideD = StrideC;
   using GmemTiledCopyC = void;
   using GmemTiledCopyD = void;
-  struct SharedStorage {};
+  static constexpr int kSlots = Src == ParamSource::kShared ? max_tile_params() : 1;
+  // One parameter table per consumer warp group (cooperative: both work on one tile's rows; ping-pong: on
+  // alternate tiles).
+  struct SharedStorage {
+    float params[2][kSlots];
+  };
   using TensorStorage = SharedStorage;
   struct Arguments {
     FwdParams p;
@@ -98,7 +130,7 @@ class DendriteEpilogue {
             class TiledMma, class ResidueMNK>
   CUTLASS_DEVICE void operator()(ProblemShapeMNKL problem_shape_mnkl, BlockShapeMNK blk_shape_mnk,
                                  BlockCoordMNKL blk_coord_mnkl, cute::Tensor<FrgEngine, FrgLayout> const& acc,
-                                 TiledMma tiled_mma, ResidueMNK, int thread_idx, char*) {
+                                 TiledMma tiled_mma, ResidueMNK, int thread_idx, char* smem) {
     static_assert(rank<0>(FrgLayout{}) == 3, "wgmma accumulators are ((2,2,N/8), MMA_M, MMA_N)");
     static_assert(size<2>(FrgLayout{}) == 1, "one wgmma atom spans the tile's N");
     const int M = static_cast<int>(get<0>(problem_shape_mnkl));
@@ -109,10 +141,11 @@ class DendriteEpilogue {
                            make_coord(m_coord, n_coord));
     Tensor tCcD = tiled_mma.get_thread_slice(thread_idx).partition_C(cD);
     const int64_t neuron0 = static_cast<int64_t>(n_coord) * params_.p.bno;
+    float* table = reinterpret_cast<SharedStorage*>(smem)->params[cutlass::canonical_warp_group_idx() == 2 ? 1 : 0];
     switch (params_.p.g.R) {
 #define PF_EPI_CASE(r) \
   case r:              \
-    return branches<r>(acc, tCcD, M, neuron0);
+    return branches<r>(acc, tCcD, M, neuron0, table);
       PF_EPI_CASE(1)
       PF_EPI_CASE(2)
       PF_EPI_CASE(3)
@@ -128,59 +161,128 @@ class DendriteEpilogue {
   }
 
  private:
+  // Parameter pi of neuron n: 0 bias, 1..D dendrite biases, D+1..2D gates, then cascade (i, j<i) in row order.
+  template <int D>
+  CUTLASS_DEVICE float param(int pi, int64_t n) const {
+    const FwdParams& p = params_.p;
+    if (pi == 0) return p.bias != nullptr ? to_acc(__ldg(static_cast<const T*>(p.bias) + n * p.sb)) : 0.0f;
+    if (pi <= D)
+      return p.vbias != nullptr ? to_acc(__ldg(static_cast<const T*>(p.vbias) + (pi - 1) * p.svbd + n * p.svbn))
+                                : 0.0f;
+    if (pi <= 2 * D) return to_acc(__ldg(static_cast<const T*>(p.gate) + (pi - 1 - D) * p.sgd + n * p.sgn));
+    int t = pi - 1 - 2 * D, i = 1;
+    while (t >= i) t -= i++;
+    return to_acc(__ldg(static_cast<const T*>(p.casc) + i * p.sci + t * p.scj + n * p.scn));
+  }
+
+  // Stage this tile's parameters in the warp group's shared table: [pi][local neuron], zero past Cout.
+  template <int R>
+  CUTLASS_DEVICE void stage(float* table, int64_t neuron0) const {
+    constexpr int kNpt = sm90_neurons_per_tile(R), kP = params_per_neuron(R);
+    const int lt = static_cast<int>(threadIdx.x % cutlass::NumThreadsPerWarpGroup);
+    const uint32_t bar = static_cast<uint32_t>(cutlass::arch::ReservedNamedBarriers::FirstUserBarrier) +
+                         (cutlass::canonical_warp_group_idx() == 2 ? 1 : 0);
+    // The previous tile's reads of this table are done before it is overwritten, and the writes land before reads.
+    cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup, bar);
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int idx = lt; idx < kP * kNpt; idx += cutlass::NumThreadsPerWarpGroup) {
+      const int pi = idx / kNpt;
+      const int64_t n = neuron0 + idx % kNpt;
+      table[idx] = n < params_.p.g.Cout ? param<R - 1>(pi, n) : 0.0f;
+    }
+    cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup, bar);
+  }
+
   template <int R, class Acc, class Crd>
-  CUTLASS_DEVICE void branches(Acc const& acc, Crd const& tCcD, int M, int64_t neuron0) const {
+  CUTLASS_DEVICE void branches(Acc const& acc, Crd const& tCcD, int M, int64_t neuron0, float* table) const {
     constexpr int V2 = size<0, 2>(typename Acc::layout_type{});
     constexpr int MM = size<1>(typename Acc::layout_type{});
     constexpr int G = V2 / R;  // groups of 8 neurons in one tile
-    const FwdParams& p = params_.p;
-    const T* bias = static_cast<const T*>(p.bias);
-    const T* vbias = static_cast<const T*>(p.vbias);
-    const T* gate = static_cast<const T*>(p.gate);
-    const T* casc = static_cast<const T*>(p.casc);
-    T* y = static_cast<T*>(p.y);
-    T* h = static_cast<T*>(p.h);
-    // Per neuron, its parameters are loaded once (read-only path, so the loads need not wait for the y/h stores)
-    // and reused for every row this thread holds.
     constexpr int D = R - 1;
     constexpr int NC = D > 1 ? D * (D - 1) / 2 : 1;
+    constexpr int kNpt = sm90_neurons_per_tile(R);
+    const FwdParams& p = params_.p;
+    T* y = static_cast<T*>(p.y);
+    T* h = static_cast<T*>(p.h);
+    if constexpr (Src == ParamSource::kShared) stage<R>(table, neuron0);
+    // A thread holds two adjacent columns of each 8-column block, i.e. two adjacent neurons: one 4-byte store
+    // writes both where the layout allows it.
+    const auto even4 = [](const void* q, int64_t s) { return (reinterpret_cast<uintptr_t>(q) & 3u) == 0 && s % 2 == 0; };
+    const bool pair_y = p.syc == 1 && even4(y, p.syb);
+    const bool pair_h = h != nullptr && p.shc == 1 && even4(h, p.shb) && p.shd % 2 == 0;
     CUTLASS_PRAGMA_UNROLL
     for (int q = 0; q < G; ++q) {
+      int ln[2];
+      float pb[2], pvb[2][D > 0 ? D : 1], pg[2][D > 0 ? D : 1], pc[2][NC];
       CUTLASS_PRAGMA_UNROLL
       for (int v0 = 0; v0 < 2; ++v0) {
-        const int64_t n = neuron0 + q * 8 + (get<1>(tCcD(make_coord(v0, 0, q * R), 0, 0)) & 7);
-        if (n >= p.g.Cout) continue;
-        float pb = 0.0f, pvb[D > 0 ? D : 1], pg[D > 0 ? D : 1], pc[NC];
-        if (bias != nullptr) pb = to_acc(__ldg(bias + n * p.sb));
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < D; ++i) {
-          pvb[i] = vbias != nullptr ? to_acc(__ldg(vbias + i * p.svbd + n * p.svbn)) : 0.0f;
-          pg[i] = to_acc(__ldg(gate + i * p.sgd + n * p.sgn));
+        ln[v0] = q * 8 + (get<1>(tCcD(make_coord(v0, 0, q * R), 0, 0)) & 7);
+        const int64_t n = neuron0 + ln[v0];
+        if constexpr (Src == ParamSource::kShared) {
+          pb[v0] = table[ln[v0]];
           CUTLASS_PRAGMA_UNROLL
-          for (int j = 0; j < i; ++j) pc[i * (i - 1) / 2 + j] = to_acc(__ldg(casc + i * p.sci + j * p.scj + n * p.scn));
+          for (int i = 0; i < D; ++i) {
+            pvb[v0][i] = table[(1 + i) * kNpt + ln[v0]];
+            pg[v0][i] = table[(1 + D + i) * kNpt + ln[v0]];
+          }
+          CUTLASS_PRAGMA_UNROLL
+          for (int c = 0; c < (D > 1 ? NC : 0); ++c) pc[v0][c] = table[(1 + 2 * D + c) * kNpt + ln[v0]];
+        } else {
+          const bool live = n < p.g.Cout;
+          pb[v0] = live ? param<D>(0, n) : 0.0f;
+          CUTLASS_PRAGMA_UNROLL
+          for (int i = 0; i < D; ++i) {
+            pvb[v0][i] = live ? param<D>(1 + i, n) : 0.0f;
+            pg[v0][i] = live ? param<D>(1 + D + i, n) : 0.0f;
+          }
+          CUTLASS_PRAGMA_UNROLL
+          for (int c = 0; c < (D > 1 ? NC : 0); ++c) pc[v0][c] = live ? param<D>(1 + 2 * D + c, n) : 0.0f;
         }
+      }
+      const int64_t n0 = neuron0 + ln[0];
+      if (n0 >= p.g.Cout) continue;
+      const bool both = ln[1] == ln[0] + 1 && n0 + 1 < p.g.Cout;
+      CUTLASS_PRAGMA_UNROLL
+      for (int mm = 0; mm < MM; ++mm) {
         CUTLASS_PRAGMA_UNROLL
-        for (int mm = 0; mm < MM; ++mm) {
+        for (int v1 = 0; v1 < 2; ++v1) {
+          const int64_t m = get<0>(tCcD(make_coord(0, v1, q * R), mm, 0));
+          if (m >= M) continue;
+          float z[2], a[2][D > 0 ? D : 1];
           CUTLASS_PRAGMA_UNROLL
-          for (int v1 = 0; v1 < 2; ++v1) {
-            const int m = get<0>(tCcD(make_coord(v0, v1, q * R), mm, 0));
-            if (m >= M) continue;
-            float z = acc(make_coord(v0, v1, q * R), mm, 0) + pb;
-            float a[D > 0 ? D : 1];
+          for (int v0 = 0; v0 < 2; ++v0) {
+            z[v0] = acc(make_coord(v0, v1, q * R), mm, 0) + pb[v0];
             CUTLASS_PRAGMA_UNROLL
             for (int i = 0; i < D; ++i) {
-              float s = acc(make_coord(v0, v1, q * R + 1 + i), mm, 0) + pvb[i];
+              float s = acc(make_coord(v0, v1, q * R + 1 + i), mm, 0) + pvb[v0][i];
               CUTLASS_PRAGMA_UNROLL
-              for (int j = 0; j < i; ++j) s += pc[i * (i - 1) / 2 + j] * a[j];
-              a[i] = act_fwd(s, p.act);
-              z += pg[i] * a[i];
-              if (h != nullptr) h[m * p.shb + i * p.shd + n * p.shc] = from_acc<T>(a[i]);
+              for (int j = 0; j < i; ++j) s += pc[v0][i * (i - 1) / 2 + j] * a[v0][j];
+              a[v0][i] = act_fwd(s, p.act);
+              z[v0] += pg[v0][i] * a[v0][i];
             }
-            y[m * p.syb + n * p.syc] = from_acc<T>(z);
+          }
+          store2(y + m * p.syb + n0 * p.syc, p.syc, z[0], z[1], both, pair_y);
+          if (h != nullptr) {
+            CUTLASS_PRAGMA_UNROLL
+            for (int i = 0; i < D; ++i)
+              store2(h + m * p.shb + i * p.shd + n0 * p.shc, p.shc, a[0][i], a[1][i], both, pair_h);
           }
         }
       }
     }
+  }
+
+  // Two neighbouring neurons' values (the second only when `both`), as one 4-byte store when `pair` allows it.
+  CUTLASS_DEVICE static void store2(T* dst, int64_t stride, float v0, float v1, bool both, bool pair) {
+    if (both && pair) {
+      typename Vec2<T>::type v;
+      v.x = from_acc<T>(v0);
+      v.y = from_acc<T>(v1);
+      *reinterpret_cast<typename Vec2<T>::type*>(dst) = v;
+      return;
+    }
+    dst[0] = from_acc<T>(v0);
+    if (both) dst[stride] = from_acc<T>(v1);
   }
 
   Params params_;
@@ -188,17 +290,40 @@ class DendriteEpilogue {
 
 constexpr int kTileN = kSm90TileN;
 
-template <class T>
+// The mainloop schedules the forward can run (kernels.h Sm90Schedule): cooperative 256x128 tiles (two consumer
+// warp groups share a tile; the epilogue runs after the mainloop) or ping-pong 128x128 tiles (each consumer warp
+// group owns a tile, and one's epilogue overlaps the other's mainloop).
+template <int Sched>
+struct Sm90Config;
+template <>
+struct Sm90Config<kSm90Cooperative> {
+  using TileShape = Shape<_256, Int<kTileN>, _64>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  static constexpr ParamSource kSrc = ParamSource::kShared;
+};
+template <>
+struct Sm90Config<kSm90CooperativeGlobalParams> : Sm90Config<kSm90Cooperative> {
+  static constexpr ParamSource kSrc = ParamSource::kGlobal;
+};
+template <>
+struct Sm90Config<kSm90PingPong> {
+  using TileShape = Shape<_128, Int<kTileN>, _64>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+  static constexpr ParamSource kSrc = ParamSource::kShared;
+};
+
+template <class T, int Sched>
 struct Sm90Fwd {
   using E = typename CutlassType<T>::type;
-  using TileShape = Shape<_256, Int<kTileN>, _64>;
+  using Cfg = Sm90Config<Sched>;
+  using TileShape = typename Cfg::TileShape;
   using ClusterShape = Shape<_1, _2, _1>;
-  using Epilogue = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<DendriteEpilogue<T>>;
+  using Epilogue = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<DendriteEpilogue<T, Cfg::kSrc>>;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, E, cutlass::layout::RowMajor, 8, E,
       cutlass::layout::ColumnMajor, 8, float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+      typename Cfg::Kernel>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
   using Device = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
@@ -257,10 +382,10 @@ cudaError_t sm90_pack(const FwdParams& p, void* packed, cudaStream_t s) {
   return cudaGetLastError();
 }
 
-template <class T>
+template <class T, int Sched>
 cudaError_t sm90_linear_fwd(const FwdParams& p, const void* packed, cudaStream_t s) {
   using namespace sm90;
-  using G = Sm90Fwd<T>;
+  using G = Sm90Fwd<T, Sched>;
   using E = typename G::E;
   const int M = static_cast<int>(p.g.P), K = static_cast<int>(p.g.KC);
   const int NG = static_cast<int>(sm90_packed_rows(p.g.Cout, p.g.R));

@@ -111,6 +111,12 @@ def check_linear(
         again = CB.linear_bwd(gy, x, w, dw, g, c, h, act, bias)
         for name, o1, o2 in zip(names, out, again):
             assert torch.equal(o1, o2), f"{name}: backward is not bitwise deterministic"
+        # grad_y one element off its alignment: the dZ kernel's scalar path (one channel per thread) instead of its
+        # vector one (two); each channel sums the same rows in the same order, so the bits agree.
+        gy_off = torch.empty(m * n + 1, dtype=dtype, device=device)[1:].view(m, n).copy_(gy)
+        scalar = CB.linear_bwd(gy_off, x, w, dw, g, c, h, act, bias)
+        for name, o1, o2 in zip(names, out, scalar):
+            assert torch.equal(o1, o2), f"{name}: the dZ kernel's vector and scalar paths differ"
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
 

@@ -60,6 +60,20 @@ def test_sm90_linear_grid_gpu(dtype, d, shape):
 
 @gpu
 @needs_sm90
+@pytest.mark.parametrize("schedule", ["cooperative", "pingpong", "global-params"])
+@pytest.mark.parametrize("d", [0, 1, 3, 6, 7])
+@pytest.mark.parametrize("shape", [(37, 40, 19), (513, 1024, 130), (1100, 64, 700)], ids=str)
+def test_sm90_each_schedule_gpu(monkeypatch, schedule, d, shape):
+    """Every mainloop schedule, whatever the library would pick for the shape (PAI_FAST_SM90_SCHEDULE)."""
+    monkeypatch.setenv("PAI_FAST_SM90_SCHEDULE", schedule)
+    m, k, n = shape
+    CB.clear_packed_weights()
+    check_linear("cuda", torch.bfloat16, m, k, n, d)
+    assert len(CB._PACKS) >= 1, "the Hopper path was not taken"
+
+
+@gpu
+@needs_sm90
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("d", [0, 1, 3, 7])
 @pytest.mark.parametrize("shape", SHAPES[1:], ids=str)
