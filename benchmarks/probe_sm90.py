@@ -2,8 +2,7 @@
 
 - device time (CUDA-graph replay, triton.testing.do_bench_cudagraph) of the fused forward over packed weights, in
   inference and in training (writing h), for the library's choice and each mainloop schedule (PAI_FAST_SM90_SCHEDULE:
-  cooperative 256x128 with the parameters staged in shared memory, the same loading them per neuron from global
-  memory, ping-pong 128x128);
+  cooperative 256x128, ping-pong 128x128);
 - the weight pack it needs after each weight update, csrc's generic forward, and the limit (one cuBLAS GEMM of
   width (1+D)N);
 - the kernels of one cuda-backend forward+backward step (torch.profiler), to see where the step's time goes.
@@ -27,7 +26,7 @@ from pai_fast import functional
 from pai_fast.bench import _linear_case, environment
 
 SHAPES = [(8192, 4096, 4096), (256, 1024, 1024), (64, 784, 128)]
-SCHEDULES = ("default", "cooperative", "global-params", "pingpong")
+SCHEDULES = ("default", "cooperative", "pingpong")
 
 
 def _bench(fn) -> float:

@@ -513,12 +513,11 @@ void run_forward(const Problem& pr, const pf_tensor* x, const pf_tensor* weight,
 // where its overlap of one tile's epilogue with the other's mainloop pays, i.e. for 2 <= D <= 6 (the epilogue is a
 // large share of the tile) and for small problems (under two waves of 256-row tiles, its 128-row tiles fill more
 // SMs); cooperative otherwise (its 256x128 tiles have the faster mainloop). PAI_FAST_SM90_SCHEDULE=cooperative|
-// pingpong|global-params overrides it, to measure them side by side.
+// pingpong overrides it, to measure them side by side.
 [[maybe_unused]] int sm90_schedule(const pf::Geom& g) {
   if (const char* s = std::getenv("PAI_FAST_SM90_SCHEDULE")) {
     const std::string v(s);
     if (v == "pingpong") return pf::kSm90PingPong;
-    if (v == "global-params") return pf::kSm90CooperativeGlobalParams;
     if (v == "cooperative") return pf::kSm90Cooperative;
   }
   static int sm_counts[64];  // queried once per device
@@ -947,8 +946,6 @@ pf_status pf_linear_forward_packed(pf_dtype dtype, pf_activation activation, con
       switch (sm90_schedule(pr.g)) {
         case pf::kSm90PingPong:
           return pf::sm90_linear_fwd<T, pf::kSm90PingPong>(p, packed, stream);
-        case pf::kSm90CooperativeGlobalParams:
-          return pf::sm90_linear_fwd<T, pf::kSm90CooperativeGlobalParams>(p, packed, stream);
         default:
           return pf::sm90_linear_fwd<T, pf::kSm90Cooperative>(p, packed, stream);
       }

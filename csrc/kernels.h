@@ -155,11 +155,9 @@ constexpr int64_t sm90_packed_rows(int64_t N, int64_t R) {
 template <class T>
 cudaError_t sm90_pack(const FwdParams& p, void* packed, cudaStream_t s);
 // Mainloop schedules of the Hopper forward (sm90_linear.cuh Sm90Config): cooperative 256x128 tiles or ping-pong
-// 128x128 tiles, both with the parameters staged in shared memory; and the cooperative one loading them per neuron
-// from global memory (kept to measure the staging against).
+// 128x128 tiles.
 constexpr int kSm90Cooperative = 0;
 constexpr int kSm90PingPong = 1;
-constexpr int kSm90CooperativeGlobalParams = 2;
 template <class T, int Sched>
 cudaError_t sm90_linear_fwd(const FwdParams& p, const void* packed, cudaStream_t s);
 // Hopper backward GEMMs (sm90_grad.cuh), Linear only: Wcat = [W; V] stacked (p.w, row stride p.swn, unit stride

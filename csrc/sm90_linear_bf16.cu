@@ -5,5 +5,4 @@
 namespace pf {
 template cudaError_t sm90_pack<__nv_bfloat16>(const FwdParams&, void*, cudaStream_t);
 template cudaError_t sm90_linear_fwd<__nv_bfloat16, kSm90Cooperative>(const FwdParams&, const void*, cudaStream_t);
-template cudaError_t sm90_linear_fwd<__nv_bfloat16, kSm90CooperativeGlobalParams>(const FwdParams&, const void*, cudaStream_t);
 }  // namespace pf

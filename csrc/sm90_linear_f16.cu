@@ -5,5 +5,4 @@
 namespace pf {
 template cudaError_t sm90_pack<__half>(const FwdParams&, void*, cudaStream_t);
 template cudaError_t sm90_linear_fwd<__half, kSm90Cooperative>(const FwdParams&, const void*, cudaStream_t);
-template cudaError_t sm90_linear_fwd<__half, kSm90CooperativeGlobalParams>(const FwdParams&, const void*, cudaStream_t);
 }  // namespace pf

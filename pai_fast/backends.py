@@ -4,8 +4,8 @@ Backends: ``torch`` (plain PyTorch, pai_fast.reference: runs everywhere), ``trit
 ``cuda`` (csrc/ through pai_fast._C). Precedence: the ``backend=`` argument of a functional op, then
 ``pai_fast.set_backend(...)``, then the environment variable ``PAI_FAST_BACKEND``, then ``auto``.
 
-``auto`` picks the fastest fused backend that can run the inputs (order from the measured table in
-``AUTO_ORDER``; see benchmarks/results/) and otherwise falls back to ``torch``, warning once per reason
+``auto`` picks the fastest fused backend that can run the inputs (order per device and shape class from the measured
+table in ``AUTO_TABLE``; see benchmarks/results/) and otherwise falls back to ``torch``, warning once per reason
 when the inputs are on a GPU (on a CPU, torch is simply the right choice). An explicitly requested
 backend that cannot run raises ``BackendUnavailableError`` listing every reason.
 """
@@ -24,12 +24,19 @@ from .activations import FUSED_CODES
 
 BACKENDS = ("torch", "triton", "cuda")
 CHOICES = ("auto",) + BACKENDS
-# Fused backends in order of preference for `auto`, per shape class, from the H100 table in
-# benchmarks/results/README.md: small Linear layers are launch-bound and the CUDA C++ backend (one launch, no
-# Python launcher) is 4-5x faster there (256x1024->1024 D=3 fwd+bwd 0.44 ms vs Triton 1.77 ms); on large layers
-# Triton's wgmma mainloop is ~4x faster than the CUDA backend's mma.sync one, and convs are faster on Triton.
-AUTO_ORDER = ("triton",)
-AUTO_ORDER_SMALL_LINEAR = ("cuda", "triton")
+# `auto`'s order of fused backends per device class (CUDA compute capability major) and shape class, read off the
+# measured tables in benchmarks/results/README.md. Hopper (9), H200, bf16, wall clock, three runs (df22e16, c2a333a
+# and session 18's): Triton is ahead of the cuda backend in every Linear row, the small layers included (host-bound:
+# forward+backward 0.21-0.64 ms against 0.40-0.97 ms) and 8192x4096->4096 (forward 1.04-1.05x of the limit against
+# 1.08-1.16x), and the cuda backend's convs are its generic kernels (several times slower); the cuda backend comes
+# second, for inputs Triton cannot take. (An older H100 table, "Small layers, bf16" there, had the cuda backend ahead on
+# small Linear layers, before Triton's launch path shed ~200 us of host time per call; these runs supersede it.) A
+# device class without a measured row takes DEFAULT_DEVICE_CLASS's.
+SHAPE_CLASSES = ("small_linear", "linear", "conv")
+AUTO_TABLE: dict[int, dict[str, tuple[str, ...]]] = {
+    9: {"small_linear": ("triton", "cuda"), "linear": ("triton", "cuda"), "conv": ("triton", "cuda")},
+}
+DEFAULT_DEVICE_CLASS = 9
 SMALL_LINEAR_WORK = 1 << 31  # rows * K * N * (1 + D) multiply-adds; measured small cases <= 1.1e9, large 1.4e11
 # Few rows with a long K (batch-1 inference of a wide layer): the fused kernels have no split-K, so a handful of
 # programs each walk all of K; cuBLAS's GEMV-style kernels over the stacked weight (the torch backend) win there
@@ -37,17 +44,31 @@ SMALL_LINEAR_WORK = 1 << 31  # rows * K * N * (1 + D) multiply-adds; measured sm
 FEW_ROWS, LONG_K = 64, 2048
 
 
-def auto_order(kind: str, x: torch.Tensor, weight: torch.Tensor, d: int) -> tuple[str, ...]:
-    """The fused backends ``auto`` tries, in order, for this call's shape class (empty: the torch backend is the
-    faster choice, taken without a fallback warning)."""
+def device_class(device: torch.device) -> int:
+    """The row of AUTO_TABLE for a device: its compute capability major where measured, else the default."""
+    if device.type == "cuda":
+        major = device_capability(device)[0]
+        if major in AUTO_TABLE:
+            return major
+    return DEFAULT_DEVICE_CLASS
+
+
+def shape_class(kind: str, x: torch.Tensor, weight: torch.Tensor, d: int) -> str | None:
+    """The call's shape class (a column of AUTO_TABLE), or None where the torch backend is the faster choice."""
     if kind == "linear" and x.dim() >= 1 and weight.dim() == 2:
         k = x.shape[-1]
         rows = x.numel() // k if k else 0
         if rows < FEW_ROWS and k >= LONG_K:
-            return ()
-        if rows * k * weight.shape[0] * (1 + d) <= SMALL_LINEAR_WORK:
-            return AUTO_ORDER_SMALL_LINEAR
-    return AUTO_ORDER
+            return None
+        return "small_linear" if rows * k * weight.shape[0] * (1 + d) <= SMALL_LINEAR_WORK else "linear"
+    return "conv" if kind == "conv" else "linear"
+
+
+def auto_order(kind: str, x: torch.Tensor, weight: torch.Tensor, d: int) -> tuple[str, ...]:
+    """The fused backends ``auto`` tries, in order, for this call's device and shape class (empty: the torch backend
+    is the faster choice, taken without a fallback warning)."""
+    cls = shape_class(kind, x, weight, d)
+    return () if cls is None else AUTO_TABLE[device_class(x.device)][cls]
 
 
 _selected: str | None = None

@@ -78,21 +78,46 @@ def test_doctor_runs(capsys):
     assert "torch" in out and "backend" in out and "available" in out
 
 
-def test_auto_order_by_shape_class():
-    """auto tries the CUDA C++ backend first on small (launch-bound) Linear layers, Triton first otherwise."""
+def test_auto_order_by_device_and_shape_class():
+    """auto reads its order off AUTO_TABLE by device class and shape class: small Linear layers (by multiply-adds,
+    every leading dim a batch dim), larger ones and convs; devices without a measured row take the default row."""
     from pai_fast import backends
 
     small = torch.empty(256, 1024, device="meta")
     large = torch.empty(8192, 4096, device="meta")
-    assert backends.auto_order("linear", small, torch.empty(1024, 1024, device="meta"), 3) == ("cuda", "triton")
-    assert backends.auto_order("linear", large, torch.empty(4096, 4096, device="meta"), 1) == ("triton",)
-    seq = torch.empty(4, 64, 1024, device="meta")  # [B, T, F]: rows = B * T
-    assert backends.auto_order("linear", seq, torch.empty(1024, 1024, device="meta"), 3) == ("cuda", "triton")
-    assert backends.auto_order("linear", torch.empty(0, 8, device="meta"), torch.empty(4, 8, device="meta"), 1)[0] == (
-        "cuda"
+    w = torch.empty(1024, 1024, device="meta")
+    assert backends.shape_class("linear", small, w, 3) == "small_linear"
+    assert backends.shape_class("linear", large, torch.empty(4096, 4096, device="meta"), 1) == "linear"
+    assert backends.shape_class("linear", torch.empty(4, 64, 1024, device="meta"), w, 3) == "small_linear"
+    assert backends.shape_class("linear", torch.empty(0, 8, device="meta"), torch.empty(4, 8, device="meta"), 1) == (
+        "small_linear"
     )
     conv_x = torch.empty(1, 3, 8, 8, device="meta")
-    assert backends.auto_order("conv", conv_x, torch.empty(4, 3, 3, 3, device="meta"), 1) == ("triton",)
+    assert backends.shape_class("conv", conv_x, torch.empty(4, 3, 3, 3, device="meta"), 1) == "conv"
+    assert backends.device_class(torch.device("meta")) == backends.DEFAULT_DEVICE_CLASS
+    row = backends.AUTO_TABLE[backends.DEFAULT_DEVICE_CLASS]
+    assert set(row) == set(backends.SHAPE_CLASSES)
+    assert backends.auto_order("linear", small, w, 3) == row["small_linear"]
+    assert backends.auto_order("conv", conv_x, torch.empty(4, 3, 3, 3, device="meta"), 1) == row["conv"]
+    for orders in backends.AUTO_TABLE.values():
+        for order in orders.values():
+            assert order and set(order) <= set(backends.BACKENDS) - {"torch"}, order
+
+
+def test_auto_order_follows_the_table(monkeypatch):
+    """A measured row for a device class is what auto tries, per shape class."""
+    from pai_fast import backends
+
+    monkeypatch.setitem(
+        backends.AUTO_TABLE,
+        backends.DEFAULT_DEVICE_CLASS,
+        {"small_linear": ("cuda", "triton"), "linear": ("triton",), "conv": ("triton",)},
+    )
+    small, w = torch.empty(64, 784, device="meta"), torch.empty(128, 784, device="meta")
+    assert backends.auto_order("linear", small, w, 3) == ("cuda", "triton")
+    assert backends.auto_order("linear", torch.empty(8192, 4096, device="meta"), torch.empty(4096, 4096), 1) == (
+        "triton",
+    )
 
 
 def test_auto_sends_few_rows_with_long_k_to_torch():

@@ -60,7 +60,7 @@ def test_sm90_linear_grid_gpu(dtype, d, shape):
 
 @gpu
 @needs_sm90
-@pytest.mark.parametrize("schedule", ["cooperative", "pingpong", "global-params"])
+@pytest.mark.parametrize("schedule", ["cooperative", "pingpong"])
 @pytest.mark.parametrize("d", [0, 1, 3, 6, 7])
 @pytest.mark.parametrize("shape", [(37, 40, 19), (513, 1024, 130), (1100, 64, 700)], ids=str)
 def test_sm90_each_schedule_gpu(monkeypatch, schedule, d, shape):
