@@ -42,6 +42,26 @@ PF_DEV T ldg(const T* q) {
 #endif
 }
 
+// Two neighbouring values of T as one vector type, for 2-element loads and stores.
+template <class T>
+struct Pair;
+template <>
+struct Pair<float> {
+  using type = float2;
+};
+template <>
+struct Pair<double> {
+  using type = double2;
+};
+template <>
+struct Pair<__half> {
+  using type = __half2;
+};
+template <>
+struct Pair<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+};
+
 // Accumulator type: fp32, or fp64 for fp64 data.
 template <class T>
 struct AccOf {

@@ -17,27 +17,8 @@ namespace {
 
 PF_DEV int64_t casc_slot(int64_t D, int64_t k, int64_t i) { return 1 + 2 * D + k * (k - 1) / 2 + i; }
 
-// VEC neighbouring channels' values of one row: one 2-element vector access for VEC = 2 (the host takes it only when
-// the channels are contiguous and the address is aligned), a scalar one for VEC = 1.
-template <class T>
-struct Pair;
-template <>
-struct Pair<float> {
-  using type = float2;
-};
-template <>
-struct Pair<double> {
-  using type = double2;
-};
-template <>
-struct Pair<__half> {
-  using type = __half2;
-};
-template <>
-struct Pair<__nv_bfloat16> {
-  using type = __nv_bfloat162;
-};
-
+// VEC neighbouring channels' values of one row: one 2-element vector access (Pair) for VEC = 2 (the host takes it
+// only when the channels are contiguous and the address is aligned), a scalar one for VEC = 1.
 template <class T, int VEC, class A>
 PF_DEV void load_vec(const T* q, A* out) {
   if constexpr (VEC == 2) {

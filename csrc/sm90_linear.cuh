@@ -46,17 +46,6 @@ struct CutlassType<__nv_bfloat16> {
   using type = cutlass::bfloat16_t;
 };
 
-template <class T>
-struct Vec2;
-template <>
-struct Vec2<__half> {
-  using type = __half2;
-};
-template <>
-struct Vec2<__nv_bfloat16> {
-  using type = __nv_bfloat162;
-};
-
 // Parameters per neuron for R branches: bias, D dendrite biases, D gates, D(D-1)/2 cascade weights.
 constexpr int params_per_neuron(int R) { return 1 + 2 * (R - 1) + (R - 1) * (R - 2) / 2; }
 // Shared floats one consumer warp group needs: the largest params_per_neuron(R) * neurons_per_tile(R) over R.
@@ -223,6 +212,8 @@ class DendriteEpilogue {
       }
       const int64_t n0 = neuron0 + ln[0];
       if (n0 >= p.g.Cout) continue;
+      // ln[1] == ln[0] + 1: the wgmma C layout gives a thread columns 2t and 2t+1 of each 8-column block (the same
+      // layout facts the packing relies on to put a neuron's branches in one thread).
       const bool both = ln[1] == ln[0] + 1 && n0 + 1 < p.g.Cout;
       CUTLASS_PRAGMA_UNROLL
       for (int mm = 0; mm < MM; ++mm) {
@@ -257,10 +248,10 @@ class DendriteEpilogue {
   // Two neighbouring neurons' values (the second only when `both`), as one 4-byte store when `pair` allows it.
   CUTLASS_DEVICE static void store2(T* dst, int64_t stride, float v0, float v1, bool both, bool pair) {
     if (both && pair) {
-      typename Vec2<T>::type v;
+      typename Pair<T>::type v;
       v.x = from_acc<T>(v0);
       v.y = from_acc<T>(v1);
-      *reinterpret_cast<typename Vec2<T>::type*>(dst) = v;
+      *reinterpret_cast<typename Pair<T>::type*>(dst) = v;
       return;
     }
     dst[0] = from_acc<T>(v0);
