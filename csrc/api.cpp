@@ -605,16 +605,18 @@ BwdPlan plan_backward(const Problem& pr, int64_t dy_pix_stride) {
   const size_t as = pr.dtype == PF_FLOAT64 ? 8 : 4;
   pl.np = static_cast<int>(1 + 2 * g.D + g.D * (g.D - 1) / 2);
   // dZ kernel: pixel-fast lanes when neighbouring pixels are neighbours in memory (NCHW), else
-  // channel-fast. Channel-fast: about 4096 blocks of one channel per thread (2048 when a thread takes two), a few
-  // waves of a full H100/H200: the loop is latency-bound, so occupancy is what feeds it. Pixel-fast: about 512, since
-  // each block there leaves 32 partial-sum slots per channel for the reduction. Each thread gets >= 4 rows.
+  // channel-fast. About 512 blocks, each thread with >= 4 rows; channel-fast with many channels, more (the loop is
+  // latency-bound, so occupancy is what feeds it). Pixel-fast blocks leave 32 partial-sum slots per channel each.
   pl.lanes = (g.OPIX > 1 && dy_pix_stride == 1) ? 32 : 1;
   const int64_t cpb = pf::kDzThreads / pl.lanes;
   const int64_t grid_y = (g.Cout + cpb - 1) / cpb;
   if (grid_y > 65535) fail(PF_ERROR_UNSUPPORTED, std::string(pr.fn) + ": too many output channels for the dZ kernel");
   if (g.P > 0 && g.Cout > 0) {
-    const int64_t blocks = pl.lanes == 1 ? 4096 : 512;
-    int64_t nch = std::max<int64_t>(1, blocks / std::max<int64_t>(grid_y, 1));
+    int64_t nch = std::max<int64_t>(1, 512 / std::max<int64_t>(grid_y, 1));
+    // Channel-fast with many channels: up to 4096 blocks. Each chunk is one more partial-sum slot per channel, which
+    // the reduction sums one after another, so at most 128 chunks, or the 512-block plan's count where that is larger
+    // (8192x4096: 128 chunks x 32 channel blocks, the H200-measured configuration).
+    if (pl.lanes == 1) nch = std::max<int64_t>(nch, std::min<int64_t>(4096 / std::max<int64_t>(grid_y, 1), 128));
     nch = std::min<int64_t>(nch, std::max<int64_t>(1, (g.P + 4 * pl.lanes - 1) / (4 * pl.lanes)));
     pl.rows_per_chunk = (g.P + nch - 1) / nch;
     pl.nchunks = static_cast<int>((g.P + pl.rows_per_chunk - 1) / pl.rows_per_chunk);
@@ -735,7 +737,7 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
   const auto aligned2 = [&](const void* q) { return reinterpret_cast<uintptr_t>(q) % (2 * dtype_size(pr.dtype)) == 0; };
   const bool h_vec = g.D == 0 || (dp.shc == 1 && dp.shb % 2 == 0 && dp.shd % 2 == 0 && aligned2(dp.h));
   dp.vec = pl.lanes == 1 && g.OPIX == 1 && g.D <= pf::kDzMaxVecD && g.Cout % 2 == 0 && dp.sdyc == 1 &&
-                   dp.sdyb % 2 == 0 && aligned2(dp.dy) && h_vec
+                   dp.sdyb % 2 == 0 && aligned2(dp.dy) && h_vec && aligned2(dz)
                ? 2
                : 1;
   check_cuda(pr.fn, "the dZ kernel",

@@ -164,8 +164,11 @@ class DendriteEpilogue {
   CUTLASS_DEVICE void stage(float* table, int64_t neuron0) const {
     constexpr int kNpt = sm90_neurons_per_tile(R), kP = params_per_neuron(R);
     const int lt = static_cast<int>(threadIdx.x % cutlass::NumThreadsPerWarpGroup);
-    const uint32_t bar = static_cast<uint32_t>(cutlass::arch::ReservedNamedBarriers::FirstUserBarrier) +
-                         (cutlass::canonical_warp_group_idx() == 2 ? 1 : 0);
+    // User barrier ids 0 and 1, one per consumer warp group: NamedBarrier adds its reserved count (hardware 8, 9).
+    static_assert(cutlass::arch::NamedBarrier::ReservedNamedBarrierCount + 2 <=
+                      cutlass::arch::NamedBarrier::HardwareMaxNumNamedBarriers,
+                  "two user named barriers must fit in the hardware's 16");
+    const uint32_t bar = cutlass::canonical_warp_group_idx() == 2 ? 1u : 0u;
     // The previous tile's reads of this table are done before it is overwritten, and the writes land before reads.
     cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup, bar);
     CUTLASS_PRAGMA_NO_UNROLL

@@ -28,13 +28,15 @@ CHOICES = ("auto",) + BACKENDS
 # measured tables in benchmarks/results/README.md. Hopper (9), H200, bf16, wall clock, three runs (df22e16, c2a333a
 # and session 18's): Triton is ahead of the cuda backend in every Linear row, the small layers included (host-bound:
 # forward+backward 0.21-0.64 ms against 0.40-0.97 ms) and 8192x4096->4096 (forward 1.04-1.05x of the limit against
-# 1.08-1.16x), and the cuda backend's convs are its generic kernels (several times slower); the cuda backend comes
-# second, for inputs Triton cannot take. (An older H100 table, "Small layers, bf16" there, had the cuda backend ahead on
-# small Linear layers, before Triton's launch path shed ~200 us of host time per call; these runs supersede it.) A
-# device class without a measured row takes DEFAULT_DEVICE_CLASS's.
+# 1.08-1.16x). The cuda backend comes second for Linear layers, for inputs Triton cannot take (it is ahead of the
+# eager torch backend there: 1.7-4.1x on the small layers' forward+backward, 1.16x / 1.25x of the limit at 8192
+# D = 1); its convs are its generic kernels, several times slower and not measured against torch, so none. (An older
+# H100 table, "Small layers, bf16" there, had the cuda backend ahead on small Linear layers, before Triton's launch
+# path shed ~200 us of host time per call; these runs supersede it.) A device class without a measured row takes
+# DEFAULT_DEVICE_CLASS's.
 SHAPE_CLASSES = ("small_linear", "linear", "conv")
 AUTO_TABLE: dict[int, dict[str, tuple[str, ...]]] = {
-    9: {"small_linear": ("triton", "cuda"), "linear": ("triton", "cuda"), "conv": ("triton", "cuda")},
+    9: {"small_linear": ("triton", "cuda"), "linear": ("triton", "cuda"), "conv": ("triton",)},
 }
 DEFAULT_DEVICE_CLASS = 9
 SMALL_LINEAR_WORK = 1 << 31  # rows * K * N * (1 + D) multiply-adds; measured small cases <= 1.1e9, large 1.4e11
