@@ -23,7 +23,7 @@ from triton.testing import do_bench_cudagraph
 
 from pai_fast import cuda_backend as CB
 from pai_fast import functional
-from pai_fast.bench import _linear_case, environment
+from pai_fast.bench import _linear_case, environment, limit_weight
 
 SHAPES = [(8192, 4096, 4096), (256, 1024, 1024), (64, 784, 128)]
 SCHEDULES = ("default", "cooperative", "pingpong")
@@ -35,8 +35,9 @@ def _bench(fn) -> float:
 
 def measure(m: int, k: int, n: int, d: int, schedules=SCHEDULES) -> dict:
     dt, lib = torch.bfloat16, CB._C
-    x, (w, b, dw, db, gate, cas) = _linear_case(m, k, n, d, dt, "cuda")
-    wcat = torch.cat([w[None], dw]).flatten(0, 1)
+    x, params = _linear_case(m, k, n, d, dt, "cuda")
+    w, b, dw, db, gate, cas = params
+    wcat = limit_weight("linear", params)
     v = dw if d else None
     tensors = [CB._t(x), CB._t(w), CB._t(b), CB._t(v), CB._t(db), CB._t(gate), CB._t(cas)]
     nbytes = lib.linear_packed_bytes(2, CB._t(w), CB._t(v))
@@ -78,7 +79,7 @@ def measure(m: int, k: int, n: int, d: int, schedules=SCHEDULES) -> dict:
 
 
 def step_kernels(m: int, k: int, n: int, d: int) -> list[dict]:
-    """Device time per kernel of one cuda-backend forward+backward step (the median step of 10)."""
+    """Device time per kernel of one cuda-backend forward+backward step (the mean over 10 steps)."""
     x, params = _linear_case(m, k, n, d, torch.bfloat16, "cuda")
     params = [p.requires_grad_() for p in params]
     x.requires_grad_()
@@ -97,7 +98,7 @@ def step_kernels(m: int, k: int, n: int, d: int) -> list[dict]:
     rows = []
     for e in prof.key_averages():
         if e.device_type == torch.autograd.DeviceType.CUDA and e.count:
-            rows.append({"kernel": e.key[:90], "calls_per_step": e.count / 10, "us_per_call": e.device_time / 1})
+            rows.append({"kernel": e.key[:90], "calls_per_step": e.count / 10, "us_per_call": e.device_time})
     rows.sort(key=lambda r: -r["us_per_call"] * r["calls_per_step"])
     return rows
 

@@ -485,25 +485,40 @@ void run_forward(const Problem& pr, const pf_tensor* x, const pf_tensor* weight,
 }
 
 // ------------------------------------------------------------------ Hopper forward over packed weights
+// What the Hopper path needs to know of a device, queried once per device (this runs on every forward and backward).
+struct DeviceInfo {
+  signed char sm90 = 0;  // 0 unknown, 1 sm_90, -1 not
+  int sms = 0;
+};
+
+// The current device's DeviceInfo, or nullptr when there is none.
+[[maybe_unused]] const DeviceInfo* device_info() {
+  static DeviceInfo infos[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+    cudaGetLastError();  // no device: the Hopper path does not apply
+    return nullptr;
+  }
+  DeviceInfo& d = infos[dev];
+  if (d.sm90 == 0) {
+    int major = 0, minor = 0, sms = 0;
+    const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+                    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess;
+    if (!ok) cudaGetLastError();
+    d.sms = sms;
+    d.sm90 = ok && major == 9 && minor == 0 ? 1 : -1;  // sm_90a code runs on sm_90 only
+  }
+  return &d;
+}
+
 // Whether the current device runs this build's sm_90a kernels (PAI_FAST_CUDA_SM90=0 turns them off).
 [[maybe_unused]] bool sm90_device() {
 #ifdef PF_HAVE_SM90_CUTLASS
   const char* off = std::getenv("PAI_FAST_CUDA_SM90");
   if (off != nullptr && off[0] == '0') return false;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
-    cudaGetLastError();  // no device: the path does not apply
-    return false;
-  }
-  static signed char is_sm90[64];  // 0 unknown, 1 yes, -1 no: queried once per device (this runs on every backward)
-  if (is_sm90[dev] == 0) {
-    int major = 0, minor = 0;
-    const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess;
-    if (!ok) cudaGetLastError();
-    is_sm90[dev] = ok && major == 9 && minor == 0 ? 1 : -1;  // sm_90a code runs on sm_90 only
-  }
-  return is_sm90[dev] == 1;
+  const DeviceInfo* d = device_info();
+  return d != nullptr && d->sm90 == 1;
 #else
   return false;
 #endif
@@ -513,23 +528,17 @@ void run_forward(const Problem& pr, const pf_tensor* x, const pf_tensor* weight,
 // where its overlap of one tile's epilogue with the other's mainloop pays, i.e. for 2 <= D <= 6 (the epilogue is a
 // large share of the tile) and for small problems (under two waves of 256-row tiles, its 128-row tiles fill more
 // SMs); cooperative otherwise (its 256x128 tiles have the faster mainloop). PAI_FAST_SM90_SCHEDULE=cooperative|
-// pingpong overrides it, to measure them side by side.
+// pingpong overrides it, to measure them side by side. Called after sm90_device() said yes.
 [[maybe_unused]] int sm90_schedule(const pf::Geom& g) {
   if (const char* s = std::getenv("PAI_FAST_SM90_SCHEDULE")) {
     const std::string v(s);
     if (v == "pingpong") return pf::kSm90PingPong;
     if (v == "cooperative") return pf::kSm90Cooperative;
   }
-  static int sm_counts[64];  // queried once per device
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64) {
-    if (sm_counts[dev] == 0 && cudaDeviceGetAttribute(&sm_counts[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      sm_counts[dev] = 132;
-    sms = sm_counts[dev];
-  }
+  const DeviceInfo* d = device_info();
+  const int64_t sms = d != nullptr && d->sms > 0 ? d->sms : 132;
   const int64_t coop_tiles = (g.P + 255) / 256 * (pf::sm90_packed_rows(g.Cout, g.R) / pf::kSm90TileN);
-  return (g.D >= 2 && g.D <= 6) || coop_tiles < 2 * static_cast<int64_t>(sms) ? pf::kSm90PingPong
-                                                                                 : pf::kSm90Cooperative;
+  return (g.D >= 2 && g.D <= 6) || coop_tiles < 2 * sms ? pf::kSm90PingPong : pf::kSm90Cooperative;
 }
 
 // Bytes of the packed weights, or 0 when this build, the current device or the problem does not take the path.

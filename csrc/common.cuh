@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -42,26 +43,6 @@ PF_DEV T ldg(const T* q) {
 #endif
 }
 
-// Two neighbouring values of T as one vector type, for 2-element loads and stores.
-template <class T>
-struct Pair;
-template <>
-struct Pair<float> {
-  using type = float2;
-};
-template <>
-struct Pair<double> {
-  using type = double2;
-};
-template <>
-struct Pair<__half> {
-  using type = __half2;
-};
-template <>
-struct Pair<__nv_bfloat16> {
-  using type = __nv_bfloat162;
-};
-
 // Accumulator type: fp32, or fp64 for fp64 data.
 template <class T>
 struct AccOf {
@@ -96,6 +77,23 @@ PF_DEV T from_acc(double v);
 template <>
 PF_DEV double from_acc<double>(double v) {
   return v;
+}
+
+// Two neighbouring values of T as one vector type (CUDA's float2, double2, __half2, __nv_bfloat162), for 2-element
+// loads and stores.
+template <class T>
+using Pair = std::conditional_t<
+    std::is_same_v<T, float>, float2,
+    std::conditional_t<std::is_same_v<T, double>, double2,
+                       std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>>>;
+
+// One 4- to 16-byte store of two neighbouring values (q aligned to the pair).
+template <class T, class A>
+PF_DEV void store_pair(T* q, A v0, A v1) {
+  Pair<T> w;
+  w.x = from_acc<T>(v0);
+  w.y = from_acc<T>(v1);
+  *reinterpret_cast<Pair<T>*>(q) = w;
 }
 
 #ifdef PF_EMULATE

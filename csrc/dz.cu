@@ -22,7 +22,7 @@ PF_DEV int64_t casc_slot(int64_t D, int64_t k, int64_t i) { return 1 + 2 * D + k
 template <class T, int VEC, class A>
 PF_DEV void load_vec(const T* q, A* out) {
   if constexpr (VEC == 2) {
-    const typename Pair<T>::type v = ldg(reinterpret_cast<const typename Pair<T>::type*>(q));
+    const Pair<T> v = ldg(reinterpret_cast<const Pair<T>*>(q));
     out[0] = to_acc(v.x);
     out[1] = to_acc(v.y);
   } else {
@@ -32,14 +32,10 @@ PF_DEV void load_vec(const T* q, A* out) {
 
 template <class T, int VEC, class A>
 PF_DEV void store_vec(T* q, const A* v) {
-  if constexpr (VEC == 2) {
-    typename Pair<T>::type w;
-    w.x = from_acc<T>(v[0]);
-    w.y = from_acc<T>(v[1]);
-    *reinterpret_cast<typename Pair<T>::type*>(q) = w;
-  } else {
+  if constexpr (VEC == 2)
+    store_pair(q, v[0], v[1]);
+  else
     q[0] = from_acc<T>(v[0]);
-  }
 }
 
 // DT >= 0: D fixed at compile time, partial sums in registers; each thread owns VEC neighbouring channels.

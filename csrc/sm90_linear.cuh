@@ -10,12 +10,13 @@
 // and zero rows where the neuron is past N or the tile has no whole group left. Why this order: a wgmma 64xN
 // accumulator gives each thread the same two columns of every 8-column block (CUTLASS's SM90 C layout:
 // ((2,2,N/8) values) = (column pair, row +8, 8-column block)), so with branches 8 columns apart the R values of
-// a neuron sit in one thread's registers at blocks q*R .. q*R+R-1: the epilogue needs no shuffle and no shared
-// memory, and no (1+D)*M*N intermediate reaches global memory.
+// a neuron sit in one thread's registers at blocks q*R .. q*R+R-1: the epilogue needs no shuffle (shared memory
+// only holds the tile's parameters), and no (1+D)*M*N intermediate reaches global memory.
 //
 // Built only with CUTLASS headers (nvidia-cutlass) for sm_90a (CMake option PAI_FAST_CUTLASS); runs on sm_90.
 // fp16 and bf16, D <= 7 (R <= kSm90MaxR); pf_linear_forward's own kernel serves everything else.
-// sm90_linear_f16.cu and sm90_linear_bf16.cu instantiate it, one dtype per translation unit (minutes of nvcc each).
+// sm90_linear_{f16,bf16}.cu (cooperative) and sm90_linear_pp_{f16,bf16}.cu (ping-pong) instantiate it, one kernel
+// per translation unit (minutes of nvcc each).
 #pragma once
 // Reference: pai_fast/reference.py dendritic_linear_ref; the packing is checked against it through the op tests.
 #include <cstdint>
@@ -250,13 +251,7 @@ class DendriteEpilogue {
 
   // Two neighbouring neurons' values (the second only when `both`), as one 4-byte store when `pair` allows it.
   CUTLASS_DEVICE static void store2(T* dst, int64_t stride, float v0, float v1, bool both, bool pair) {
-    if (both && pair) {
-      typename Pair<T>::type v;
-      v.x = from_acc<T>(v0);
-      v.y = from_acc<T>(v1);
-      *reinterpret_cast<typename Pair<T>::type*>(dst) = v;
-      return;
-    }
+    if (both && pair) return store_pair(dst, v0, v1);
     dst[0] = from_acc<T>(v0);
     if (both) dst[stride] = from_acc<T>(v1);
   }
@@ -266,7 +261,7 @@ class DendriteEpilogue {
 
 constexpr int kTileN = kSm90TileN;
 
-// The mainloop schedules the forward can run (kernels.h Sm90Schedule): cooperative 256x128 tiles (two consumer
+// The mainloop schedules the forward can run (kernels.h kSm90Cooperative, kSm90PingPong): cooperative 256x128 tiles (two consumer
 // warp groups share a tile; the epilogue runs after the mainloop) or ping-pong 128x128 tiles (each consumer warp
 // group owns a tile, and one's epilogue overlaps the other's mainloop).
 template <int Sched>
