@@ -1,6 +1,7 @@
 """The backward's dZ kernel alone (GPU machine): device time (CUDA-graph replay) of the row kernel and the tiled
-kernel at two program budgets, its partial sums finished by torch.sum or inside the launch (two first-level group
-sizes), at the ResNet convs' and the large Linear's shapes (bf16, the layouts the backward launches with).
+kernel at two program budgets, its partial sums finished by torch.sum or inside the launch (finisher programs of the
+default width and of 64 values), at the ResNet convs' and the large Linear's shapes (bf16, the layouts the backward
+launches with).
 
     python benchmarks/probe_dz.py [--out probe_dz.json]
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -19,6 +21,8 @@ from pai_fast.bench import environment
 # name: (batch, spatial positions, channels); the conv ones channels_last as a channels_last model runs them.
 CASES = {"conv 32x64x56x56->64": (32, 56 * 56, 64), "conv 32x256x14x14->256": (32, 14 * 14, 256),
          "linear 8192x4096->4096": (8192, 1, 4096)}  # fmt: skip
+if os.environ.get("PAI_PROBE_DZ_CASES"):
+    CASES = {k: v for k, v in CASES.items() if any(c in k for c in os.environ["PAI_PROBE_DZ_CASES"].split(","))}
 
 
 def main() -> None:
@@ -39,13 +43,14 @@ def main() -> None:
             dz = torch.empty(b, s, 1 + d, n, device="cuda", dtype=dt)
             act = common.ACT_CODES["sigmoid"]
             want = None
-            # (kernel, programs, finish of the partial sums, first-level group)
+            # (kernel, programs, finish of the partial sums, values per finisher program)
             variants = [("row", 2048, "torch", None), ("tiled", 512, "torch", None)]
-            variants += [("tiled", 512, "kernel", g) for g in (None, 8)] + [("tiled", 256, "torch", None)]
-            for kind, programs, finish, group in variants:
+            variants += [("tiled", 512, "kernel", w) for w in (None, 64)]
+            variants += [("tiled", 256, f, None) for f in ("torch", "kernel")]
+            for kind, programs, finish, fin_w in variants:
                 launch = common.DzLaunch(dy.stride(), h.stride(), dz.stride(), gate, cas, b * s, n, s, act, dt,
                                          programs=programs, tiled=kind == "tiled", finish=finish,
-                                         group=group)  # fmt: skip
+                                         fin_w=fin_w)  # fmt: skip
                 red = launch(dy, h, gate, cas, dz)
                 if want is None:
                     want = (dz.clone(), red.clone())
@@ -65,7 +70,7 @@ def main() -> None:
                 rows_out.append(row)
                 print(
                     f"{name:24} D={d} {kind:5} programs={programs:5} block_r={meta.get('BLOCK_R')} "
-                    f"finish={finish:6} group={meta['GROUP']:2} grid={launch.grid}: "
+                    f"finish={finish:6} fin_w={meta['FIN_W']:3} grid={launch.grid}: "
                     f"{ms * 1e3:7.1f} us ({row['tbps']:.2f} TB/s of {mb:.0f} MB)",
                     flush=True,
                 )

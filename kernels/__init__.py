@@ -13,8 +13,8 @@ _common.CONFIG_POOLS). PAI_FAST_TRITON_AUTOTUNE=0 or set_autotune(False) switche
 benchmarking, so even the first call can be captured in a CUDA graph); use_config(cfg) forces one config (tests).
 The Linear backward of a small layer (M (1 + D) N K up to dendritic_linear.onepass_max_macs(dtype), 1 <= D <= 3) is
 one launch that recomputes dZ inside both GEMMs; larger layers run the dZ kernel, then cuBLAS. backward_path(path)
-forces one (tests); the split backward sums the dZ kernel's partial reductions with torch.sum, or inside the dZ
-launch under dz_finish("kernel") (three launches in all, measured slower). After the first call of a shape,
+forces one (tests); the split backward sums the dZ kernel's partial reductions inside the dZ launch (three
+launches in all: dZ, dX, dW), or with torch.sum after it under dz_finish("torch"). After the first call of a shape,
 launches skip Triton's per-call argument binding (_launch.py); PAI_FAST_TRITON_FAST_LAUNCH=0 or
 set_fast_launch(False) turns that off.
 """

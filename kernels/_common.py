@@ -21,14 +21,15 @@ Backward (``_dendritic_dz_tiled_kernel`` for D <= 7, ``_dendritic_dz_kernel`` be
 
 act' is computed from the saved a: sigmoid a(1-a), tanh 1-a^2, relu [a > 0], identity 1. The kernel writes
 dZcat = [dz_0, ds_0 .. ds_{D-1}] (what the dX / dW GEMMs need) and per-program partial sums of the four
-reductions over a fixed program count, summed in a fixed order (no float atomics) by torch.sum after the launch
-(the default, measured faster) or inside it (``_finish_sums``: int arrival counters pick the programs that sum;
-the backward is then three launches, this kernel and the dX and dW GEMMs or cuDNN's backward).
+reductions over a fixed program count, summed in a fixed order (no float atomics) inside the same launch by
+finisher programs that wait on an int arrival counter (``_finish_partials``; the default: the backward is then
+three launches, this kernel and the dX and dW GEMMs or cuDNN's backward), or by torch.sum after it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -52,7 +53,7 @@ _state = {
     "autotune": os.environ.get("PAI_FAST_TRITON_AUTOTUNE", "1") != "0",
     "config": None,
     "bwd_path": "auto",
-    "dz_finish": "torch",
+    "dz_finish": "kernel",
 }
 BACKWARD_PATHS = ("auto", "onepass", "gemm")
 DZ_FINISHES = ("torch", "kernel")
@@ -103,10 +104,10 @@ def backward_path(path: str):
 
 def dz_finish(mode: str):
     """Choose, inside the block, who sums the dZ kernel's per-program partial reductions (split backward of Linear
-    and Conv): "torch" (default; torch.sum after the launch, using the whole GPU) or "kernel" (the same launch, by
-    int arrival counters: the backward is then dZ and the two GEMMs or cuDNN's backward, three launches for
-    contiguous dy and weights stacked in one buffer as the modules keep them, but a latency-bound tail that
-    measured slower on the H200, see DzLaunch). Both are deterministic. The backward plans key on the mode."""
+    and Conv): "kernel" (default; finisher programs at the end of the same launch, _finish_partials: the backward
+    is then dZ and the two GEMMs or cuDNN's backward, three launches for contiguous dy and weights stacked in one
+    buffer as the modules keep them) or "torch" (torch.sum and a cast after the launch). Both are deterministic;
+    they may differ in the last bits (another summation tree). The backward plans key on the mode."""
     if mode not in DZ_FINISHES:
         raise ValueError(f"dz_finish: mode must be one of {DZ_FINISHES}, got {mode!r}")
     return _overriding("dz_finish", mode)
@@ -363,87 +364,64 @@ def _dendritic_epilogue(
 
 
 @triton.jit
-def _sum_slots(
-    part_ptr,
-    dst_ptr,  # [R, N] rows at dst_ptr + j * N (a slot of part, or dsmall)
-    slot0,
-    step,
-    count,
-    N,
-    pid_n,
-    R: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    GROUP: tl.constexpr,
-    FIN_R: tl.constexpr,
-    FIN_N: tl.constexpr,
-):
-    """dst[j, n] = sum_q part[slot0 + q * step, j, n] over q = 0 .. count-1 for this program's BLOCK_N channels,
-    GROUP slots at a time, each chunk summed as one [GROUP, FIN_R, FIN_N] tile (a fixed tree: deterministic). The
-    loads bypass L1 (.cg): other programs wrote these slots, and this SM's L1 may hold older lines."""
-    q = tl.arange(0, GROUP)
-    jj = tl.arange(0, FIN_R)
-    for n0 in tl.static_range(0, BLOCK_N, FIN_N):
-        offs_n = pid_n * BLOCK_N + n0 + tl.arange(0, FIN_N)
-        for j0 in range(0, R, FIN_R):
-            rows = j0 + jj
-            mask = (rows < R)[:, None] & (offs_n < N)[None, :]
-            at = rows[:, None] * N + offs_n[None, :]
-            acc = tl.zeros((FIN_R, FIN_N), part_ptr.dtype.element_ty)
-            for q0 in range(0, count, GROUP):
-                slots = slot0 + (q0 + q) * step
-                vals = tl.load(
-                    part_ptr + (slots * (R * N))[:, None, None] + at[None, :, :],
-                    mask=((q0 + q) < count)[:, None, None] & mask[None, :, :],
-                    other=0.0,
-                    cache_modifier=".cg",
-                )
-                acc += tl.sum(vals, axis=0)
-            tl.store(dst_ptr + at, acc.to(dst_ptr.dtype.element_ty), mask=mask)
+def _arrive(cnt_ptr):
+    """A dZ program's partial row is stored (by all its threads): a CTA barrier, then one thread's release
+    increment of the done counter (the CUTLASS semaphore's pattern; the barrier makes the release cover the other
+    threads' stores)."""
+    tl.debug_barrier()
+    tl.atomic_add(cnt_ptr, 1, sem="release", scope="gpu")
 
 
 @triton.jit
-def _finish_sums(
-    part_ptr,  # [SPLIT, R, N]: this program's row pid_m is stored (by all its threads)
-    cnt_ptr,  # int32 [num N tiles, NGROUPS + 1], zero at launch and again when the launch ends
+def _finish_partials(
+    part_ptr,  # [SPLIT, R, N] partial rows, one per dZ program row slot, in the accumulation dtype
+    cnt_ptr,  # int32 [2]: dZ programs done, finishers done; zero at launch and again when it ends
     out_ptr,  # dsmall [R, N], contiguous, in DzLaunch's out_dtype
-    pid_m,
-    pid_n,
-    N,
-    R: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    GROUP: tl.constexpr,
-    FIN_R: tl.constexpr,
-    FIN_N: tl.constexpr,
+    fin,  # this finisher's index
+    work,  # the number of dZ programs (program ids below it)
+    SPLIT,
+    TOTAL,  # R * N
+    NFIN,  # finisher programs (program ids work .. work + NFIN - 1)
+    FIN_S: tl.constexpr,
+    FIN_W: tl.constexpr,
 ):
-    """Sum the SPLIT partial rows into dsmall inside the dZ launch, with no float atomics, in two levels: the last
-    program of each group of GROUP to arrive (an int atomic counter) sums its group's partials, in slot order, into
-    the group's first slot; the last group to finish sums the group slots, in order, and writes dsmall in its own
-    dtype. The result depends only on the partials, not on the order programs arrive in. One last program summing
-    all SPLIT partials would serialize ~1 MB at a ResNet conv; two levels leave it ~2 sqrt(SPLIT) slots.
-    Memory order (the CUTLASS semaphore's pattern): every thread's stores, a CTA barrier, then one thread's
-    acq_rel atomic (Triton issues a scalar atomic from one thread and broadcasts its result), whose acquire side
-    orders the last arriver's .cg loads. Each counter is set back to zero by the program that saw it full, so the
-    buffer needs no memset between launches that run in one stream's order."""
-    split = tl.num_programs(0)
-    ngroups = tl.cdiv(split, GROUP)
-    grp = pid_m // GROUP
-    first = grp * GROUP
-    cnt = cnt_ptr + pid_n * (ngroups + 1)
+    """Finisher `fin` of NFIN: once every dZ program has arrived, out[c] = sum_s part[s, c] over the flattened
+    columns c of [R, N] in its FIN_W-wide blocks (fin, fin + NFIN, ...), FIN_S slots per load, each chunk summed as
+    one [FIN_S, FIN_W] tile and the chunks in slot order: a fixed tree (FIN_S and FIN_W follow the shapes only), so
+    the bits depend on the partials alone, not on the arrival order or the GPU. Spread over up to 128 programs,
+    where a last-arriver sum left one program per level latency-bound (h200_probe_dz_df22e16).
+    The wait polls with volatile loads, then one acquire load orders the partials' loads after the count (an
+    acquire in the loop measured 40 % slower at 8192x4096 D = 3: each one invalidates the SM's L1, under the dZ
+    programs sharing it). It cannot deadlock: NFIN <= the SM count (DzLaunch), and any program of <= 4 warps fits
+    twice on an SM (255 registers x 128 threads is half the register file), so even finishers dispatched first
+    leave room for the dZ programs, which wait on nothing.
+    The loads bypass L1 (.cg): other SMs wrote the partials. The last finisher to leave sets both counters back to
+    zero, so launches in one stream's order, a CUDA graph's replays included, share them with no memset."""
+    seen = tl.load(cnt_ptr, volatile=True)
+    while seen < work:
+        seen = tl.load(cnt_ptr, volatile=True)
+    seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")  # an ld.acquire: orders the loads below
+    tl.debug_barrier()  # every thread's loads after the acquiring thread saw the count
+    q = tl.arange(0, FIN_S)
+    for blk in range(fin, tl.cdiv(TOTAL, FIN_W), NFIN):
+        cols = blk * FIN_W + tl.arange(0, FIN_W)
+        cmask = cols < TOTAL
+        acc = tl.zeros((FIN_W,), part_ptr.dtype.element_ty)
+        for s0 in range(0, SPLIT, FIN_S):
+            slots = s0 + q
+            vals = tl.load(
+                part_ptr + (slots * TOTAL)[:, None] + cols[None, :],
+                mask=(slots < SPLIT)[:, None] & cmask[None, :],
+                other=0.0,
+                cache_modifier=".cg",
+            )
+            acc += tl.sum(vals, axis=0)
+        tl.store(out_ptr + cols, acc.to(out_ptr.dtype.element_ty), mask=cmask)
     tl.debug_barrier()
-    arrived = tl.atomic_add(cnt + grp, 1, sem="acq_rel", scope="gpu")
-    if arrived == tl.minimum(split - first, GROUP) - 1:
-        tl.atomic_xchg(cnt + grp, 0, sem="relaxed", scope="gpu")
-        members = tl.minimum(split - first, GROUP)
-        if ngroups == 1:
-            _sum_slots(part_ptr, out_ptr, first, 1, members, N, pid_n, R, BLOCK_N, GROUP, FIN_R, FIN_N)
-        else:
-            _sum_slots(part_ptr, part_ptr + first * (R * N), first, 1, members, N, pid_n, R, BLOCK_N, GROUP,
-                       FIN_R, FIN_N)  # fmt: skip
-            tl.debug_barrier()
-            done = tl.atomic_add(cnt + ngroups, 1, sem="acq_rel", scope="gpu")
-            if done == ngroups - 1:
-                tl.atomic_xchg(cnt + ngroups, 0, sem="relaxed", scope="gpu")
-                _sum_slots(part_ptr, out_ptr, 0, GROUP, ngroups, N, pid_n, R, BLOCK_N, GROUP, FIN_R, FIN_N)
+    gone = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel", scope="gpu")
+    if gone == NFIN - 1:
+        tl.atomic_xchg(cnt_ptr, 0, sem="relaxed", scope="gpu")
+        tl.atomic_xchg(cnt_ptr + 1, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -454,11 +432,13 @@ def _dendritic_dz_kernel(
     cas_ptr,
     dz_ptr,
     part_ptr,  # [SPLIT, 1 + 2D + D*D, N]: rows db, ddb_i, dg_i, dB[k, i] (pai_fast._layout's dsmall)
-    cnt_ptr,  # int32 arrival counters (_finish_sums)
+    cnt_ptr,  # int32 [2] arrival counters (_finish_partials)
     out_ptr,  # dsmall [1 + 2D + D*D, N], contiguous
     ROWS,
     N,
     S,
+    SPLIT,  # dZ programs per N tile
+    NFIN,  # finisher programs after the dZ programs (FINISH)
     stride_dyb,
     stride_dys,
     stride_dyn,
@@ -480,10 +460,9 @@ def _dendritic_dz_kernel(
     ACT: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    GROUP: tl.constexpr,
-    FIN_R: tl.constexpr,
-    FIN_N: tl.constexpr,
-    FINISH: tl.constexpr,  # sum the partials into out in this launch (_finish_sums), else leave them
+    FIN_S: tl.constexpr,
+    FIN_W: tl.constexpr,
+    FINISH: tl.constexpr,  # sum the partials into out in this launch (_finish_partials), else leave them
 ):
     """The row dZ kernel, for D > 7 (the tiled kernel below takes D <= 7): dendrites outer (i = D-1 .. 0,
     unrolled), rows inner, one row per step.
@@ -494,62 +473,71 @@ def _dendritic_dz_kernel(
         da_i = g_i * dy + sum_{k>i} B[k, i] ds_k,   ds_i = da_i * act'(a_i),
         dB[k, i] += sum_rows ds_k a_i,   dg_i += sum_rows dy a_i,   ddb_i += sum_rows ds_i.
     """
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    split = tl.num_programs(0)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    p = tl.arange(0, PD)
-    acc_db = tl.zeros((BLOCK_N,), ACC_DTYPE)
-    for r in range(pid_m, ROWS, split):
-        bb = r // S
-        ss = r - bb * S
-        dy_row = dy_ptr + bb.to(tl.int64) * stride_dyb + ss * stride_dys
-        dy = tl.load(dy_row + offs_n * stride_dyn, mask=n_mask, other=0.0)
-        z_row = dz_ptr + bb.to(tl.int64) * stride_zb + ss * stride_zs
-        tl.store(z_row + offs_n * stride_zn, dy, mask=n_mask)
-        acc_db += dy.to(ACC_DTYPE)
-    part_row = part_ptr + pid_m.to(tl.int64) * ((1 + 2 * D + D * D) * N)
-    tl.store(part_row + offs_n, acc_db, mask=n_mask)
-    for ii in tl.static_range(D):
-        i = D - 1 - ii
-        g_i = tl.load(g_ptr + i * stride_gd + offs_n * stride_gn, mask=n_mask, other=0.0).to(ACC_DTYPE)
-        later = (p > i)[:, None] & (p < D)[:, None] & n_mask[None, :]
-        # B[k, i] for every later dendrite k (zero elsewhere)
-        b_col = tl.load(
-            cas_ptr + p[:, None] * stride_ai + i * stride_aj + offs_n[None, :] * stride_an, mask=later, other=0.0
-        ).to(ACC_DTYPE)
-        acc_dg = tl.zeros((BLOCK_N,), ACC_DTYPE)
-        acc_dc = tl.zeros((BLOCK_N,), ACC_DTYPE)
-        acc_cas = tl.zeros((PD, BLOCK_N), ACC_DTYPE)
-        # Pass i reads ds_k that other threads of this program may have written in pass k.
-        tl.debug_barrier()
+    pid = tl.program_id(0)  # dZ programs first, then (FINISH) the finishers
+    work = SPLIT * tl.cdiv(N, BLOCK_N)
+    if pid < work:
+        pid_m = pid % SPLIT
+        pid_n = pid // SPLIT
+        split = SPLIT
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        p = tl.arange(0, PD)
+        acc_db = tl.zeros((BLOCK_N,), ACC_DTYPE)
         for r in range(pid_m, ROWS, split):
             bb = r // S
             ss = r - bb * S
             dy_row = dy_ptr + bb.to(tl.int64) * stride_dyb + ss * stride_dys
-            dy = tl.load(dy_row + offs_n * stride_dyn, mask=n_mask, other=0.0).to(ACC_DTYPE)
-            h_row = h_ptr + bb.to(tl.int64) * stride_hb + ss * stride_hs
-            a_i = tl.load(h_row + i * stride_hd + offs_n * stride_hn, mask=n_mask, other=0.0).to(ACC_DTYPE)
+            dy = tl.load(dy_row + offs_n * stride_dyn, mask=n_mask, other=0.0)
             z_row = dz_ptr + bb.to(tl.int64) * stride_zb + ss * stride_zs
-            da = g_i * dy
-            if i < D - 1:
-                ds_k = tl.load(
-                    z_row + (p[:, None] + 1) * stride_zd + offs_n[None, :] * stride_zn, mask=later, other=0.0
-                ).to(ACC_DTYPE)
-                da += tl.sum(b_col * ds_k, axis=0)
-                acc_cas += ds_k * a_i[None, :]
-            ds_i = da * _act_grad(a_i, ACT)
-            tl.store(z_row + (i + 1) * stride_zd + offs_n * stride_zn, ds_i.to(dz_ptr.dtype.element_ty), mask=n_mask)
-            acc_dc += ds_i
-            acc_dg += dy * a_i
-        tl.store(part_row + (1 + i) * N + offs_n, acc_dc, mask=n_mask)
-        tl.store(part_row + (1 + D + i) * N + offs_n, acc_dg, mask=n_mask)
-        # dB[k, i] for every k: zero where k <= i (acc_cas only gathers ds_k of later k), so no memset is needed.
-        cas_row = part_row + (1 + 2 * D + i) * N
-        tl.store(cas_row + p[:, None] * (D * N) + offs_n[None, :], acc_cas, mask=(p < D)[:, None] & n_mask[None, :])
-    if FINISH:
-        _finish_sums(part_ptr, cnt_ptr, out_ptr, pid_m, pid_n, N, 1 + 2 * D + D * D, BLOCK_N, GROUP, FIN_R, FIN_N)
+            tl.store(z_row + offs_n * stride_zn, dy, mask=n_mask)
+            acc_db += dy.to(ACC_DTYPE)
+        part_row = part_ptr + pid_m.to(tl.int64) * ((1 + 2 * D + D * D) * N)
+        tl.store(part_row + offs_n, acc_db, mask=n_mask)
+        for ii in tl.static_range(D):
+            i = D - 1 - ii
+            g_i = tl.load(g_ptr + i * stride_gd + offs_n * stride_gn, mask=n_mask, other=0.0).to(ACC_DTYPE)
+            later = (p > i)[:, None] & (p < D)[:, None] & n_mask[None, :]
+            # B[k, i] for every later dendrite k (zero elsewhere)
+            b_col = tl.load(
+                cas_ptr + p[:, None] * stride_ai + i * stride_aj + offs_n[None, :] * stride_an, mask=later, other=0.0
+            ).to(ACC_DTYPE)
+            acc_dg = tl.zeros((BLOCK_N,), ACC_DTYPE)
+            acc_dc = tl.zeros((BLOCK_N,), ACC_DTYPE)
+            acc_cas = tl.zeros((PD, BLOCK_N), ACC_DTYPE)
+            # Pass i reads ds_k that other threads of this program may have written in pass k.
+            tl.debug_barrier()
+            for r in range(pid_m, ROWS, split):
+                bb = r // S
+                ss = r - bb * S
+                dy_row = dy_ptr + bb.to(tl.int64) * stride_dyb + ss * stride_dys
+                dy = tl.load(dy_row + offs_n * stride_dyn, mask=n_mask, other=0.0).to(ACC_DTYPE)
+                h_row = h_ptr + bb.to(tl.int64) * stride_hb + ss * stride_hs
+                a_i = tl.load(h_row + i * stride_hd + offs_n * stride_hn, mask=n_mask, other=0.0).to(ACC_DTYPE)
+                z_row = dz_ptr + bb.to(tl.int64) * stride_zb + ss * stride_zs
+                da = g_i * dy
+                if i < D - 1:
+                    ds_k = tl.load(
+                        z_row + (p[:, None] + 1) * stride_zd + offs_n[None, :] * stride_zn, mask=later, other=0.0
+                    ).to(ACC_DTYPE)
+                    da += tl.sum(b_col * ds_k, axis=0)
+                    acc_cas += ds_k * a_i[None, :]
+                ds_i = da * _act_grad(a_i, ACT)
+                tl.store(
+                    z_row + (i + 1) * stride_zd + offs_n * stride_zn, ds_i.to(dz_ptr.dtype.element_ty), mask=n_mask
+                )
+                acc_dc += ds_i
+                acc_dg += dy * a_i
+            tl.store(part_row + (1 + i) * N + offs_n, acc_dc, mask=n_mask)
+            tl.store(part_row + (1 + D + i) * N + offs_n, acc_dg, mask=n_mask)
+            # dB[k, i] for every k: zero where k <= i (acc_cas only gathers ds_k of later k), so no memset is needed.
+            cas_row = part_row + (1 + 2 * D + i) * N
+            tl.store(cas_row + p[:, None] * (D * N) + offs_n[None, :], acc_cas, mask=(p < D)[:, None] & n_mask[None, :])
+        if FINISH:
+            _arrive(cnt_ptr)
+    elif FINISH:
+        _finish_partials(
+            part_ptr, cnt_ptr, out_ptr, pid - work, work, SPLIT, (1 + 2 * D + D * D) * N, NFIN, FIN_S, FIN_W
+        )
 
 
 _launch_dz = Launcher(_dendritic_dz_kernel)
@@ -612,11 +600,13 @@ def _dendritic_dz_tiled_kernel(
     cas_ptr,
     dz_ptr,
     part_ptr,  # [SPLIT, 1 + 2D + D*D, N]: rows db, ddb_i, dg_i, dB[k, i] at 1 + 2D + k*D + i (_layout's dsmall)
-    cnt_ptr,  # int32 arrival counters (_finish_sums)
+    cnt_ptr,  # int32 [2] arrival counters (_finish_partials)
     out_ptr,  # dsmall [1 + 2D + D*D, N], contiguous
     ROWS,
     N,
     S,
+    SPLIT,  # dZ programs per N tile
+    NFIN,  # finisher programs after the dZ programs (FINISH)
     stride_dyb,
     stride_dys,
     stride_dyn,
@@ -638,10 +628,9 @@ def _dendritic_dz_tiled_kernel(
     ACT: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    GROUP: tl.constexpr,
-    FIN_R: tl.constexpr,
-    FIN_N: tl.constexpr,
-    FINISH: tl.constexpr,  # sum the partials into out in this launch (_finish_sums), else leave them
+    FIN_S: tl.constexpr,
+    FIN_W: tl.constexpr,
+    FINISH: tl.constexpr,  # sum the partials into out in this launch (_finish_partials), else leave them
     BLOCK_R: tl.constexpr,
     ROWS64: tl.constexpr,
 ):
@@ -656,53 +645,60 @@ def _dendritic_dz_tiled_kernel(
     strides and pointer alignment (and the Triton version), so e.g. an NCHW and a channels_last dy of the same
     values may differ in the last bits.
     Accumulator order: db, dc_0 .. dc_{D-1}, dg_0 .. dg_{D-1}, then dB[k, i] for k = 1 .. D-1, i < k."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    split = tl.num_programs(0)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    zero = tl.zeros((BLOCK_R, BLOCK_N), ACC_DTYPE)
-    acc = (zero,)
-    for _ in tl.static_range(2 * D + D * (D - 1) // 2):
-        acc = acc + (zero,)
-    start = pid_m * BLOCK_R
-    if ROWS64:  # within split * BLOCK_R of 2^31 rows int32 tile starts would wrap (int64 costs ~40 registers)
-        start = start.to(tl.int64)
-    for r0 in range(start, ROWS, split * BLOCK_R):
-        rows = r0 + tl.arange(0, BLOCK_R)
-        bb = rows // S
-        ss = (rows - bb * S).to(tl.int64)
-        bb = bb.to(tl.int64)
-        mask = (rows < ROWS)[:, None] & n_mask[None, :]
-        dy_rows = dy_ptr + bb * stride_dyb + ss * stride_dys
-        dy = tl.load(dy_rows[:, None] + offs_n[None, :] * stride_dyn, mask=mask, other=0.0).to(ACC_DTYPE)
-        h_ptrs = (h_ptr + bb * stride_hb + ss * stride_hs)[:, None] + offs_n[None, :] * stride_hn
-        dz, a = _dz_branches(dy, h_ptrs, mask, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai,
-                             stride_aj, stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
-        z_ptrs = (dz_ptr + bb * stride_zb + ss * stride_zs)[:, None] + offs_n[None, :] * stride_zn
-        for b in tl.static_range(D + 1):
-            tl.store(z_ptrs + b * stride_zd, dz[b].to(dz_ptr.dtype.element_ty), mask=mask)
-        new = (acc[0] + dy,)
-        for i in tl.static_range(D):
-            new = new + (acc[1 + i] + dz[1 + i],)
-        for i in tl.static_range(D):
-            new = new + (acc[1 + D + i] + dy * a[i],)
-        for k in tl.static_range(1, D):
-            for i in tl.static_range(k):
-                new = new + (acc[1 + 2 * D + k * (k - 1) // 2 + i] + dz[1 + k] * a[i],)
-        acc = new
-    part_row = part_ptr + pid_m.to(tl.int64) * ((1 + 2 * D + D * D) * N) + offs_n
-    for j in tl.static_range(1 + 2 * D):
-        tl.store(part_row + j * N, tl.sum(acc[j], axis=0), mask=n_mask)
-    for k in tl.static_range(D):
-        for i in tl.static_range(D):
-            if i < k:
-                val = tl.sum(acc[1 + 2 * D + k * (k - 1) // 2 + i], axis=0)
-            else:  # dB is strictly lower triangular: these rows of the partial buffer are zeros
-                val = tl.zeros((BLOCK_N,), ACC_DTYPE)
-            tl.store(part_row + (1 + 2 * D + k * D + i) * N, val, mask=n_mask)
-    if FINISH:
-        _finish_sums(part_ptr, cnt_ptr, out_ptr, pid_m, pid_n, N, 1 + 2 * D + D * D, BLOCK_N, GROUP, FIN_R, FIN_N)
+    pid = tl.program_id(0)  # dZ programs first, then (FINISH) the finishers
+    work = SPLIT * tl.cdiv(N, BLOCK_N)
+    if pid < work:
+        pid_m = pid % SPLIT
+        pid_n = pid // SPLIT
+        split = SPLIT
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        zero = tl.zeros((BLOCK_R, BLOCK_N), ACC_DTYPE)
+        acc = (zero,)
+        for _ in tl.static_range(2 * D + D * (D - 1) // 2):
+            acc = acc + (zero,)
+        start = pid_m * BLOCK_R
+        if ROWS64:  # within split * BLOCK_R of 2^31 rows int32 tile starts would wrap (int64 costs ~40 registers)
+            start = start.to(tl.int64)
+        for r0 in range(start, ROWS, split * BLOCK_R):
+            rows = r0 + tl.arange(0, BLOCK_R)
+            bb = rows // S
+            ss = (rows - bb * S).to(tl.int64)
+            bb = bb.to(tl.int64)
+            mask = (rows < ROWS)[:, None] & n_mask[None, :]
+            dy_rows = dy_ptr + bb * stride_dyb + ss * stride_dys
+            dy = tl.load(dy_rows[:, None] + offs_n[None, :] * stride_dyn, mask=mask, other=0.0).to(ACC_DTYPE)
+            h_ptrs = (h_ptr + bb * stride_hb + ss * stride_hs)[:, None] + offs_n[None, :] * stride_hn
+            dz, a = _dz_branches(dy, h_ptrs, mask, stride_hd, g_ptr, stride_gd, stride_gn, cas_ptr, stride_ai,
+                                 stride_aj, stride_an, offs_n, n_mask, D, P, ACT, ACC_DTYPE)  # fmt: skip
+            z_ptrs = (dz_ptr + bb * stride_zb + ss * stride_zs)[:, None] + offs_n[None, :] * stride_zn
+            for b in tl.static_range(D + 1):
+                tl.store(z_ptrs + b * stride_zd, dz[b].to(dz_ptr.dtype.element_ty), mask=mask)
+            new = (acc[0] + dy,)
+            for i in tl.static_range(D):
+                new = new + (acc[1 + i] + dz[1 + i],)
+            for i in tl.static_range(D):
+                new = new + (acc[1 + D + i] + dy * a[i],)
+            for k in tl.static_range(1, D):
+                for i in tl.static_range(k):
+                    new = new + (acc[1 + 2 * D + k * (k - 1) // 2 + i] + dz[1 + k] * a[i],)
+            acc = new
+        part_row = part_ptr + pid_m.to(tl.int64) * ((1 + 2 * D + D * D) * N) + offs_n
+        for j in tl.static_range(1 + 2 * D):
+            tl.store(part_row + j * N, tl.sum(acc[j], axis=0), mask=n_mask)
+        for k in tl.static_range(D):
+            for i in tl.static_range(D):
+                if i < k:
+                    val = tl.sum(acc[1 + 2 * D + k * (k - 1) // 2 + i], axis=0)
+                else:  # dB is strictly lower triangular: these rows of the partial buffer are zeros
+                    val = tl.zeros((BLOCK_N,), ACC_DTYPE)
+                tl.store(part_row + (1 + 2 * D + k * D + i) * N, val, mask=n_mask)
+        if FINISH:
+            _arrive(cnt_ptr)
+    elif FINISH:
+        _finish_partials(
+            part_ptr, cnt_ptr, out_ptr, pid - work, work, SPLIT, (1 + 2 * D + D * D) * N, NFIN, FIN_S, FIN_W
+        )
 
 
 @triton.jit
@@ -727,8 +723,17 @@ _launch_dz_tiled = Launcher(_dendritic_dz_tiled_kernel)
 _counter_buffers: dict[tuple, list[torch.Tensor]] = {}
 
 
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    """The device's SM count (the CPU interpreter: 128, as many finishers as an H100 would get)."""
+    if device.type != "cuda":
+        return 128
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def counter_buffer(device: torch.device, need: int) -> torch.Tensor:
-    """int32 zeros for _finish_sums' arrival counters, one buffer per (device, current stream), grown on demand.
+    """int32 zeros for _finish_partials' arrival counters, one buffer per (device, current stream), grown on demand.
     Every launch leaves the counters it used at zero, so launches in one stream's order (a CUDA graph's replays
     included) share the buffer with no memset between them. A buffer that is outgrown stays allocated (a CUDA graph
     may have captured its address), so the memory is never handed to anyone else. A buffer first made during a
@@ -751,14 +756,14 @@ class DzLaunch:
 
     def __init__(
         self, dy_strides, h_strides, dz_strides, gate, cascade, rows, n, s, act, dtype, programs=None, tiled=None,
-        finish=None, group=None, out_dtype=None,
+        finish=None, fin_w=None, out_dtype=None,
     ):  # fmt: skip
         """programs: the program budget (default 512 for the tiled kernel, 2048 for the row kernel; tests lower it
         so that each program walks several row tiles); tiled: False runs the row kernel at any D (probes compare
         the two), None picks by D; finish: "torch" sums the partials with torch.sum after the launch, "kernel"
-        inside it (_finish_sums: one launch, measured slower, see below), None as dz_finish() set it; group:
-        programs per first-level group of the in-kernel sum (a power of two; default ~sqrt of the programs);
-        out_dtype: dsmall's dtype (default the gate's)."""
+        inside it (_finish_partials, by extra finisher programs), None as dz_finish() set it; fin_w: dsmall
+        values per finisher program (a power of two; default so that ~128 finishers share the sum); out_dtype:
+        dsmall's dtype (default the gate's)."""
         finish = finish or dz_finish_mode()
         if finish not in DZ_FINISHES:
             raise ValueError(f"DzLaunch: finish must be one of {DZ_FINISHES}, got {finish!r}")
@@ -791,7 +796,7 @@ class DzLaunch:
         # A fixed program count (not the device's SM count) keeps the partial sums, hence the result, identical on
         # every GPU for the same shapes, strides and alignment. The tiled kernel's 512 (x N tiles) measured best
         # or near it at the ResNet convs and at 8192x4096 (probe_dz: 2048 cost up to 1.5x, 256 up to 1.4x). The
-        # [split, R, N] partials stay under 8M floats, which also keeps _finish_sums' int32 offsets in range.
+        # [split, R, N] partials stay under 8M floats, which also keeps _finish_partials' int32 offsets in range.
         cap = max(1, min(cdiv(programs, num_n), (8 << 20) // max(1, r * n)))
         if tiled:
             # Each program ends with 1 + 2D + D(D-1)/2 sums across its warps and a partial-row store: with fewer
@@ -806,31 +811,27 @@ class DzLaunch:
             meta = dict(P=next_pow2(1 + d), BLOCK_R=block_r, ROWS64=rows + split * block_r >= 1 << 31)
         else:
             split, meta = max(1, min(rows, cap)), dict(PD=pd)
-        if group is not None and (group < 1 or group & (group - 1)):
-            raise ValueError(f"DzLaunch: group must be a power of two, got {group}")
-        # finish="torch" is the default by measurement (h200_probe_dz_df22e16, bf16): the in-kernel sum leaves one
-        # program per level summing a group's partials, a latency-bound tail (8-32 KB in flight per round trip)
-        # that cost more than torch.sum's whole-GPU launch at 5 of 6 shapes, e.g. 32x256x14x14 D = 3 (8 MB of
-        # partials) 93.7 vs 21.4 us and 8192x4096 D = 3 260 vs 187 us; it won only at 32x64x56x56 D = 1 (25.8 vs
-        # 31.0). It stays for callers that count launches (and is tested like the default).
+        if fin_w is not None and (fin_w < 1 or fin_w & (fin_w - 1)):
+            raise ValueError(f"DzLaunch: fin_w must be a power of two, got {fin_w}")
+        work = split * num_n
         if finish == "kernel":
-            # Two levels: ~sqrt(split) partials per group, then the group sums.
-            group = group or min(32, next_pow2(max(2, int(split**0.5))))
-            # Finisher tiles [group, FIN_R, FIN_N] of ~16 fp32 values per thread: bigger ones (64, with their 64-bit
-            # addresses) raised the whole kernel's registers to 255 and a quarter of the occupancy.
-            budget = (64 // self.acc_t.itemsize) * 32 * num_warps  # elements per finisher tile
-            fin_n = max(1, min(block_n, 64, budget // group))
-            fin_r = max(1, min(next_pow2(r), budget // (group * fin_n)))
-            fin_r = 1 << (fin_r.bit_length() - 1)  # a power of two, rounded down
-            self.counters = num_n * (cdiv(split, group) + 1)
-            meta.update(FINISH=True, GROUP=group, FIN_R=fin_r, FIN_N=fin_n)
+            # [FIN_S, FIN_W] finisher tiles of <= 16 values per thread, sized from the shapes alone (they fix the
+            # summation tree): ~128 column blocks, which up to 128 finishers (no more than the device's SMs, which
+            # _finish_partials' deadlock argument needs) share. Many short programs hide the load latency that one
+            # last-arriving program per N tile could not; volatile polling keeps the dZ programs' L1 intact.
+            fin_w = fin_w or max(16, min(512, next_pow2(cdiv(r * n, 128))))
+            fin_s = max(1, min(next_pow2(split), 16 * 32 * num_warps // fin_w))
+            nfin = max(1, min(cdiv(r * n, fin_w), 128, _sm_count(gate.device)))
+            self.counters = 2
+            self.grid = (work + nfin,)
+            meta.update(FINISH=True, FIN_S=fin_s, FIN_W=fin_w)
         else:
-            self.counters = 0
-            meta.update(FINISH=False, GROUP=1, FIN_R=1, FIN_N=1)
+            self.counters, nfin = 0, 0
+            self.grid = (work,)
+            meta.update(FINISH=False, FIN_S=1, FIN_W=1)
         self.part_shape = (split, r, n)
-        self.grid = (split, num_n)
         self.out_dtype = out_dtype or gate.dtype
-        self.ints = (rows, n, s, *dy_strides, *h_strides, *gate.stride(), *cascade.stride(), *dz_strides)
+        self.ints = (rows, n, s, split, nfin, *dy_strides, *h_strides, *gate.stride(), *cascade.stride(), *dz_strides)
         self.meta = dict(D=d, ACT=act, ACC_DTYPE=acc_dtype(dtype), BLOCK_N=block_n, num_warps=num_warps, **meta)
 
     @property

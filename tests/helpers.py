@@ -42,3 +42,20 @@ def noncontig(t: torch.Tensor) -> torch.Tensor:
 
 def to64(*ts):
     return [None if t is None else t.detach().double() for t in ts]
+
+
+def cuda_kernel_names(fn) -> list[str]:
+    """The CUDA kernels fn() launches, in order (torch.profiler; fn runs once, after a warm-up call that plans,
+    compiles and allocates what later calls reuse)."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def stacked(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight and dendrite_weight copied back to back into one buffer, as the modules keep them."""
+    buf = torch.cat([weight.reshape(-1), dendrite_weight.reshape(-1)])
+    return buf[: weight.numel()].view_as(weight), buf[weight.numel() :].view_as(dendrite_weight)

@@ -17,7 +17,7 @@ import torch
 from pai_fast._layout import conv_empty
 from pai_fast.reference import dendritic_conv_ref
 
-from .helpers import dendrite_params, noncontig
+from .helpers import cuda_kernel_names, dendrite_params, noncontig, stacked
 from .test_triton_linear import (  # noqa: F401
     DEVICE,
     K,
@@ -554,6 +554,31 @@ def test_gpu_conv_weight_tma(dtype, d, c, x_tma):
         K.set_fast_launch(True)
         K.set_autotune(old_tune)
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
+
+
+@apply(gpu)
+@pytest.mark.parametrize("d", [1, 3])
+def test_gpu_conv_backward_three_launches(d):
+    """The conv backward: the dZ kernel, its reductions finished inside its own launch, then cuDNN's backward over
+    the stacked weights (dX and dW): nothing else. cuDNN's kernels are those convolution_backward launches alone
+    for the same operands."""
+    x, w, b, dw, db, g, c = make_conv(16, 64, 64, (28, 28), 3, d, torch.bfloat16, "cuda")
+    w, dw = stacked(w, dw)
+    geo = ((1, 1), (1, 1), (1, 1))
+    _, h = K.conv_fwd(x, w, b, dw, db, g, c, *geo, "sigmoid", True)
+    gy = torch.randn(16, 64, 28, 28, device="cuda", dtype=torch.bfloat16)
+    conv = sys.modules["pai_fast.kernels.dendritic_conv"]
+    names = cuda_kernel_names(lambda: conv.conv_bwd_packed(gy, x, w, dw, g, c, h, *geo, "sigmoid", True))
+    dz = torch.randn(16, (1 + d) * 64, 28, 28, device="cuda", dtype=torch.bfloat16)
+    wcat = torch.cat([w[None], dw]).flatten(0, 1)
+    cudnn = cuda_kernel_names(
+        lambda: torch.ops.aten.convolution_backward(
+            dz, x, wcat, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False]
+        )
+    )
+    ours = [k for k in names if k not in cudnn]
+    assert ours == ["_dendritic_dz_tiled_kernel"], names
+    assert len(names) == 1 + len(cudnn), (names, cudnn)
 
 
 @apply(gpu)

@@ -25,7 +25,7 @@ import torch
 
 from pai_fast.reference import dendritic_linear_ref
 
-from .helpers import dendrite_params, noncontig
+from .helpers import cuda_kernel_names, dendrite_params, noncontig, stacked
 
 pytest.importorskip("triton", reason="the triton backend needs the triton package")
 
@@ -735,7 +735,7 @@ def test_gpu_dz_launch(d, rows, n, finish):
     dz = torch.empty(rows, 1, 1 + d, n, device="cuda", dtype=bf)
     launch = common.DzLaunch(dy.stride(), a.stride(), dz.stride(), gate, cas, rows, n, 1,
                              common.ACT_CODES["tanh"], bf, finish=finish, out_dtype=torch.float32)  # fmt: skip
-    assert launch.grid[0] > launch.meta["GROUP"]  # two levels when finishing in the kernel
+    assert launch.finishes_in_kernel == (finish == "kernel")
     first = launch(dy, a, gate, cas, dz).clone()
     first_dz = dz.clone()
     want_dz, want = _dz_reference(dy, a, gate, cas)
@@ -763,6 +763,31 @@ def test_gpu_dz_launch(d, rows, n, finish):
         torch.cuda.synchronize()
         assert torch.equal(captured, first)
         assert not s_counters.any()
+
+
+@apply(gpu)
+@pytest.mark.parametrize("d", [1, 3])
+def test_gpu_linear_split_backward_three_launches(d):
+    """Issue #4's backward: the dZ kernel, its reductions finished inside its own launch, then dX and dW as one GEMM
+    each over the stacked weights (as the modules keep them): no torch.sum, cast, memset or copy beside them. The
+    GEMMs' kernels are those torch.mm launches for the same operands (cuBLAS may split one GEMM in two)."""
+    x, w, b, dw, db, g, c = make(2048, 1024, 1024, d, torch.bfloat16, "cuda")
+    w, dw = stacked(w, dw)
+    _, h = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
+    gy = torch.randn(2048, 1024, device="cuda", dtype=torch.bfloat16)
+    linear = sys.modules["pai_fast.kernels.dendritic_linear"]
+    with K.backward_path("gemm"):
+        names = cuda_kernel_names(lambda: linear.linear_bwd_packed(gy, x, w, dw, g, c, h, "sigmoid", True))
+    dz = torch.randn(2048, (1 + d) * 1024, device="cuda", dtype=torch.bfloat16)
+    wcat = torch.cat([w[None], dw]).flatten(0, 1)
+    gemms = cuda_kernel_names(lambda: (torch.mm(dz.t(), x), torch.mm(dz, wcat)))
+    ours = [k for k in names if k not in gemms]
+    assert ours == ["_dendritic_dz_tiled_kernel"], names
+    assert len(names) == 1 + len(gemms), (names, gemms)
+    with K.dz_finish("torch"):  # the alternative finish adds the sum of the partials and a cast
+        assert len(cuda_kernel_names(lambda: linear.linear_bwd_packed(gy, x, w, dw, g, c, h, "sigmoid", True))) > len(
+            names
+        )
 
 
 @apply(gpu)
@@ -843,8 +868,9 @@ def test_dz_kernel_against_float64(d, b, s, n, programs, strided, dtype):
     dz = torch.full((b, s, 1 + d, n), float("nan"), dtype=dtype, device=DEVICE)
     launch = common.DzLaunch(dy.stride(), a.stride(), dz.stride(), gate, cas, rows, n, s,
                              common.ACT_CODES["tanh"], dtype, programs=programs)  # fmt: skip
-    assert launch.tiled == (d <= common.TILED_DZ_MAX_D) and launch.grid[0] <= programs
-    assert rows > launch.grid[0] * launch.meta.get("BLOCK_R", 1)  # some program walks more than one row tile
+    split = launch.part_shape[0]
+    assert launch.tiled == (d <= common.TILED_DZ_MAX_D) and split <= programs
+    assert rows > split * launch.meta.get("BLOCK_R", 1)  # some program walks more than one row tile
     red = launch(dy, a, gate, cas, dz)
     want_dz, want = _dz_reference(dy, a, gate, cas)
     tol = 1e-12 if dtype == f64 else 1e-5
@@ -874,18 +900,21 @@ def _dz_reference(dy, a, gate, cas):
 
 @apply(interp)
 @pytest.mark.parametrize(
-    ("d", "programs", "group", "out_dtype"),
-    [(1, 7, 2, torch.float64), (3, 7, 4, torch.float16), (2, 5, 64, torch.float64), (9, 6, 4, torch.float64),
-     (3, 9, 1, torch.float32)],
+    ("d", "programs", "fin_w", "out_dtype", "n"),
+    [(1, 7, 16, torch.float64, 21), (3, 7, 32, torch.float16, 21), (2, 5, 512, torch.float64, 21),
+     (9, 6, 64, torch.float64, 21), (3, 9, 16, torch.float32, 21), (3, 7, 512, torch.float64, 21),
+     (3, 15, 16, torch.float64, 150)],
 )  # fmt: skip
-def test_dz_sums_inside_the_launch(d, programs, group, out_dtype):
-    """The two-level in-kernel sum of the programs' partials (_finish_sums): groups of `group` programs (the last
-    one short: 7 = 2+2+2+1, 4+3; one group: 64 > 5; one program per group: 1), the tiled kernel and the row kernel
-    (D = 9), dsmall written in out_dtype. The counters are all zero again after the launch, and a second launch
-    into the same counters gives the same bits."""
+def test_dz_sums_inside_the_launch(d, programs, fin_w, out_dtype, n):
+    """The in-launch sum of the programs' partials (_finish_partials): finisher programs after the dZ programs,
+    each summing fin_w-wide blocks of the flattened 1 + 2D + D*D rows x n channels (the last block short; one
+    block for all at 512; at n = 150, 150 blocks for the 128 finishers, so some take two), in [FIN_S, fin_w]
+    chunks of slots (at 512: 4 + 3 and 4 + 1 slots), the tiled kernel and the row kernel (D = 9), dsmall written in
+    out_dtype. The counters are all zero again after the launch, and a second launch into the same counters gives
+    the same bits."""
     common = sys.modules["pai_fast.kernels._common"]
-    g = torch.Generator().manual_seed(d + group)
-    b, s, n = 41, 3, 21
+    g = torch.Generator().manual_seed(d + fin_w)
+    b, s = 41, 3
 
     def r(*shape):
         return torch.randn(shape, generator=g, dtype=torch.float64).to(DEVICE)
@@ -894,15 +923,20 @@ def test_dz_sums_inside_the_launch(d, programs, group, out_dtype):
     dz = torch.empty(b, s, 1 + d, n, dtype=torch.float64, device=DEVICE)
     launch = common.DzLaunch(dy.stride(), a.stride(), dz.stride(), gate, cas, b * s, n, s,
                              common.ACT_CODES["tanh"], torch.float64, programs=programs, finish="kernel",
-                             group=group, out_dtype=out_dtype)  # fmt: skip
-    assert launch.grid[0] == programs and launch.meta["GROUP"] == group
+                             fin_w=fin_w, out_dtype=out_dtype)  # fmt: skip
+    total = (1 + 2 * d + d * d) * n
+    num_n = -(-n // launch.meta["BLOCK_N"])  # programs = split x num_n dZ programs (n = 150: 5 x 3)
+    assert launch.part_shape[0] * num_n == programs and launch.meta["FIN_W"] == fin_w
+    assert launch.grid == (programs + min(128, -(-total // fin_w)),)
+    if fin_w == 512:
+        assert launch.meta["FIN_S"] < programs and programs % launch.meta["FIN_S"] and num_n == 1
     part = torch.empty(launch.part_shape, dtype=torch.float64, device=DEVICE)
     counters = torch.zeros(launch.counters, dtype=torch.int32, device=DEVICE)
     outs = []
     for _ in range(2):
         out = torch.full(launch.part_shape[1:], float("nan"), dtype=out_dtype, device=DEVICE)
         launch.launch_into(dy, a, gate, cas, dz, part, counters, out)
-        assert not counters.any(), "every arrival counter returns to zero"
+        assert not counters.any(), "every counter returns to zero"
         outs.append(out)
     want_dz, want = _dz_reference(dy, a, gate, cas)
     torch.testing.assert_close(dz.reshape(b * s, 1 + d, n), want_dz, rtol=1e-12, atol=1e-12)
@@ -931,11 +965,13 @@ def test_dz_launch_configuration():
         block_r = launch(rows).meta["BLOCK_R"]
         assert block_r & (block_r - 1) == 0, (rows, block_r)
     assert not launch(64, tiled=False).tiled and launch(64).tiled  # the row kernel on request (probes)
-    assert not launch(64).finishes_in_kernel and launch(64, finish="kernel").finishes_in_kernel
+    assert launch(64).finishes_in_kernel and not launch(64, finish="torch").finishes_in_kernel  # the default
+    with K.dz_finish("torch"):
+        assert not launch(64).finishes_in_kernel
     with pytest.raises(ValueError, match="finish must be one of"):
         launch(64, finish="atomics")
-    with pytest.raises(ValueError, match="group must be a power of two"):
-        launch(64, finish="kernel", group=6)
+    with pytest.raises(ValueError, match="fin_w must be a power of two"):
+        launch(64, finish="kernel", fin_w=6)
     fin = launch(64, finish="kernel")
     part = torch.empty(fin.part_shape)
     with pytest.raises(ValueError, match="needs counters and out"):
