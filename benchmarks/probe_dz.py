@@ -1,7 +1,7 @@
 """The backward's dZ kernel alone (GPU machine): device time (CUDA-graph replay) of the row kernel and the tiled
-kernel at two program budgets, its partial sums finished by torch.sum or inside the launch (finisher programs of the
-default width and of 64 values), at the ResNet convs' and the large Linear's shapes (bf16, the layouts the backward
-launches with).
+kernel, its partial sums finished by torch.sum or inside the launch (with PAI_PROBE_DZ_ALL=1 also finisher blocks
+of 64 values and a budget of 256 programs), at the ResNet convs' and the large Linear's shapes (bf16, the layouts the
+backward launches with; PAI_PROBE_DZ_CASES=linear,14x14 picks cases).
 
     python benchmarks/probe_dz.py [--out probe_dz.json]
 """
@@ -44,9 +44,9 @@ def main() -> None:
             act = common.ACT_CODES["sigmoid"]
             want = None
             # (kernel, programs, finish of the partial sums, values per finisher program)
-            variants = [("row", 2048, "torch", None), ("tiled", 512, "torch", None)]
-            variants += [("tiled", 512, "kernel", w) for w in (None, 64)]
-            variants += [("tiled", 256, f, None) for f in ("torch", "kernel")]
+            variants = [("row", 2048, "torch", None), ("tiled", 512, "torch", None), ("tiled", 512, "kernel", None)]
+            if os.environ.get("PAI_PROBE_DZ_ALL"):  # the other finisher width and program budget
+                variants += [("tiled", 512, "kernel", 64)] + [("tiled", 256, f, None) for f in ("torch", "kernel")]
             for kind, programs, finish, fin_w in variants:
                 launch = common.DzLaunch(dy.stride(), h.stride(), dz.stride(), gate, cas, b * s, n, s, act, dt,
                                          programs=programs, tiled=kind == "tiled", finish=finish,
