@@ -425,6 +425,14 @@ def _finish_partials(
 
 
 @triton.jit
+def _dz_program(pid, SPLIT, N, BLOCK_N: tl.constexpr):
+    """dZ program pid's row slot pid_m (it walks row tiles pid_m, pid_m + SPLIT, ...) and its N tile's channels
+    (program ids run through the SPLIT row slots of each N tile in turn)."""
+    offs_n = (pid // SPLIT) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return pid % SPLIT, offs_n, offs_n < N
+
+
+@triton.jit
 def _dendritic_dz_kernel(
     dy_ptr,
     h_ptr,
@@ -476,14 +484,10 @@ def _dendritic_dz_kernel(
     pid = tl.program_id(0)  # dZ programs first, then (FINISH) the finishers
     work = SPLIT * tl.cdiv(N, BLOCK_N)
     if pid < work:
-        pid_m = pid % SPLIT
-        pid_n = pid // SPLIT
-        split = SPLIT
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < N
+        pid_m, offs_n, n_mask = _dz_program(pid, SPLIT, N, BLOCK_N)
         p = tl.arange(0, PD)
         acc_db = tl.zeros((BLOCK_N,), ACC_DTYPE)
-        for r in range(pid_m, ROWS, split):
+        for r in range(pid_m, ROWS, SPLIT):
             bb = r // S
             ss = r - bb * S
             dy_row = dy_ptr + bb.to(tl.int64) * stride_dyb + ss * stride_dys
@@ -506,7 +510,7 @@ def _dendritic_dz_kernel(
             acc_cas = tl.zeros((PD, BLOCK_N), ACC_DTYPE)
             # Pass i reads ds_k that other threads of this program may have written in pass k.
             tl.debug_barrier()
-            for r in range(pid_m, ROWS, split):
+            for r in range(pid_m, ROWS, SPLIT):
                 bb = r // S
                 ss = r - bb * S
                 dy_row = dy_ptr + bb.to(tl.int64) * stride_dyb + ss * stride_dys
@@ -648,19 +652,15 @@ def _dendritic_dz_tiled_kernel(
     pid = tl.program_id(0)  # dZ programs first, then (FINISH) the finishers
     work = SPLIT * tl.cdiv(N, BLOCK_N)
     if pid < work:
-        pid_m = pid % SPLIT
-        pid_n = pid // SPLIT
-        split = SPLIT
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < N
+        pid_m, offs_n, n_mask = _dz_program(pid, SPLIT, N, BLOCK_N)
         zero = tl.zeros((BLOCK_R, BLOCK_N), ACC_DTYPE)
         acc = (zero,)
         for _ in tl.static_range(2 * D + D * (D - 1) // 2):
             acc = acc + (zero,)
         start = pid_m * BLOCK_R
-        if ROWS64:  # within split * BLOCK_R of 2^31 rows int32 tile starts would wrap (int64 costs ~40 registers)
+        if ROWS64:  # within SPLIT * BLOCK_R of 2^31 rows int32 tile starts would wrap (int64 costs ~40 registers)
             start = start.to(tl.int64)
-        for r0 in range(start, ROWS, split * BLOCK_R):
+        for r0 in range(start, ROWS, SPLIT * BLOCK_R):
             rows = r0 + tl.arange(0, BLOCK_R)
             bb = rows // S
             ss = (rows - bb * S).to(tl.int64)
