@@ -1,16 +1,15 @@
 """The backward's dZ kernel alone (GPU machine): device time (CUDA-graph replay) of the row kernel and the tiled
-kernel, its partial sums finished by torch.sum or inside the launch (with PAI_PROBE_DZ_ALL=1 also finisher blocks
-of 64 values and a budget of 256 programs), at the ResNet convs' and the large Linear's shapes (bf16, the layouts the
-backward launches with; PAI_PROBE_DZ_CASES=linear,14x14 picks cases).
+kernel, its partial sums finished by torch.sum or inside the launch (with --all also finisher blocks of 64 values
+and a budget of 256 programs), at the ResNet convs' and the large Linear's shapes (bf16, the layouts the backward
+launches with).
 
-    python benchmarks/probe_dz.py [--out probe_dz.json]
+    python benchmarks/probe_dz.py [--out probe_dz.json] [--cases linear,14x14] [--all]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
@@ -21,19 +20,22 @@ from pai_fast.bench import environment
 # name: (batch, spatial positions, channels); the conv ones channels_last as a channels_last model runs them.
 CASES = {"conv 32x64x56x56->64": (32, 56 * 56, 64), "conv 32x256x14x14->256": (32, 14 * 14, 256),
          "linear 8192x4096->4096": (8192, 1, 4096)}  # fmt: skip
-if os.environ.get("PAI_PROBE_DZ_CASES"):
-    CASES = {k: v for k, v in CASES.items() if any(c in k for c in os.environ["PAI_PROBE_DZ_CASES"].split(","))}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="probe_dz.json")
+    ap.add_argument("--cases", default="", help="comma-separated substrings of the case names to run (default all)")
+    ap.add_argument("--all", action="store_true", help="also finisher blocks of 64 values and 256 programs")
     args = ap.parse_args()
+    picked = [c for c in args.cases.split(",") if c]
     import pai_fast.kernels  # noqa: F401
 
     common = sys.modules["pai_fast.kernels._common"]
     dt, rows_out = torch.bfloat16, []
     for name, (b, s, n) in CASES.items():
+        if picked and not any(c in name for c in picked):
+            continue
         for d in (1, 3):
             g = torch.Generator(device="cuda").manual_seed(0)
             dy = torch.randn(b, s, n, device="cuda", dtype=dt, generator=g)
@@ -45,7 +47,7 @@ def main() -> None:
             want = None
             # (kernel, programs, finish of the partial sums, values per finisher program)
             variants = [("row", 2048, "torch", None), ("tiled", 512, "torch", None), ("tiled", 512, "kernel", None)]
-            if os.environ.get("PAI_PROBE_DZ_ALL"):  # the other finisher width and program budget
+            if args.all:  # the other finisher width and program budget
                 variants += [("tiled", 512, "kernel", 64)] + [("tiled", 256, f, None) for f in ("torch", "kernel")]
             for kind, programs, finish, fin_w in variants:
                 launch = common.DzLaunch(dy.stride(), h.stride(), dz.stride(), gate, cas, b * s, n, s, act, dt,

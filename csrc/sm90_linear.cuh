@@ -261,9 +261,9 @@ class DendriteEpilogue {
 
 constexpr int kTileN = kSm90TileN;
 
-// The mainloop schedules the forward can run (kernels.h kSm90Cooperative, kSm90PingPong): cooperative 256x128 tiles (two consumer
-// warp groups share a tile; the epilogue runs after the mainloop) or ping-pong 128x128 tiles (each consumer warp
-// group owns a tile, and one's epilogue overlaps the other's mainloop).
+// The mainloop schedules the forward can run (kernels.h kSm90Cooperative, kSm90PingPong): cooperative 256x128
+// tiles (two consumer warp groups share a tile; the epilogue runs after the mainloop) or ping-pong 128x128 tiles
+// (each consumer warp group owns a tile, and one's epilogue overlaps the other's mainloop).
 template <int Sched>
 struct Sm90Config;
 template <>

@@ -55,7 +55,7 @@ def cuda_kernel_names(fn) -> list[str]:
     return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
-def stacked(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def stack_weights(weight: torch.Tensor, dendrite_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """weight and dendrite_weight copied back to back into one buffer, as the modules keep them."""
     buf = torch.cat([weight.reshape(-1), dendrite_weight.reshape(-1)])
     return buf[: weight.numel()].view_as(weight), buf[weight.numel() :].view_as(dendrite_weight)

@@ -17,7 +17,7 @@ import torch
 from pai_fast import cuda_backend as CB
 from pai_fast import reference as R
 
-from .helpers import dendrite_params, noncontig
+from .helpers import dendrite_params, noncontig, stack_weights
 
 ACTS = ["sigmoid", "tanh", "relu", "identity"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -69,8 +69,7 @@ def check_linear(
     and dendrite_weight are views of one [(1+D)N, K] storage, as DendriticLinear keeps them."""
     (x, w, b, dw, db, g, c), ref_in = _inputs((n, k), (m, k), d, bias, dtype, device)
     if stacked:
-        wcat = torch.cat([w, dw.reshape(d * n, k)])
-        w, dw = wcat[:n], wcat[n:].view(d, n, k)
+        w, dw = stack_weights(w, dw)
     if noncontig_x:
         x = noncontig(x)
     tol = TF32_TOL if tf32 and dtype == torch.float32 else REL_TOL[dtype]

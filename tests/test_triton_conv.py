@@ -14,10 +14,10 @@ import sys
 import pytest
 import torch
 
-from pai_fast._layout import conv_empty
+from pai_fast._layout import conv_empty, stacked_view
 from pai_fast.reference import dendritic_conv_ref
 
-from .helpers import cuda_kernel_names, dendrite_params, noncontig, stacked
+from .helpers import cuda_kernel_names, dendrite_params, noncontig, stack_weights
 from .test_triton_linear import (  # noqa: F401
     DEVICE,
     K,
@@ -422,12 +422,12 @@ def test_conv_through_the_pai_fast_op_layer():
 @apply(interp)
 def test_conv_weights_in_one_storage():
     x, w, b, dw, db, g, c = make_conv(2, 3, 4, (5, 5), 3, 2, torch.float64, DEVICE)
-    buf = torch.cat([w.unsqueeze(0), dw]).contiguous()
+    w1, dw1 = stack_weights(w, dw)
     geo = ((1, 1), (1, 1), (1, 1))
     _, h = K.conv_fwd(x, w, b, dw, db, g, c, *geo, "sigmoid", True)
     gy = torch.randn(2, 4, 5, 5, dtype=torch.float64, device=DEVICE)
     ga = K.conv_bwd(gy, x, w, dw, g, c, h, *geo, "sigmoid", True)
-    gb = K.conv_bwd(gy, x, buf[0], buf[1:], g, c, h, *geo, "sigmoid", True)
+    gb = K.conv_bwd(gy, x, w1, dw1, g, c, h, *geo, "sigmoid", True)
     for a, b_ in zip(ga, gb):
         torch.testing.assert_close(a, b_, atol=1e-12, rtol=1e-12)
 
@@ -563,14 +563,14 @@ def test_gpu_conv_backward_three_launches(d):
     the stacked weights (dX and dW): nothing else. cuDNN's kernels are those convolution_backward launches alone
     for the same operands."""
     x, w, b, dw, db, g, c = make_conv(16, 64, 64, (28, 28), 3, d, torch.bfloat16, "cuda")
-    w, dw = stacked(w, dw)
+    w, dw = stack_weights(w, dw)
     geo = ((1, 1), (1, 1), (1, 1))
     _, h = K.conv_fwd(x, w, b, dw, db, g, c, *geo, "sigmoid", True)
     gy = torch.randn(16, 64, 28, 28, device="cuda", dtype=torch.bfloat16)
     conv = sys.modules["pai_fast.kernels.dendritic_conv"]
     names = cuda_kernel_names(lambda: conv.conv_bwd_packed(gy, x, w, dw, g, c, h, *geo, "sigmoid", True))
     dz = torch.randn(16, (1 + d) * 64, 28, 28, device="cuda", dtype=torch.bfloat16)
-    wcat = torch.cat([w[None], dw]).flatten(0, 1)
+    wcat = stacked_view(w, dw, flat=True)
     cudnn = cuda_kernel_names(
         lambda: torch.ops.aten.convolution_backward(
             dz, x, wcat, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False]

@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from pai_fast._layout import stacked_view
 from pai_fast.reference import dendritic_linear_ref
 
-from .helpers import cuda_kernel_names, dendrite_params, noncontig, stacked
+from .helpers import cuda_kernel_names, dendrite_params, noncontig, stack_weights
 
 pytest.importorskip("triton", reason="the triton backend needs the triton package")
 
@@ -151,8 +152,7 @@ def linear_case(
     stacked: weight and dendrite_weight as views of one buffer (how DendriticLinear keeps them)."""
     x, w, b, dw, db, gate, cas = make(m, k, n, d, dtype, device, bias)
     if stacked:
-        buf = torch.cat([w.unsqueeze(0), dw])
-        w, dw = buf[0], buf[1:]
+        w, dw = stack_weights(w, dw)
     if x_fn is not None:
         x = x_fn(x)
     if p_fn is not None:
@@ -378,8 +378,7 @@ def test_linear_backward_is_deterministic(path):
 def test_linear_weights_in_one_storage_use_the_stacked_view():
     n, k, d = 14, 19, 3
     x, w, b, dw, db, g, c = make(23, k, n, d, torch.float64, DEVICE)
-    buf = torch.cat([w.unsqueeze(0), dw]).contiguous()
-    w1, dw1 = buf[0], buf[1:]
+    w1, dw1 = stack_weights(w, dw)
     assert K.dendritic_linear._stacked_view(w1, dw1) is not None
     assert K.dendritic_linear._stacked_view(w, dw) is None
     _, h = K.linear_fwd(x, w, b, dw, db, g, c, "tanh", True)
@@ -772,14 +771,14 @@ def test_gpu_linear_split_backward_three_launches(d):
     each over the stacked weights (as the modules keep them): no torch.sum, cast, memset or copy beside them. The
     GEMMs' kernels are those torch.mm launches for the same operands (cuBLAS may split one GEMM in two)."""
     x, w, b, dw, db, g, c = make(2048, 1024, 1024, d, torch.bfloat16, "cuda")
-    w, dw = stacked(w, dw)
+    w, dw = stack_weights(w, dw)
     _, h = K.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
     gy = torch.randn(2048, 1024, device="cuda", dtype=torch.bfloat16)
     linear = sys.modules["pai_fast.kernels.dendritic_linear"]
     with K.backward_path("gemm"):
         names = cuda_kernel_names(lambda: linear.linear_bwd_packed(gy, x, w, dw, g, c, h, "sigmoid", True))
     dz = torch.randn(2048, (1 + d) * 1024, device="cuda", dtype=torch.bfloat16)
-    wcat = torch.cat([w[None], dw]).flatten(0, 1)
+    wcat = stacked_view(w, dw, flat=True)
     gemms = cuda_kernel_names(lambda: (torch.mm(dz.t(), x), torch.mm(dz, wcat)))
     ours = [k for k in names if k not in gemms]
     assert ours == ["_dendritic_dz_tiled_kernel"], names
