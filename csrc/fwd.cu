@@ -201,7 +201,7 @@ PF_GLOBAL void PF_LAUNCH_BOUNDS2(C::kThreads, C::kMinBlocks) fwd_kernel(const Fw
       A s = row[(i + 1) * bno + nl];
       if (vbias != nullptr) s += to_acc(vbias[i * p.svbd + n * p.svbn]);
       for (int j = 0; j < i; ++j) s += to_acc(casc[i * p.sci + j * p.scj + n * p.scn]) * row[(j + 1) * bno + nl];
-      const A a = act_fwd(s, p.act);
+      const A a = act_fwd_out<T>(s, p.act);
       row[(i + 1) * bno + nl] = a;
       z += to_acc(gate[i * p.sgd + n * p.sgn]) * a;
       if (h != nullptr) h[re.hoff + i * p.shd + n * p.shc] = from_acc<T>(a);

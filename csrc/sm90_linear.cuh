@@ -234,7 +234,7 @@ class DendriteEpilogue {
               float s = acc(make_coord(v0, v1, q * R + 1 + i), mm, 0) + pvb[v0][i];
               CUTLASS_PRAGMA_UNROLL
               for (int j = 0; j < i; ++j) s += pc[v0][i * (i - 1) / 2 + j] * a[v0][j];
-              a[v0][i] = act_fwd(s, p.act);
+              a[v0][i] = act_fwd_out<T>(s, p.act);
               z[v0] += pg[v0][i] * a[v0][i];
             }
           }

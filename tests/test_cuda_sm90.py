@@ -95,6 +95,40 @@ def test_sm90_activations_bias_gpu(act, bias):
 
 @gpu
 @needs_sm90
+@pytest.mark.parametrize("sm90", ["1", "0"], ids=["hopper", "generic"])
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_16bit_epilogue_saturates_gpu(monkeypatch, sm90, act):
+    """The 16-bit epilogues' approximate exp / reciprocal / tanh (common.cuh act_fwd_16) at saturated
+    pre-activations, dendrite biases +60, -60, +1e4, -1e4 (exp overflows to inf at 1e4): every a_i within 1 % of the
+    float64 value element by element (sigmoid(-60) ~ 1e-26 is a normal bf16 number), exactly the activation's limit
+    where float64 rounds to it (sigmoid 1 and 0, tanh +-1), and y within tolerance of the reference."""
+    monkeypatch.setenv("PAI_FAST_CUDA_SM90", sm90)
+    CB.clear_packed_weights()
+    (x, w, b, dw, db, g, c), ref = _inputs((40, 64), (33, 64), 4, True, torch.bfloat16, "cuda")
+    db = torch.tensor([60.0, -60.0, 1e4, -1e4])[:, None].expand(4, 40).to(torch.bfloat16).cuda().contiguous()
+    ref[4] = db.double().cpu()
+    y, h = CB.linear_fwd(x, w, b, dw, db, g, c, act, True)
+    assert (len(CB._PACKS) >= 1) == (sm90 == "1"), "the path under test was not the one taken"
+    f = torch.sigmoid if act == "sigmoid" else torch.tanh
+    x64, _, _, v64, vb64, _, c64 = ref
+    acts = []
+    for i in range(4):  # s_i = x V_i^T + c_i + sum_{j<i} B[i, j] a_j
+        s = x64 @ v64[i].t() + vb64[i]
+        for j in range(i):
+            s = s + c64[i, j] * acts[j]
+        acts.append(f(s))
+    want = torch.stack(acts, 1)
+    got = h.double().cpu()
+    assert torch.isfinite(got).all()
+    assert ((got - want).abs() <= 1e-2 * want.abs()).all(), f"max abs err {(got - want).abs().max().item():.3e}"
+    limits = (want.abs() == 1) | (want == 0)
+    assert limits[:, [0, 2, 3]].all(), "the +60 / +-1e4 branches saturate in float64 too"
+    assert torch.equal(got[limits], want[limits]), "saturated values must be the activation's exact limits"
+    _close("y", y, R.dendritic_linear_ref(*ref, activation=act), REL_TOL[torch.bfloat16])
+
+
+@gpu
+@needs_sm90
 def test_sm90_matches_generic_kernel_gpu(monkeypatch):
     """Same inputs through the Hopper path and the generic kernel: both within tolerance of each other."""
     (x, w, b, dw, db, g, c), _ = _inputs((200, 128), (150, 128), 3, True, torch.bfloat16, "cuda")
