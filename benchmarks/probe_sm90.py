@@ -7,9 +7,10 @@
   width (1+D)N);
 - the kernels of one cuda-backend forward+backward step (torch.profiler), to see where the step's time goes.
 
-    python benchmarks/probe_sm90.py [--out probe_sm90.json] [--quick]
+    python benchmarks/probe_sm90.py [--out probe_sm90.json] [--quick] [--ds 1,3] [--schedules default,cooperative]
 
 --quick: 8192x4096->4096 only, D = 0, 1, 3, 7, the library's choice of schedule only, and the step's kernels.
+--ds: 8192x4096->4096 only, these D; --schedules: these schedules (either overrides what --quick picks).
 """
 
 from __future__ import annotations
@@ -107,14 +108,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="probe_sm90.json")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--ds", default=None, help="comma list of D (default: 0..7 at 8192x4096, else 0, 1, 3, 7)")
+    ap.add_argument("--schedules", default=None, help=f"comma list of {', '.join(SCHEDULES)} (default: all)")
     args = ap.parse_args()
-    shapes = SHAPES[:1] if args.quick else SHAPES
-    schedules = SCHEDULES[:1] if args.quick else SCHEDULES
+    shapes = SHAPES[:1] if args.quick or args.ds else SHAPES
+    schedules = args.schedules.split(",") if args.schedules else SCHEDULES[:1] if args.quick else SCHEDULES
+    ds = [int(v) for v in args.ds.split(",")] if args.ds else None
     assert CB.sm90_enabled(), "pai_fast._C was built without the Hopper path"
     rows, steps = [], {}
     print(f"{'shape':>18} D  limit   " + "  ".join(f"{s:>22}" for s in schedules) + "   pack  generic", flush=True)
     for m, k, n in shapes:
-        for d in range(8) if m >= 4096 and not args.quick else (0, 1, 3, 7):
+        for d in ds or (range(8) if m >= 4096 and not args.quick else (0, 1, 3, 7)):
             row = measure(m, k, n, d, schedules)
             rows.append(row)
             lim = row["limit_ms"]
