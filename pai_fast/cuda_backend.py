@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import torch
 
 from ._layout import conv_empty, seven_grads, small_rows, split_small, split_weights, weight_rows_like
+from ._plans import PlanCache
 from .backends import FUSED_BACKEND_API, device_capability
 
 try:  # the extension is optional: pure-Python installs and CPU-only machines lack it
@@ -296,6 +297,62 @@ def linear_fwd(
     return y, h
 
 
+def _align_key(tensors: Sequence[torch.Tensor]) -> bool | tuple[bool, ...]:
+    """The 16-byte alignment of each tensor's data (the C side picks vector paths, and sizes its workspace, by it):
+    True when all are aligned, the usual case (one OR), else each tensor's own flag."""
+    acc = 0
+    for t in tensors:
+        acc |= t.data_ptr()
+    return acc & 15 == 0 or tuple(t.data_ptr() & 15 == 0 for t in tensors)
+
+
+class _LinearBwd:
+    """What a Linear backward's call signature (shapes, strides, dtypes, devices, pointer alignment, activation,
+    bias, TF32) fixes, found once (pai_fast._plans): the dtype and activation codes after the checks, the gradient
+    buffers' shapes, and each C argument as (source, byte offset, sizes, strides) so that a call only adds data
+    pointers. Sources: 0-6 the inputs (grad_y, x, weight, dendrite_weight, gate, cascade, h), 7-9 the outputs (dx,
+    dwcat, dsmall); the gradient views' offsets come from laying the buffers out on the meta device. The workspace
+    size is asked of _C at the first call (it depends on the same signature)."""
+
+    __slots__ = ("dt", "act", "dwcat_shape", "dsmall_shape", "slots", "nbytes")
+
+    def __init__(self, grad_y, x2d, weight, dendrite_weight, gate, cascade, h, activation, has_bias):
+        self.dt, self.act = _dtype_code(x2d), _act_code(activation)
+        _check_same(x2d, grad_y=grad_y, weight=weight, dendrite_weight=dendrite_weight, gate=gate, cascade=cascade)
+        d = _d_of(dendrite_weight)
+        if d > 0:
+            _check_same(x2d, h=h)
+        meta = torch.empty_strided(x2d.shape, x2d.stride(), dtype=x2d.dtype, device="meta")
+        (dx, dwcat, dsmall), (dw, ddw, dbias, ddb, dg, dc) = _grad_buffers(meta, weight, gate, d, has_bias)
+        self.dwcat_shape, self.dsmall_shape = tuple(dwcat.shape), tuple(dsmall.shape)
+
+        def slot(src: int, t: torch.Tensor | None) -> tuple | None:
+            # An input's pointer is its own data_ptr(); an output view's is its buffer's plus the view's offset.
+            if t is None:
+                return None
+            off = t.storage_offset() * t.element_size() if src >= 7 else 0
+            return src, off, tuple(t.shape), t.stride()
+
+        dend = d > 0
+        self.slots = (
+            slot(0, grad_y),
+            slot(1, x2d),
+            slot(2, weight),
+            *(slot(i, t if dend else None) for i, t in ((3, dendrite_weight), (4, gate), (5, cascade), (6, h))),
+            slot(7, dx),
+            slot(8, dw),
+            slot(9, dbias if has_bias else None),
+            slot(8, ddw if dend else None),
+            slot(9, ddb if has_bias and dend else None),
+            slot(9, dg if dend else None),
+            slot(9, dc if dend else None),
+        )
+        self.nbytes: int | None = None
+
+
+_linear_bwd_plans = PlanCache(strides=True)
+
+
 def linear_bwd_packed(
     grad_y: torch.Tensor,
     x2d: torch.Tensor,
@@ -307,37 +364,26 @@ def linear_bwd_packed(
     activation: str,
     has_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dwcat, dsmall) as pai_fast._layout packs them (what the pai_fast::dendritic_linear_bwd op returns)."""
+    """(dx, dwcat, dsmall) as pai_fast._layout packs them (what the pai_fast::dendritic_linear_bwd op returns).
+    Small layers are host-bound: the checks and the argument layout run once per call signature (_LinearBwd)."""
     lib = _lib()
-    dt, act = _dtype_code(x2d), _act_code(activation)
-    _check_same(x2d, grad_y=grad_y, weight=weight, dendrite_weight=dendrite_weight, gate=gate, cascade=cascade)
-    d = _d_of(dendrite_weight)
-    if d > 0:
-        _check_same(x2d, h=h)
-    out, (dw, ddw, dbias, ddb, dg, dc) = _grad_buffers(x2d, weight, gate, d, has_bias)
-    v, _, g, c = _dendrite_args(d, dendrite_weight, None, gate, cascade)
-    args = [
-        dt,
-        act,
-        _allow_tf32(x2d),
-        _t(grad_y),
-        _t(x2d),
-        _t(weight),
-        _t(v),
-        _t(g),
-        _t(c),
-        _t(h if d > 0 else None),
-        _t(out[0]),
-        _t(dw),
-        _t(dbias) if has_bias else None,
-        _t(ddw) if d > 0 else None,
-        _t(ddb) if (has_bias and d > 0) else None,
-        _t(dg) if d > 0 else None,
-        _t(dc) if d > 0 else None,
-    ]
+    ins = (grad_y, x2d, weight, dendrite_weight, gate, cascade, h)
+    tf32 = _allow_tf32(x2d)
+    plan = _linear_bwd_plans.get(
+        ins, (activation, has_bias, tf32, _align_key(ins)), lambda: _LinearBwd(*ins, activation, has_bias)
+    )
+    dev = x2d.device
+    dx = torch.empty_like(x2d)
+    dwcat = torch.empty(plan.dwcat_shape, dtype=x2d.dtype, device=dev)
+    dsmall = (torch.empty if has_bias else torch.zeros)(plan.dsmall_shape, dtype=gate.dtype, device=dev)
+    ptrs = [t.data_ptr() for t in (*ins, dx, dwcat, dsmall)]
+    args = [None if s is None else (ptrs[s[0]] + s[1], s[2], s[3]) for s in plan.slots]
     with _DeviceGuard(x2d):
-        _run_with_workspace(lib.linear_backward, args, x2d.device, _stream(x2d))
-    return out
+        if plan.nbytes is None:
+            plan.nbytes = int(lib.linear_backward(plan.dt, plan.act, tf32, *args, None, 0, 0))
+        ws = torch.empty(plan.nbytes, dtype=torch.uint8, device=dev)
+        lib.linear_backward(plan.dt, plan.act, tf32, *args, ws.data_ptr(), plan.nbytes, _stream(x2d))
+    return dx, dwcat, dsmall
 
 
 linear_bwd = seven_grads(linear_bwd_packed)

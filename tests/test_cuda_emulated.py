@@ -169,6 +169,24 @@ def test_emu_linear_many_dendrites(emu, d):
     check_linear("cpu", torch.float64, 7, 6, 5, d)
 
 
+def test_emu_linear_backward_plan_reused(emu):
+    """The backward's per-signature plan (cuda_backend._LinearBwd) serves later calls with other inputs and outputs:
+    a second round of the same shapes adds no plan and is still right against float64 (check_linear draws fresh
+    tensors); a bad dtype is rejected on every call, not remembered as a plan."""
+    CB._linear_bwd_plans.clear()
+    check_linear("cpu", torch.float32, 21, 24, 13, 2)
+    plans = len(CB._linear_bwd_plans._plans)
+    assert plans >= 1
+    check_linear("cpu", torch.float32, 21, 24, 13, 2)
+    assert len(CB._linear_bwd_plans._plans) == plans
+    (x, w, _, dw, _, g, c), _ = _inputs((13, 24), (21, 24), 2, True, torch.float32, "cpu")
+    gy, h = torch.randn(21, 13), torch.rand(21, 2, 13)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="gate: expected dtype torch.float32"):
+            CB.linear_bwd_packed(gy, x, w, dw, g.double(), c, h, "sigmoid", True)
+    assert len(CB._linear_bwd_plans._plans) == plans
+
+
 def test_emu_linear_d127(emu):
     check_linear("cpu", torch.float32, 3, 4, 2, 127, grads=False)
 

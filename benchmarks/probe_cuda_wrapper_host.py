@@ -1,0 +1,64 @@
+"""Host time of the cuda backend's Python wrapper alone (any machine, no GPU): pai_fast._C replaced by a stub whose
+calls return at once, so what is timed is the torch-side work of one call (checks, allocations, argument layout),
+not the extension's validation or its launches.
+
+    python benchmarks/probe_cuda_wrapper_host.py [--shape 256x1024x1024] [--d 3] [--calls 5000] [--rounds 5]
+
+Prints the median over rounds of µs per call of linear_fwd (training: h written) and linear_bwd_packed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from pai_fast import cuda_backend as CB
+
+
+class _StubC:
+    """Every _C function returns at once; linear_backward's size query (workspace=None) answers 1024 bytes."""
+
+    EMULATED = False
+
+    def __getattr__(self, name: str):
+        def call(*args):
+            return 1024 if name == "linear_backward" and args[-3] is None else 0
+
+        return call
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="256x1024x1024")
+    ap.add_argument("--d", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    m, k, n = (int(v) for v in args.shape.split("x"))
+    d, dt = args.d, torch.bfloat16
+    CB._C = _StubC()
+    CB.sm90_enabled = lambda: False  # the stub has no Hopper path
+    x, w, b = torch.randn(m, k, dtype=dt), torch.randn(n, k, dtype=dt), torch.randn(n, dtype=dt)
+    dw, db, g = torch.randn(d, n, k, dtype=dt), torch.randn(d, n, dtype=dt), torch.randn(d, n, dtype=dt)
+    c, gy, h = torch.randn(d, d, n, dtype=dt), torch.randn(m, n, dtype=dt), torch.randn(m, d, n, dtype=dt)
+    calls = {
+        "linear_fwd": lambda: CB.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True),
+        "linear_bwd_packed": lambda: CB.linear_bwd_packed(gy, x, w, dw, g, c, h, "sigmoid", True),
+    }
+    for name, fn in calls.items():
+        for _ in range(200):
+            fn()
+        per = []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            for _ in range(args.calls):
+                fn()
+            per.append((time.perf_counter() - t0) / args.calls * 1e6)
+        print(f"{name:18s} {args.shape} D={d}: {statistics.median(per):6.1f} us per call (median of {args.rounds})")
+
+
+if __name__ == "__main__":
+    main()
