@@ -297,13 +297,17 @@ def linear_fwd(
     return y, h
 
 
-def _align_key(tensors: Sequence[torch.Tensor]) -> bool | tuple[bool, ...]:
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _align_key(tensors: Sequence[torch.Tensor | None]) -> bool | tuple[bool, ...]:
     """The 16-byte alignment of each tensor's data (the C side picks vector paths, and sizes its workspace, by it):
     True when all are aligned, the usual case (one OR), else each tensor's own flag."""
     acc = 0
     for t in tensors:
-        acc |= t.data_ptr()
-    return acc & 15 == 0 or tuple(t.data_ptr() & 15 == 0 for t in tensors)
+        acc |= _ptr(t)
+    return acc & 15 == 0 or tuple(_ptr(t) & 15 == 0 for t in tensors)
 
 
 class _LinearBwd:
@@ -376,7 +380,7 @@ def linear_bwd_packed(
     dx = torch.empty_like(x2d)
     dwcat = torch.empty(plan.dwcat_shape, dtype=x2d.dtype, device=dev)
     dsmall = (torch.empty if has_bias else torch.zeros)(plan.dsmall_shape, dtype=gate.dtype, device=dev)
-    ptrs = [t.data_ptr() for t in (*ins, dx, dwcat, dsmall)]
+    ptrs = [_ptr(t) for t in (*ins, dx, dwcat, dsmall)]
     args = [None if s is None else (ptrs[s[0]] + s[1], s[2], s[3]) for s in plan.slots]
     with _DeviceGuard(x2d):
         if plan.nbytes is None:
