@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from pai_fast import cuda_backend as CB
+from pai_fast.bench import host_and_wall_ms
 
 
 class _StubC:
@@ -49,14 +49,7 @@ def main() -> None:
         "linear_bwd_packed": lambda: CB.linear_bwd_packed(gy, x, w, dw, g, c, h, "sigmoid", True),
     }
     for name, fn in calls.items():
-        for _ in range(200):
-            fn()
-        per = []
-        for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            for _ in range(args.calls):
-                fn()
-            per.append((time.perf_counter() - t0) / args.calls * 1e6)
+        per = [1e3 * host_and_wall_ms(fn, args.calls)[0] for _ in range(args.rounds)]
         print(f"{name:18s} {args.shape} D={d}: {statistics.median(per):6.1f} us per call (median of {args.rounds})")
 
 

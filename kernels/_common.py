@@ -36,8 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._plans import serial
-from ._launch import Launcher, aligned16
+from .._plans import aligned16, serial
+from ._launch import Launcher
 
 ACT_CODES = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

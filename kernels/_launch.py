@@ -57,17 +57,6 @@ def _spec(a: Any) -> Any:
     return a
 
 
-def aligned16(tensors: tuple) -> bool | tuple[bool, ...]:
-    """The pointer-alignment part of a launch key: True when every tensor's data is 16-byte aligned (the usual
-    case, one OR), else each tensor's own flag (Triton specializes each pointer on it)."""
-    acc = 0
-    for t in tensors:
-        acc |= t.data_ptr()
-    if acc & 15 == 0:
-        return True
-    return tuple(t.data_ptr() & 15 == 0 for t in tensors)
-
-
 class Launcher:
     """``Launcher(kernel)(grid, args, meta)`` runs ``kernel[grid](*args, **meta)``; kernel may be a JIT function or
     an autotuner / heuristics wrapper around one. args are the runtime arguments in signature order (passed

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from .._layout import conv_empty, seven_grads, small_rows, stacked_view, weight_rows_like
-from .._plans import PlanCache, serial
+from .._plans import PlanCache, aligned16, serial
 from ..backends import device_capability
 from ._common import (
     ALL_CONFIGS,
@@ -65,7 +65,7 @@ from ._common import (
     select_configs,
     torch_acc_dtype,
 )
-from ._launch import Launcher, aligned16
+from ._launch import Launcher
 
 try:  # Triton >= 3.2: host-side TMA descriptors
     from triton.tools.tensor_descriptor import TensorDescriptor

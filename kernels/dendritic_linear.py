@@ -50,7 +50,7 @@ import triton
 import triton.language as tl
 
 from .._layout import seven_grads, small_rows, stacked_view
-from .._plans import PlanCache, serial
+from .._plans import PlanCache, aligned16, serial
 from ..backends import device_capability
 
 try:  # Triton >= 3.2: host-side TMA descriptors
@@ -81,7 +81,7 @@ from ._common import (
     select_configs,
     torch_acc_dtype,
 )
-from ._launch import Launcher, aligned16
+from ._launch import Launcher
 
 # --------------------------------------------------------------------------------------------------------------
 # Reference (float64 oracle lives in pai_fast.reference; this is the same math, kept beside the kernel)

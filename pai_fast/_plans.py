@@ -27,6 +27,19 @@ def serial() -> int:
     return next(_serials)
 
 
+def aligned16(tensors: Sequence[torch.Tensor | None]) -> bool | tuple[bool, ...]:
+    """The pointer-alignment part of a launch or plan key: True when every tensor's data is 16-byte aligned (the
+    usual case, one OR), else each tensor's own flag (Triton specializes each pointer on it; csrc picks vector paths
+    by it). None counts as aligned."""
+    acc = 0
+    for t in tensors:
+        if t is not None:
+            acc |= t.data_ptr()
+    if acc & 15 == 0:
+        return True
+    return tuple(t is None or t.data_ptr() & 15 == 0 for t in tensors)
+
+
 class PlanCache:
     """``cache.get(tensors, extra, make)``: ``make()``'s result for this signature, computed once. A ``make()``
     that raises is not cached (bad input raises on every call). With ``strides=True`` the signature holds each

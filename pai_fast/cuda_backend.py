@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 
 from ._layout import conv_empty, seven_grads, small_rows, split_small, split_weights, weight_rows_like
-from ._plans import PlanCache
+from ._plans import PlanCache, aligned16
 from .backends import FUSED_BACKEND_API, device_capability
 
 try:  # the extension is optional: pure-Python installs and CPU-only machines lack it
@@ -168,14 +168,20 @@ def _grad_like(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, (out if out.is_contiguous() else torch.empty(t.shape, dtype=t.dtype, device=t.device))
 
 
-def _grad_buffers(x, weight, gate, d: int, has_bias: bool):
-    """Gradient outputs of a backward: (dx, dwcat, dsmall) packed as pai_fast._layout says, and the views
-    the kernels write: (dw, ddw, dbias, ddb, dg, dc). The bias rows are zeros without a bias."""
+def _grad_bases(x, weight, gate, d: int, has_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient outputs of a backward: (dx, dwcat, dsmall) packed as pai_fast._layout says. The bias rows are zeros
+    without a bias."""
     n = weight.shape[0]
     dwcat = torch.empty(((1 + d) * n, *weight.shape[1:]), dtype=x.dtype, device=x.device)
     dsmall = (torch.empty if has_bias else torch.zeros)((small_rows(d), n), dtype=gate.dtype, device=x.device)
+    return torch.empty_like(x), dwcat, dsmall
+
+
+def _grad_buffers(x, weight, gate, d: int, has_bias: bool):
+    """_grad_bases, and the views the kernels write: (dw, ddw, dbias, ddb, dg, dc)."""
+    dx, dwcat, dsmall = _grad_bases(x, weight, gate, d, has_bias)
     dw, ddw = split_weights(dwcat, weight.shape, d)
-    return (torch.empty_like(x), dwcat, dsmall), (dw, ddw, *split_small(dsmall, d))
+    return (dx, dwcat, dsmall), (dw, ddw, *split_small(dsmall, d))
 
 
 _WORKSPACE: dict[tuple, int] = {}
@@ -301,34 +307,24 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def _align_key(tensors: Sequence[torch.Tensor | None]) -> bool | tuple[bool, ...]:
-    """The 16-byte alignment of each tensor's data (the C side picks vector paths, and sizes its workspace, by it):
-    True when all are aligned, the usual case (one OR), else each tensor's own flag."""
-    acc = 0
-    for t in tensors:
-        acc |= _ptr(t)
-    return acc & 15 == 0 or tuple(_ptr(t) & 15 == 0 for t in tensors)
-
-
 class _LinearBwd:
     """What a Linear backward's call signature (shapes, strides, dtypes, devices, pointer alignment, activation,
-    bias, TF32) fixes, found once (pai_fast._plans): the dtype and activation codes after the checks, the gradient
-    buffers' shapes, and each C argument as (source, byte offset, sizes, strides) so that a call only adds data
-    pointers. Sources: 0-6 the inputs (grad_y, x, weight, dendrite_weight, gate, cascade, h), 7-9 the outputs (dx,
-    dwcat, dsmall); the gradient views' offsets come from laying the buffers out on the meta device. The workspace
-    size is asked of _C at the first call (it depends on the same signature)."""
+    bias, TF32) fixes, found once (pai_fast._plans): the dtype and activation codes after the checks, D, and each C
+    argument as (source, byte offset, sizes, strides) so that a call only adds data pointers. Sources: 0-6 the
+    inputs (grad_y, x, weight, dendrite_weight, gate, cascade, h), 7-9 the outputs of _grad_bases (dx, dwcat,
+    dsmall); the gradient views' offsets come from laying the buffers out on the meta device. The workspace size is
+    asked of _C at the first call (it depends on the same signature)."""
 
-    __slots__ = ("dt", "act", "dwcat_shape", "dsmall_shape", "slots", "nbytes")
+    __slots__ = ("dt", "act", "d", "slots", "nbytes")
 
     def __init__(self, grad_y, x2d, weight, dendrite_weight, gate, cascade, h, activation, has_bias):
         self.dt, self.act = _dtype_code(x2d), _act_code(activation)
         _check_same(x2d, grad_y=grad_y, weight=weight, dendrite_weight=dendrite_weight, gate=gate, cascade=cascade)
-        d = _d_of(dendrite_weight)
+        self.d = d = _d_of(dendrite_weight)
         if d > 0:
             _check_same(x2d, h=h)
         meta = torch.empty_strided(x2d.shape, x2d.stride(), dtype=x2d.dtype, device="meta")
-        (dx, dwcat, dsmall), (dw, ddw, dbias, ddb, dg, dc) = _grad_buffers(meta, weight, gate, d, has_bias)
-        self.dwcat_shape, self.dsmall_shape = tuple(dwcat.shape), tuple(dsmall.shape)
+        (dx, _, _), (dw, ddw, dbias, ddb, dg, dc) = _grad_buffers(meta, weight, gate, d, has_bias)
 
         def slot(src: int, t: torch.Tensor | None) -> tuple | None:
             # An input's pointer is its own data_ptr(); an output view's is its buffer's plus the view's offset.
@@ -374,18 +370,15 @@ def linear_bwd_packed(
     ins = (grad_y, x2d, weight, dendrite_weight, gate, cascade, h)
     tf32 = _allow_tf32(x2d)
     plan = _linear_bwd_plans.get(
-        ins, (activation, has_bias, tf32, _align_key(ins)), lambda: _LinearBwd(*ins, activation, has_bias)
+        ins, (activation, has_bias, tf32, aligned16(ins)), lambda: _LinearBwd(*ins, activation, has_bias)
     )
-    dev = x2d.device
-    dx = torch.empty_like(x2d)
-    dwcat = torch.empty(plan.dwcat_shape, dtype=x2d.dtype, device=dev)
-    dsmall = (torch.empty if has_bias else torch.zeros)(plan.dsmall_shape, dtype=gate.dtype, device=dev)
+    dx, dwcat, dsmall = _grad_bases(x2d, weight, gate, plan.d, has_bias)
     ptrs = [_ptr(t) for t in (*ins, dx, dwcat, dsmall)]
     args = [None if s is None else (ptrs[s[0]] + s[1], s[2], s[3]) for s in plan.slots]
     with _DeviceGuard(x2d):
         if plan.nbytes is None:
             plan.nbytes = int(lib.linear_backward(plan.dt, plan.act, tf32, *args, None, 0, 0))
-        ws = torch.empty(plan.nbytes, dtype=torch.uint8, device=dev)
+        ws = torch.empty(plan.nbytes, dtype=torch.uint8, device=x2d.device)
         lib.linear_backward(plan.dt, plan.act, tf32, *args, ws.data_ptr(), plan.nbytes, _stream(x2d))
     return dx, dwcat, dsmall
 
