@@ -3,7 +3,8 @@
 # memcheck (out-of-bounds / misaligned accesses), racecheck (shared-memory hazards), synccheck (barrier
 # misuse) and initcheck (reads of uninitialised global memory), each failing on the first error.
 # Every kernel runs: forward, dZ (register path D<=8 and generic D>8), the reduction, dX and dW GEMMs with
-# and without split-K, for fp32/TF32/fp16/bf16/fp64, Linear and Conv1d/2d/3d, batch 0 and 1, odd sizes.
+# and without split-K, the one-pass Linear backward (D = 1, 2, 3; scalar and 16-byte loads), for
+# fp32/TF32/fp16/bf16/fp64, Linear and Conv1d/2d/3d, batch 0 and 1, odd sizes.
 #
 # Usage (GPU machine, after `pip install -e .`):  bash benchmarks/sanitize.sh [tools...]
 #   default tools: memcheck racecheck synccheck initcheck ; output also goes to $OUT/sanitize.log if set.
@@ -20,6 +21,8 @@ export PYTORCH_NO_CUDA_MEMORY_CACHING=1  # every tensor its own allocation, so m
 CASES=$(mktemp /tmp/pai_fast_sanitize_XXXX.py)
 trap 'rm -f "$CASES"' EXIT
 cat >"$CASES" <<'EOF'
+import os
+
 import torch
 from pai_fast import cuda_backend as CB
 
@@ -35,12 +38,14 @@ def params(wshape, d, bias, dtype):
             torch.randn(d, n, **g) if bias else None, torch.randn(d, n, **g), torch.randn(d, d, n, **g))
 
 
-def linear(m, k, n, d, dtype, act="sigmoid", bias=True, tf32=False):
+def linear(m, k, n, d, dtype, act="sigmoid", bias=True, tf32=False, contiguous=False):
     torch.backends.cuda.matmul.allow_tf32 = tf32
     w, b, dw, db, g, c = params((n, k), d, bias, dtype)
-    x = torch.randn(m, 2 * k, device=dev, dtype=dtype)[:, ::2]  # non-contiguous
+    x = torch.randn(m, k if contiguous else 2 * k, device=dev, dtype=dtype)[:, :: 1 if contiguous else 2]
     y, h = CB.linear_fwd(x, w, b, dw, db, g, c, act, True)
-    CB.linear_bwd(torch.randn_like(y), x, w, dw, g, c, h, act, bias)
+    for path in ("onepass", "split"):  # both backwards (onepass.cu applies to 1 <= D <= 3)
+        os.environ["PAI_FAST_CUDA_BACKWARD"] = path
+        CB.linear_bwd(torch.randn_like(y), x, w, dw, g, c, h, act, bias)
 
 
 def conv(b, cin, cout, sp, k, st, pad, dil, d, dtype, channels_last=False):
@@ -54,9 +59,10 @@ def conv(b, cin, cout, sp, k, st, pad, dil, d, dtype, channels_last=False):
 
 n = 0
 for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-    for d in (0, 3, 9):
-        for m, k, n_ in ((1, 1, 1), (37, 33, 19), (0, 5, 3), (70, 130, 129)):
+    for d in (0, 1, 3, 9):
+        for m, k, n_ in ((1, 1, 1), (37, 33, 19), (0, 5, 3), (70, 128, 129)):
             linear(m, k, n_, d, dtype); n += 1
+    linear(70, 128, 129, 2, dtype, contiguous=True); n += 1  # 16-byte loads of x too
     linear(600, 24, 8, 2, dtype); n += 1          # split-K in dW
     linear(8, 40, 300, 2, dtype, bias=False); n += 1  # split-K in dX
     conv(2, 3, 5, (9,), (3,), (2,), (1,), (2,), 2, dtype); n += 1

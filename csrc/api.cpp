@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -595,6 +596,31 @@ struct BwdPlan {
 
 size_t align_up(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
 
+constexpr size_t kMinWorkspace = 256;  // what a backward asks for at least, so a valid workspace is never NULL
+
+// PAI_FAST_CUDA_BACKWARD=onepass|split forces the Linear backward's path (tests run both); unset or "auto": the
+// planner's choice below.
+int forced_backward_path() {
+  const char* e = std::getenv("PAI_FAST_CUDA_BACKWARD");
+  if (e == nullptr) return 0;
+  if (std::strcmp(e, "onepass") == 0) return 1;
+  if (std::strcmp(e, "split") == 0) return 2;
+  return 0;
+}
+
+// The one-pass backward (onepass.cu: one launch, dZ recomputed inside both GEMMs, no workspace) for Linear layers
+// with 1 <= D <= 3 up to this many multiply-adds per GEMM, M (1+D) N K, by the math of its mma.sync / FMA GEMMs.
+// Small layers are host-bound, and the split backward below makes five or six launches.
+bool use_onepass(const Problem& pr) {
+  const pf::Geom& g = pr.g;
+  if (pr.nd != 0 || g.D < 1 || g.D > pf::kOnepassMaxD || g.P == 0 || g.Cout == 0 || g.Cin == 0) return false;
+  const int forced = forced_backward_path();
+  if (forced != 0) return forced == 1;
+  const double macs = static_cast<double>(g.P) * static_cast<double>(g.R * g.Cout) * static_cast<double>(g.Cin);
+  const double limit = dtype_size(pr.dtype) == 2 ? 0x1p31 : pr.math == pf::kMathTF32 ? 0x1p30 : 0x1p29;
+  return macs <= limit;
+}
+
 void plan_split(int64_t tiles, int64_t ktiles, int64_t out_elems, size_t acc, int* splits, int* ktps) {
   int64_t sp = 1;
   if (tiles > 0 && tiles < 132 && ktiles >= 16) {
@@ -656,7 +682,7 @@ BwdPlan plan_backward(const Problem& pr, int64_t dy_pix_stride) {
   if (pl.dg_splits > 1) ws = std::max(ws, static_cast<size_t>(pl.dg_splits) * g.PIN * g.Cin * as);
   if (pl.wg_splits > 1) ws = std::max(ws, static_cast<size_t>(pl.wg_splits) * g.R * g.Cout * g.KC * as);
   off = align_up(off + ws);
-  pl.total = std::max<size_t>(off, 256);
+  pl.total = std::max<size_t>(off, kMinWorkspace);
   return pl;
 }
 
@@ -702,14 +728,65 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
   }
   if (workspace_bytes == nullptr)
     fail(PF_ERROR_INVALID_ARGUMENT, std::string(pr.fn) + ": argument 'workspace_bytes' is NULL");
-  const BwdPlan pl = plan_backward(pr, sdyp);
+  const bool onepass = use_onepass(pr);
+  const BwdPlan pl = onepass ? BwdPlan{} : plan_backward(pr, sdyp);
+  const size_t need = onepass ? kMinWorkspace : pl.total;
   if (workspace == nullptr) {
-    *workspace_bytes = pl.total;
+    *workspace_bytes = need;
     return;
   }
-  if (*workspace_bytes < pl.total)
+  if (*workspace_bytes < need)
     fail(PF_ERROR_WORKSPACE, std::string(pr.fn) + ": workspace of " + std::to_string(*workspace_bytes) +
-                                 " bytes is too small, need " + std::to_string(pl.total));
+                                 " bytes is too small, need " + std::to_string(need));
+  if (onepass) {
+    pf::OnepassParams op{};
+    op.M = g.P;
+    op.N = g.Cout;
+    op.K = g.Cin;
+    op.D = static_cast<int>(g.D);
+    op.act = pr.act;
+    op.dy = grad_y->data;
+    op.sdym = grad_y->strides[0];
+    op.sdyn = grad_y->strides[1];
+    op.x = x->data;
+    op.sxm = pr.sx[0];
+    op.sxk = pr.sx[1];
+    op.w = weight->data;
+    weight_strides(ck, "weight", weight, 0, &op.swn, &op.swk);
+    op.v = dendrite_weight->data;
+    op.svd = dendrite_weight->strides[0];
+    weight_strides(ck, "dendrite_weight", dendrite_weight, 1, &op.svn, &op.svk);
+    op.h = h->data;
+    op.shm = h->strides[0];
+    op.shd = h->strides[1];
+    op.shn = h->strides[2];
+    op.gate = q.gate;
+    op.sgd = q.sgd;
+    op.sgn = q.sgn;
+    op.casc = q.casc;
+    op.sci = q.sci;
+    op.scj = q.scj;
+    op.scn = q.scn;
+    op.dx = dx->data;
+    op.sdxm = dx->strides[0];
+    op.sdxk = dx->strides[1];
+    op.dw = dweight->data;
+    op.dv = ddendrite_weight->data;
+    op.dbias = dbias ? dbias->data : nullptr;
+    op.dgate = dgate->data;
+    op.dvbias = ddendrite_bias ? ddendrite_bias->data : nullptr;
+    op.dcasc = dcascade->data;
+    // 16-byte loads of whole rows' vectors, where every vector is entirely in or out of range and aligned.
+    const int64_t vw = 16 / static_cast<int64_t>(dtype_size(pr.dtype));
+    const bool vec = vector_loads_enabled() && g.Cin % vw == 0;
+    op.x_vec = vec && op.sxk == 1 && op.sxm % vw == 0 && aligned16(op.x);
+    op.w_vec = vec && op.swk == 1 && op.swn % vw == 0 && op.svk == 1 && op.svn % vw == 0 && op.svd % vw == 0 &&
+               aligned16(op.w) && aligned16(op.v);
+    check_cuda(pr.fn, "the one-pass backward kernel", dispatch(pr.dtype, [&](auto tag) {
+                 return pf::launch_onepass<decltype(tag)>(op, pr.math, stream);
+               }));
+    return;
+  }
   char* wsp = static_cast<char*>(workspace);
   void* dz = wsp + pl.off_dz;
 

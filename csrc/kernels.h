@@ -122,6 +122,39 @@ struct ReduceParams {
   void* dcasc;
 };
 
+// ---- one-pass backward of a small Linear layer (onepass.cu): dX, dWcat and the reductions in one launch ----
+struct OnepassParams {
+  int64_t M, N, K;
+  int D;  // 1..kOnepassMaxD
+  int act;
+  const void* dy;
+  int64_t sdym, sdyn;
+  const void* x;
+  int64_t sxm, sxk;
+  const void* w;
+  int64_t swn, swk;
+  const void* v;
+  int64_t svd, svn, svk;
+  const void* h;
+  int64_t shm, shd, shn;
+  const void* gate;
+  int64_t sgd, sgn;
+  const void* casc;
+  int64_t sci, scj, scn;
+  void* dx;
+  int64_t sdxm, sdxk;
+  void* dw;     // [N, K] contiguous
+  void* dv;     // [D, N, K] contiguous
+  void* dbias;  // [N] or null
+  void* dgate;  // [D, N]
+  void* dvbias;  // [D, N] or null
+  void* dcasc;   // [D, D, N]
+  int x_vec;     // 16-byte loads of x rows (unit stride along K, aligned, K % vector width == 0)
+  int w_vec;     // the same for the rows of weight and dendrite_weight
+  int x_tiles_m, x_tiles_n, w_tiles_m, w_tiles_n;  // filled by the launcher
+};
+constexpr int kOnepassMaxD = 3;
+
 constexpr int kDzThreads = 128;
 constexpr int kMaxFusedD = 8;  // dZ kernel keeps everything in registers up to this D
 
@@ -139,6 +172,8 @@ template <class T>
 cudaError_t launch_dz(const DzParams& p, cudaStream_t s);
 template <class T>
 cudaError_t launch_reduce(const ReduceParams& p, cudaStream_t s);
+template <class T>
+cudaError_t launch_onepass(const OnepassParams& p, int math, cudaStream_t s);
 
 // Hopper Linear forward (sm90_linear.cuh; only in builds with CUTLASS, PF_HAVE_SM90_CUTLASS). T in {__half,
 // __nv_bfloat16}, R = 1 + D <= kSm90MaxR. FwdParams as for launch_fwd, except p.bno = sm90_neurons_per_tile(R).

@@ -8,11 +8,14 @@ Math (spec §2.3), for D dendrites and act in {identity, sigmoid, tanh, relu}:
               dG[i] = sum dy a_i ; dB[k,i] = sum ds_k a_i (i<k) ; db = sum dy ; dc_i = sum ds_i ;
               dX = dZcat Wcat ; dWcat = dZcat^T X
 
-Forward is one kernel; backward is a dZ kernel (deterministic partial sums), a fixed-order reduction and two
-GEMMs (csrc/*.cu). On sm_90 with a build that has CUTLASS (PAI_FAST_CUTLASS), 16-bit Linear layers with D <= 7 and
-in_features % 8 == 0 run the forward on a CUTLASS TMA + wgmma mainloop over neuron-interleaved packed weights (packed
-once per weight version, see _packed) with the same epilogue, and the backward's two GEMMs on CUTLASS when the
-weights are stacked in one storage (DendriticLinear's layout); PAI_FAST_CUDA_SM90=0 turns both off.
+Forward is one kernel. The backward of a small Linear layer (1 <= D <= 3, up to 2^29-2^31 multiply-adds per GEMM by
+dtype) is one launch, csrc/onepass.cu, which recomputes dZcat inside both GEMMs and sums the reductions in a fixed
+order; otherwise it is a dZ kernel (deterministic partial sums), a fixed-order reduction and two GEMMs (csrc/*.cu).
+PAI_FAST_CUDA_BACKWARD=onepass|split forces either (read by _C at each call). On sm_90 with a build that has CUTLASS
+(PAI_FAST_CUTLASS), 16-bit Linear layers with D <= 7 and in_features % 8 == 0 run the forward on a CUTLASS TMA + wgmma
+mainloop over neuron-interleaved packed weights (packed once per weight version, see _packed) with the same epilogue,
+and the backward's two GEMMs on CUTLASS when the weights are stacked in one storage (DendriticLinear's layout);
+PAI_FAST_CUDA_SM90=0 turns both off.
 This module allocates outputs with torch, then passes data pointers, sizes, strides and
 the current stream to pai_fast._C, which contains no torch code (one build serves any torch version).
 Reference: pai_fast.reference.dendritic_linear_ref / dendritic_conv_ref.
@@ -369,9 +372,9 @@ def linear_bwd_packed(
     lib = _lib()
     ins = (grad_y, x2d, weight, dendrite_weight, gate, cascade, h)
     tf32 = _allow_tf32(x2d)
-    plan = _linear_bwd_plans.get(
-        ins, (activation, has_bias, tf32, aligned16(ins)), lambda: _LinearBwd(*ins, activation, has_bias)
-    )
+    # PAI_FAST_CUDA_BACKWARD (a path forced for tests, read by _C) is in the key: the workspace size follows the path.
+    key = (activation, has_bias, tf32, aligned16(ins), os.environ.get("PAI_FAST_CUDA_BACKWARD"))
+    plan = _linear_bwd_plans.get(ins, key, lambda: _LinearBwd(*ins, activation, has_bias))
     dx, dwcat, dsmall = _grad_bases(x2d, weight, gate, plan.d, has_bias)
     ptrs = [_ptr(t) for t in (*ins, dx, dwcat, dsmall)]
     args = [None if s is None else (ptrs[s[0]] + s[1], s[2], s[3]) for s in plan.slots]

@@ -26,3 +26,12 @@ def pytest_collection_modifyitems(config, items):
 def pytest_report_header(config):
     interp = os.environ.get("TRITON_INTERPRET")
     return f"torch {torch.__version__}, cuda={torch.cuda.is_available()}, TRITON_INTERPRET={interp}"
+
+
+@pytest.fixture(params=["onepass", "split"])
+def bwd_path(request, monkeypatch):
+    """The Linear backward's two paths (csrc/onepass.cu, or the dZ kernel, its reduction and two GEMMs), forced
+    through _C's PAI_FAST_CUDA_BACKWARD; where the one-pass kernel does not apply (D = 0, D > 3, an empty dim) both
+    run the split one."""
+    monkeypatch.setenv("PAI_FAST_CUDA_BACKWARD", request.param)
+    return request.param

@@ -263,7 +263,7 @@ LINEAR_SHAPES = [(1, 1, 1), (37, 33, 19), (0, 17, 9), (130, 100, 70), (5, 257, 3
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("d", [0, 1, 2, 3, 5, 8, 9])
 @pytest.mark.parametrize("shape", LINEAR_SHAPES, ids=str)
-def test_linear_grid_gpu(dtype, d, shape):
+def test_linear_grid_gpu(bwd_path, dtype, d, shape):
     assert _gpu_ready(), CB.supports(
         "linear", torch.empty(1, 1, device="cuda"), torch.empty(1, 1, device="cuda"), 1, "sigmoid"
     )
@@ -275,13 +275,13 @@ def test_linear_grid_gpu(dtype, d, shape):
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_linear_activations_bias_gpu(act, bias, dtype):
+def test_linear_activations_bias_gpu(bwd_path, act, bias, dtype):
     check_linear("cuda", dtype, 23, 45, 31, 3, act=act, bias=bias)
 
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_linear_noncontiguous_gpu(dtype):
+def test_linear_noncontiguous_gpu(bwd_path, dtype):
     check_linear("cuda", dtype, 29, 40, 21, 4, noncontig_x=True)
     # transposed x and transposed weight views
     (x, w, b, dw, db, g, c), ref = _inputs((21, 40), (40, 29), 2, True, dtype, "cuda")
@@ -305,14 +305,14 @@ def test_linear_too_many_dendrites_gpu():
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_linear_splitk_and_big_gpu(dtype):
+def test_linear_splitk_and_big_gpu(bwd_path, dtype):
     # few output tiles + long reduction -> split-K in both backward GEMMs
     check_linear("cuda", dtype, 3000, 64, 24, 3)
     check_linear("cuda", dtype, 16, 2000, 40, 2)
 
 
 @gpu
-def test_linear_tf32_gpu():
+def test_linear_tf32_gpu(bwd_path):
     check_linear("cuda", torch.float32, 77, 300, 45, 3, tf32=True)
 
 

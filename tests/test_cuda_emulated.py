@@ -30,7 +30,7 @@ from .test_cuda_backend import _inputs, check_conv, check_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-KERNELS = ["fwd.cu", "dgrad.cu", "wgrad.cu", "dz.cu"]
+KERNELS = ["fwd.cu", "dgrad.cu", "wgrad.cu", "dz.cu", "onepass.cu"]
 
 
 def _cuda_root() -> Path | None:
@@ -131,14 +131,14 @@ def emu(emu_module, monkeypatch):
 
 # ---- Linear: dtype x D x shape (small: every CUDA thread is an OS thread)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("d", [0, 1, 3])
-def test_emu_linear_dtypes(emu, dtype, d):
+@pytest.mark.parametrize("d", [0, 1, 2, 3])
+def test_emu_linear_dtypes(emu, bwd_path, dtype, d):
     check_linear("cpu", dtype, 37, 45, 19, d)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
-def test_emu_linear_vector_paths(emu, monkeypatch, dtype, scalar):
+def test_emu_linear_vector_paths(emu, bwd_path, monkeypatch, dtype, scalar):
     """K, N multiples of 8 and aligned rows: every GEMM operand takes the 16-byte vector path (and,
     with PAI_FAST_CUDA_SCALAR_LOADS=1, the element-wise path); partial K and N tiles included."""
     if scalar:
@@ -147,19 +147,19 @@ def test_emu_linear_vector_paths(emu, monkeypatch, dtype, scalar):
     check_linear("cpu", dtype, 9, 16, 8, 0, act="tanh")
 
 
-def test_emu_linear_vector_tf32(emu):
+def test_emu_linear_vector_tf32(emu, bwd_path):
     check_linear("cpu", torch.float32, 33, 24, 16, 1, tf32=True)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (0, 5, 3), (1, 7, 2), (65, 3, 130)], ids=str)
-def test_emu_linear_edge_shapes(emu, shape):
+def test_emu_linear_edge_shapes(emu, bwd_path, shape):
     m, k, n = shape
     check_linear("cpu", torch.float32, m, k, n, 2)
 
 
 @pytest.mark.parametrize("act", ["sigmoid", "tanh", "relu", "identity"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_emu_linear_activations(emu, act, bias):
+def test_emu_linear_activations(emu, bwd_path, act, bias):
     check_linear("cpu", torch.float64, 9, 10, 11, 3, act=act, bias=bias)
 
 
@@ -187,11 +187,44 @@ def test_emu_linear_backward_plan_reused(emu):
     assert len(CB._linear_bwd_plans._plans) == plans
 
 
+def _asked_workspace(lib, m, k, n, d, dtype, tf32=False) -> int:
+    """The workspace _C's backward asks for (a query: no kernel runs, so the shapes may be large): the one-pass
+    path needs none beyond the 256 bytes every backward asks for, the split one holds dZcat there."""
+    meta = dict(device="meta", dtype=dtype)
+    ins = (torch.empty(m, n, **meta), torch.empty(m, k, **meta), torch.empty(n, k, **meta),
+           torch.empty(d, n, k, **meta), torch.empty(d, n, **meta), torch.empty(d, d, n, **meta),
+           torch.empty(m, d, n, **meta))  # fmt: skip
+    plan = CB._LinearBwd(*ins, "sigmoid", True)
+    args = [None if s is None else (1 << 20, s[2], s[3]) for s in plan.slots]
+    return lib.linear_backward(plan.dt, plan.act, tf32, *args, None, 0, 0)
+
+
+def test_emu_linear_backward_path_choice(emu, monkeypatch):
+    """_C takes the one-pass backward for Linear layers with 1 <= D <= 3 up to M (1+D) N K multiply-adds of 2^31
+    (16-bit), 2^30 (TF32), 2^29 (fp32, fp64), the split one otherwise; PAI_FAST_CUDA_BACKWARD forces either where
+    the one-pass kernel applies."""
+    monkeypatch.delenv("PAI_FAST_CUDA_BACKWARD", raising=False)
+    one = 256
+    assert _asked_workspace(emu, 64, 784, 128, 3, torch.float32) == one
+    assert _asked_workspace(emu, 256, 1024, 1024, 3, torch.bfloat16) == one  # 2^30 MACs
+    assert _asked_workspace(emu, 256, 1024, 1024, 3, torch.float32, tf32=True) == one
+    assert _asked_workspace(emu, 256, 1024, 1024, 3, torch.float32) > one  # 2^30 > 2^29: split
+    assert _asked_workspace(emu, 512, 1024, 1024, 3, torch.float16) == one  # 2^31
+    assert _asked_workspace(emu, 520, 1024, 1024, 3, torch.float16) > one
+    for d in (0, 4):
+        assert _asked_workspace(emu, 64, 784, 128, d, torch.float32) > one
+    monkeypatch.setenv("PAI_FAST_CUDA_BACKWARD", "split")
+    assert _asked_workspace(emu, 64, 784, 128, 3, torch.float32) > one
+    monkeypatch.setenv("PAI_FAST_CUDA_BACKWARD", "onepass")
+    assert _asked_workspace(emu, 256, 1024, 1024, 3, torch.float32) == one
+    assert _asked_workspace(emu, 64, 784, 128, 4, torch.float32) > one  # D = 4: no one-pass kernel
+
+
 def test_emu_linear_d127(emu):
     check_linear("cpu", torch.float32, 3, 4, 2, 127, grads=False)
 
 
-def test_emu_linear_noncontiguous(emu):
+def test_emu_linear_noncontiguous(emu, bwd_path):
     check_linear("cpu", torch.float32, 13, 20, 9, 2, noncontig_x=True)
     (x, w, b, dw, db, g, c), ref = _inputs((9, 20), (20, 13), 2, True, torch.float64, "cpu")
     from pai_fast import reference as R
@@ -200,11 +233,11 @@ def test_emu_linear_noncontiguous(emu):
     torch.testing.assert_close(y, R.dendritic_linear_ref(ref[0].t(), *ref[1:], activation="tanh"))
 
 
-def test_emu_linear_tf32(emu):
+def test_emu_linear_tf32(emu, bwd_path):
     check_linear("cpu", torch.float32, 21, 40, 17, 2, tf32=True)
 
 
-def test_emu_linear_splitk(emu):
+def test_emu_linear_splitk(emu, bwd_path):
     """Few output tiles and a long reduction: both backward GEMMs split K (partials summed in order)."""
     check_linear("cpu", torch.float64, 600, 3, 2, 1)  # wgrad: 600 rows / BK 16 = 38 k-tiles
     check_linear("cpu", torch.float64, 2, 5, 300, 1)  # dgrad: R*N = 600 reduction

@@ -77,7 +77,7 @@ def test_sm90_each_schedule_gpu(monkeypatch, schedule, d, shape):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("d", [0, 1, 3, 7])
 @pytest.mark.parametrize("shape", SHAPES[1:], ids=str)
-def test_sm90_backward_stacked_gpu(dtype, d, shape):
+def test_sm90_backward_stacked_gpu(bwd_path, dtype, d, shape):
     """Stacked weights (DendriticLinear's layout): the backward's dX GEMM runs on CUTLASS too."""
     m, k, n = shape
     check_linear("cuda", dtype, m, k, n, d, stacked=True)
@@ -87,7 +87,7 @@ def test_sm90_backward_stacked_gpu(dtype, d, shape):
 @needs_sm90
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_sm90_activations_bias_gpu(act, bias):
+def test_sm90_activations_bias_gpu(bwd_path, act, bias):
     CB.clear_packed_weights()
     check_linear("cuda", torch.bfloat16, 77, 96, 45, 3, act=act, bias=bias)
     assert len(CB._PACKS) >= 1
