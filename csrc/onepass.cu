@@ -5,7 +5,7 @@
 //   dbias = sum dy ; dG[i] = sum dy a_i ; dc_i = sum ds_i ; dB[k,i] = sum ds_k a_i (i < k)   (sums over rows)
 //
 // Inside this kernel the branches are stacked neuron-major: stacked row j = n * PP + r is branch r of neuron n
-// (PP = 2 for D = 1, 4 for D = 2, 3; rows with r > D are zeros), so one (row, neuron) pair's dZ chain fills PP
+// (PP = 2 for D = 1, 4 for D = 2, 3; rows with r > D are zeros; D is a template parameter), so one (row, neuron) pair's dZ chain fills PP
 // neighbouring entries of a tile. Blocks [0, TX) own a BM x BN tile of dX and reduce over every stacked row j;
 // blocks [TX, TX + TW) own a BM x BN tile of dWcat (stacked rows x input features) and reduce over the M rows.
 // Each block recomputes the dZ entries its tiles need from dy and h while filling shared memory, so the
@@ -20,85 +20,113 @@
 namespace pf {
 namespace {
 
+// Stacked rows per neuron: 1 + D, rounded up to a power of two so a tile's rows hold whole neurons.
+template <int D>
+struct Stacked {
+  static constexpr int kRows = D == 1 ? 2 : 4;
+};
+
 // One (row, neuron) pair's inputs, held in registers from the load (before the previous step's math) to the
-// tile store (after it), as VecLoad holds its operand vectors.
-template <class T, int DM>
+// tile store (after it), as VecLoad holds its operand vectors. D is a compile-time constant (1..3): no branch
+// on it in the loops.
+template <class T, int D>
 struct PairIn {
   T gy;
-  T a[DM];
+  T a[D];
 };
 
-template <class T, int DM>
-PF_DEV void load_pair(const OnepassParams& p, int64_t m, int64_t n, PairIn<T, DM>& in) {
-  const bool ok = m < p.M && n < p.N;
-  const T* dy = static_cast<const T*>(p.dy);
-  const T* h = static_cast<const T*>(p.h);
-  in.gy = ok ? ldg(dy + m * p.sdym + n * p.sdyn) : zero_of<T>();
+// dy and h of the pair at dy_row + dn and h_row + hn (null rows and ok = false: zeros, so padding adds nothing).
+template <class T, int D>
+PF_DEV void load_pair(const T* dy_row, const T* h_row, int64_t dn, int64_t hn, int64_t shd, bool ok,
+                      PairIn<T, D>& in) {
+  in.gy = ok ? ldg(dy_row + dn) : zero_of<T>();
 #pragma unroll
-  for (int i = 0; i < DM; ++i) in.a[i] = ok && i < p.D ? ldg(h + m * p.shm + i * p.shd + n * p.shn) : zero_of<T>();
+  for (int i = 0; i < D; ++i) in.a[i] = ok ? ldg(h_row + hn + i * shd) : zero_of<T>();
 }
 
-// Gate G[i] and cascade Bc[k][i] (k > i) of neuron n; zeros past D and past N, so padded rows stay zero.
-template <class T, class A, int DM>
-PF_DEV void load_params(const OnepassParams& p, int64_t n, A (&G)[DM], A (&Bc)[DM][DM]) {
+// Gate G[i] and cascade Bc[k][i] (k > i) of neuron n; zeros past N, so padded rows stay zero.
+template <class T, class A, int D>
+PF_DEV void load_params(const OnepassParams& p, int64_t n, A (&G)[D], A (&Bc)[D][D]) {
   const bool ok = n < p.N;
-  const T* gate = static_cast<const T*>(p.gate);
-  const T* casc = static_cast<const T*>(p.casc);
+  const T* gate = static_cast<const T*>(p.gate) + n * p.sgn;
+  const T* casc = static_cast<const T*>(p.casc) + n * p.scn;
 #pragma unroll
-  for (int i = 0; i < DM; ++i) {
-    G[i] = ok && i < p.D ? to_acc(ldg(gate + i * p.sgd + n * p.sgn)) : A(0);
+  for (int i = 0; i < D; ++i) {
+    G[i] = ok ? to_acc(ldg(gate + i * p.sgd)) : A(0);
 #pragma unroll
-    for (int k = 0; k < DM; ++k)
-      Bc[k][i] = ok && k > i && k < p.D ? to_acc(ldg(casc + k * p.sci + i * p.scj + n * p.scn)) : A(0);
+    for (int k = i + 1; k < D; ++k) Bc[k][i] = ok ? to_acc(ldg(casc + k * p.sci + i * p.scj)) : A(0);
   }
 }
 
-// ds[i] of one pair (0 for i >= D), in dz.cu's order of operations.
-template <class A, int DM>
-PF_DEV void dz_chain(A gy, const A (&a)[DM], const A (&G)[DM], const A (&Bc)[DM][DM], int D, int act, A (&ds)[DM]) {
-#pragma unroll
-  for (int i = DM - 1; i >= 0; --i) {
-    A v = A(0);
-    if (i < D) {
-      v = G[i] * gy;
-#pragma unroll
-      for (int k = i + 1; k < DM; ++k)
-        if (k < D) v += Bc[k][i] * ds[k];
-      v *= act_grad(a[i], act);
-    }
-    ds[i] = v;
-  }
-}
-
-// The stacked dZ entries of one pair (dy, then ds_0..ds_{DM-1}) into neighbouring elements of a shared-memory tile.
-// Returns the chain's inputs and ds (the dWcat blocks sum them).
-template <class S, class T, class A, int DM>
-PF_DEV void stack_pair(const PairIn<T, DM>& in, const A (&G)[DM], const A (&Bc)[DM][DM], int D, int act, S* dst,
-                       A& gy, A (&a)[DM], A (&ds)[DM]) {
+// The stacked dZ entries of one pair (dy, then ds_0..ds_{D-1}, then zeros up to the stacked width PP) into
+// neighbouring elements of a shared-memory tile, with ds in dz.cu's order of operations. Returns the chain's inputs
+// and ds (the dWcat blocks sum them).
+template <class S, class T, class A, int D>
+PF_DEV void stack_pair(const PairIn<T, D>& in, const A (&G)[D], const A (&Bc)[D][D], int act, S* dst, A& gy,
+                       A (&a)[D], A (&ds)[D]) {
   gy = to_acc(in.gy);
 #pragma unroll
-  for (int i = 0; i < DM; ++i) a[i] = to_acc(in.a[i]);
-  dz_chain(gy, a, G, Bc, D, act, ds);
+  for (int i = D - 1; i >= 0; --i) {
+    a[i] = to_acc(in.a[i]);
+    A v = G[i] * gy;
+#pragma unroll
+    for (int k = i + 1; k < D; ++k) v += Bc[k][i] * ds[k];
+    ds[i] = v * act_grad(a[i], act);
+  }
   dst[0] = from_acc<S>(gy);
 #pragma unroll
-  for (int i = 0; i < DM; ++i) dst[i + 1] = from_acc<S>(ds[i]);
+  for (int i = 0; i < D; ++i) dst[i + 1] = from_acc<S>(ds[i]);
+#pragma unroll
+  for (int i = D + 1; i < Stacked<D>::kRows; ++i) dst[i] = zero_of<S>();
 }
 
-// Partial-sum slot of each reduction, for DM (compile-time) dendrites: 0 dbias ; 1+i dG[i] ; 1+DM+i dc_i ;
-// 1+2DM+k(k-1)/2+i dB[k,i].
-template <int DM>
+// Partial-sum slot of each reduction: 0 dbias ; 1+i dG[i] ; 1+D+i dc_i ; 1+2D+k(k-1)/2+i dB[k,i].
+template <int D>
 struct Slots {
-  static constexpr int kCount = 1 + 2 * DM + DM * (DM - 1) / 2;
-  PF_DEV static int casc(int k, int i) { return 1 + 2 * DM + k * (k - 1) / 2 + i; }
+  static constexpr int kCount = 1 + 2 * D + D * (D - 1) / 2;
+  PF_DEV static constexpr int casc(int k, int i) { return 1 + 2 * D + k * (k - 1) / 2 + i; }
 };
 
+// n (<= VE, 16 bytes of T) accumulator values of one output row to dst[0], dst[stride], ...: one 16-byte store when
+// the segment is whole, contiguous and aligned, else element by element. The epilogues write through this: one
+// store per 8 bf16 values instead of eight keeps their instruction count below the mainloop's.
+template <class T, class A>
+PF_DEV void store_segment(T* dst, int64_t stride, const A* src, int n) {
+  constexpr int VE = 16 / static_cast<int>(sizeof(T));
+  if (n == VE && stride == 1 && (reinterpret_cast<uintptr_t>(dst) & 15u) == 0) {
+    union {
+      uint4 u;
+      T v[VE];
+    } w;
+#pragma unroll
+    for (int j = 0; j < VE; ++j) w.v[j] = from_acc<T>(src[j]);
+    *reinterpret_cast<uint4*>(dst) = w.u;
+  } else {
+    for (int j = 0; j < n; ++j) dst[j * stride] = from_acc<T>(src[j]);
+  }
+}
+
+// The block's accumulator tile Cs [BM][BN] (columns q0..) to global memory, a 16-byte segment of a row per thread
+// and step; row_ptr(r) gives row r's start (at column q0) or null for a row to skip.
+template <class T, class C, class F>
+PF_DEV void store_tile(const GemmSmem<C>& sm, int64_t q0, int64_t K, int64_t stride, F&& row_ptr) {
+  constexpr int VE = 16 / static_cast<int>(sizeof(T)), SEGS = C::BN / VE;
+  for (int e = static_cast<int>(threadIdx.x); e < C::BM * SEGS; e += C::kThreads) {
+    const int r = e / SEGS, c = (e % SEGS) * VE;
+    T* row = row_ptr(r);
+    const int64_t left = K - q0 - c;
+    if (row == nullptr || left <= 0) continue;
+    store_segment<T>(row + c * stride, stride, &sm.Cs[r][c], left < VE ? static_cast<int>(left) : VE);
+  }
+}
+
 // ---------------------------------------------------------------- dX tile: dX[m, q] = sum_j dZ[m, j] Wcat[j, q]
-template <class T, class C, int PP>
+template <class T, class C, int D>
 PF_DEV void dx_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
   using S = typename C::Smem;
   using A = typename C::Acc;
   using TA = Tile<C, C::BM>;
-  constexpr int DM = PP - 1, CH = C::BK / PP, NL = C::kThreads / CH, NPR = C::BM / NL;
+  constexpr int PP = Stacked<D>::kRows, CH = C::BK / PP, NL = C::kThreads / CH, NPR = C::BM / NL;
   static_assert(C::BK % PP == 0 && C::kThreads % CH == 0 && C::BM % NL == 0, "pairs must divide among threads");
   const int tid = static_cast<int>(threadIdx.x), ch = tid % CH, lane = tid / CH;
   const int64_t m0 = (tile / p.x_tiles_n) * C::BM, q0 = (tile % p.x_tiles_n) * C::BN;
@@ -106,19 +134,28 @@ PF_DEV void dx_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
   const T* w = static_cast<const T*>(p.w);
   const T* v = static_cast<const T*>(p.v);
 
-  PairIn<T, DM> in[NPR];
-  A G[DM], Bc[DM][DM];  // of this thread's neuron in the loaded step
+  // This thread's rows are the same at every step: their dy and h row starts once (null past M).
+  const T *dy_row[NPR], *h_row[NPR];
+#pragma unroll
+  for (int i = 0; i < NPR; ++i) {
+    const int64_t m = m0 + lane + i * NL;
+    dy_row[i] = m < p.M ? static_cast<const T*>(p.dy) + m * p.sdym : nullptr;
+    h_row[i] = m < p.M ? static_cast<const T*>(p.h) + m * p.shm : nullptr;
+  }
+  PairIn<T, D> in[NPR];
+  A G[D], Bc[D][D];  // of this thread's neuron in the loaded step
   auto load_a = [&](int64_t s) {
     const int64_t n = s * CH + ch;
-    load_params<T, A, DM>(p, n, G, Bc);
+    load_params<T, A, D>(p, n, G, Bc);
+    const int64_t dn = n * p.sdyn, hn = n * p.shn;
 #pragma unroll
-    for (int i = 0; i < NPR; ++i) load_pair(p, m0 + lane + i * NL, n, in[i]);
+    for (int i = 0; i < NPR; ++i) load_pair(dy_row[i], h_row[i], dn, hn, p.shd, dy_row[i] != nullptr && n < p.N, in[i]);
   };
   // Wcat row (stacked j = n * PP + r) at column q, or null past N, D or K.
   auto wrow = [&](int64_t s, int k, int64_t q) -> const T* {
     const int64_t n = s * CH + k / PP;
     const int r = k % PP;
-    if (n >= p.N || r > p.D || q >= p.K) return nullptr;
+    if (n >= p.N || r > D || q >= p.K) return nullptr;
     return r == 0 ? w + n * p.swn + q * p.swk : v + (r - 1) * p.svd + n * p.svn + q * p.svk;
   };
   VecLoad<C, C::BN> bv;
@@ -134,8 +171,8 @@ PF_DEV void dx_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
     __syncthreads();  // the previous step's math has read the tiles
 #pragma unroll
     for (int i = 0; i < NPR; ++i) {
-      A gy, a[DM], ds[DM];
-      stack_pair(in[i], G, Bc, p.D, p.act, &sm.ab.As[TA::idx(0, lane + i * NL, ch * PP)], gy, a, ds);
+      A gy, a[D], ds[D];
+      stack_pair(in[i], G, Bc, p.act, &sm.ab.As[TA::idx(0, lane + i * NL, ch * PP)], gy, a, ds);
     }
     if (p.w_vec) {
       bv.store(sm.ab.Bs, 1);
@@ -156,21 +193,20 @@ PF_DEV void dx_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
   acc.store(sm.Cs);
   __syncthreads();
   T* dx = static_cast<T*>(p.dx);
-  for (int e = tid; e < C::BM * C::BN; e += C::kThreads) {
-    const int r = e / C::BN, c = e % C::BN;
-    const int64_t m = m0 + r, q = q0 + c;
-    if (m < p.M && q < p.K) dx[m * p.sdxm + q * p.sdxk] = from_acc<T>(sm.Cs[r][c]);
-  }
+  store_tile<T>(sm, q0, p.K, p.sdxk, [&](int r) -> T* {
+    const int64_t m = m0 + r;
+    return m < p.M ? dx + m * p.sdxm + q0 * p.sdxk : nullptr;
+  });
 }
 
 // ------------------------------------------------ dWcat tile: dWcat[j, q] = sum_m dZ[m, j] X[m, q] (+ reductions)
-template <class T, class C, int PP>
+template <class T, class C, int D>
 PF_DEV void dw_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
   using S = typename C::Smem;
   using A = typename C::Acc;
   using TA = Tile<C, C::BM>;
-  using SL = Slots<PP - 1>;
-  constexpr int DM = PP - 1, CH = C::BM / PP, NL = C::kThreads / CH, NPR = C::BK / NL;
+  using SL = Slots<D>;
+  constexpr int PP = Stacked<D>::kRows, CH = C::BM / PP, NL = C::kThreads / CH, NPR = C::BK / NL;
   static_assert(C::BM % PP == 0 && C::kThreads % CH == 0 && C::BK % NL == 0, "pairs must divide among threads");
   static_assert(sizeof(GemmSmem<C>) >= sizeof(A) * C::kThreads * SL::kCount, "reduction scratch fits the tiles");
   const int tid = static_cast<int>(threadIdx.x), ch = tid % CH, lane = tid / CH;
@@ -180,16 +216,24 @@ PF_DEV void dw_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
   const int64_t steps = (p.M + C::BK - 1) / C::BK;
   const T* x = static_cast<const T*>(p.x);
 
-  A G[DM], Bc[DM][DM];  // this thread's neuron is the same at every step
-  load_params<T, A, DM>(p, n0 + ch, G, Bc);
+  // This thread's neuron is the same at every step: its parameters and its dy / h columns once.
+  const int64_t n = n0 + ch;
+  const bool n_ok = n < p.N;
+  A G[D], Bc[D][D];
+  load_params<T, A, D>(p, n, G, Bc);
+  const T* dy_col = static_cast<const T*>(p.dy) + (n_ok ? n * p.sdyn : 0);
+  const T* h_col = static_cast<const T*>(p.h) + (n_ok ? n * p.shn : 0);
   A sums[SL::kCount];
 #pragma unroll
   for (int j = 0; j < SL::kCount; ++j) sums[j] = A(0);
 
-  PairIn<T, DM> in[NPR];
+  PairIn<T, D> in[NPR];
   auto load_a = [&](int64_t s) {
 #pragma unroll
-    for (int i = 0; i < NPR; ++i) load_pair(p, s * C::BK + lane + i * NL, n0 + ch, in[i]);
+    for (int i = 0; i < NPR; ++i) {
+      const int64_t m = s * C::BK + lane + i * NL;
+      load_pair(dy_col, h_col, m * p.sdym, m * p.shm, p.shd, n_ok && m < p.M, in[i]);
+    }
   };
   auto xel = [&](int64_t s, int k, int64_t q) -> const T* {
     const int64_t m = s * C::BK + k;
@@ -208,15 +252,15 @@ PF_DEV void dw_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
     __syncthreads();
 #pragma unroll
     for (int i = 0; i < NPR; ++i) {
-      A gy, a[DM], ds[DM];
+      A gy, a[D], ds[D];
       // A tile stored row-contiguous ([BK][BM]): the PP branches of a neuron are neighbours along the rows.
-      stack_pair(in[i], G, Bc, p.D, p.act, &sm.ab.As[TA::idx(1, ch * PP, lane + i * NL)], gy, a, ds);
+      stack_pair(in[i], G, Bc, p.act, &sm.ab.As[TA::idx(1, ch * PP, lane + i * NL)], gy, a, ds);
       if (reduce) {  // padded rows (m >= M, n >= N) load zeros and add nothing
         sums[0] += gy;
 #pragma unroll
-        for (int k = 0; k < DM; ++k) {
+        for (int k = 0; k < D; ++k) {
           sums[1 + k] += gy * a[k];
-          sums[1 + DM + k] += ds[k];
+          sums[1 + D + k] += ds[k];
 #pragma unroll
           for (int i2 = 0; i2 < k; ++i2) sums[SL::casc(k, i2)] += ds[k] * a[i2];
         }
@@ -242,14 +286,12 @@ PF_DEV void dw_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
   __syncthreads();
   T* dw = static_cast<T*>(p.dw);
   T* dv = static_cast<T*>(p.dv);
-  for (int e = tid; e < C::BM * C::BN; e += C::kThreads) {
-    const int rl = e / C::BN, c = e % C::BN;
-    const int64_t n = n0 + rl / PP, q = q0 + c;
+  store_tile<T>(sm, q0, p.K, 1, [&](int rl) -> T* {
+    const int64_t nr = n0 + rl / PP;
     const int r = rl % PP;
-    if (n >= p.N || r > p.D || q >= p.K) continue;
-    T* dst = r == 0 ? dw + n * p.K + q : dv + ((r - 1) * p.N + n) * p.K + q;
-    *dst = from_acc<T>(sm.Cs[rl][c]);
-  }
+    if (nr >= p.N || r > D) return nullptr;
+    return (r == 0 ? dw + nr * p.K : dv + ((r - 1) * p.N + nr) * p.K) + q0;
+  });
   if (!reduce) return;
 
   // The threads' partial sums, [lane][slot][neuron], added over the lanes in a fixed order.
@@ -258,26 +300,25 @@ PF_DEV void dw_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
 #pragma unroll
   for (int j = 0; j < SL::kCount; ++j) part[(lane * SL::kCount + j) * CH + ch] = sums[j];
   __syncthreads();
-  const int D = p.D;
-  const int outs = 1 + 2 * D + D * D;  // dbias ; dG ; dc ; dB (as dz_reduce_kernel writes them)
-  for (int e = tid; e < outs * CH; e += C::kThreads) {
+  constexpr int kOuts = 1 + 2 * D + D * D;  // dbias ; dG ; dc ; dB (as dz_reduce_kernel writes them)
+  for (int e = tid; e < kOuts * CH; e += C::kThreads) {
     const int o = e / CH, c = e % CH;
-    const int64_t n = n0 + c;
-    if (n >= p.N) continue;
+    const int64_t nn = n0 + c;
+    if (nn >= p.N) continue;
     int j = -1;
     T* dst = nullptr;
     if (o == 0) {
-      dst = p.dbias ? static_cast<T*>(p.dbias) + n : nullptr;
+      dst = p.dbias ? static_cast<T*>(p.dbias) + nn : nullptr;
       j = 0;
     } else if (o <= D) {
-      dst = static_cast<T*>(p.dgate) + (o - 1) * p.N + n;
+      dst = static_cast<T*>(p.dgate) + (o - 1) * p.N + nn;
       j = o;
     } else if (o <= 2 * D) {
-      dst = p.dvbias ? static_cast<T*>(p.dvbias) + (o - 1 - D) * p.N + n : nullptr;
-      j = 1 + DM + (o - 1 - D);
+      dst = p.dvbias ? static_cast<T*>(p.dvbias) + (o - 1 - D) * p.N + nn : nullptr;
+      j = o;
     } else {
       const int ki = o - 1 - 2 * D, k = ki / D, i = ki % D;
-      dst = static_cast<T*>(p.dcasc) + ki * p.N + n;
+      dst = static_cast<T*>(p.dcasc) + ki * p.N + nn;
       j = i < k ? SL::casc(k, i) : -1;  // entries i >= k are not parameters of the model: exactly 0
     }
     if (dst == nullptr) continue;
@@ -288,35 +329,42 @@ PF_DEV void dw_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
   }
 }
 
-template <class T, class C, int PP>
+template <class T, class C, int D>
 PF_GLOBAL void PF_LAUNCH_BOUNDS2(C::kThreads, C::kMinBlocks) onepass_kernel(const OnepassParams p) {
   static_assert(std::is_same<typename C::Smem, T>::value, "tiles hold the data type");
   PF_SHARED GemmSmem<C> sm;
   const int64_t tile = blockIdx.x, tx = static_cast<int64_t>(p.x_tiles_m) * p.x_tiles_n;
   if (tile < tx)
-    dx_tile<T, C, PP>(p, sm, tile);
+    dx_tile<T, C, D>(p, sm, tile);
   else
-    dw_tile<T, C, PP>(p, sm, tile - tx);
+    dw_tile<T, C, D>(p, sm, tile - tx);
 }
 
-template <class T, int MATH, int PP>
+template <class T, int MATH, int D>
 cudaError_t launch_onepass_cfg(OnepassParams p, cudaStream_t s) {
   using C = typename CfgSel<T, MATH>::type;
   const int64_t col_tiles = (p.K + C::BN - 1) / C::BN;
   p.x_tiles_m = static_cast<int>((p.M + C::BM - 1) / C::BM);
   p.x_tiles_n = static_cast<int>(col_tiles);
-  p.w_tiles_m = static_cast<int>((p.N * PP + C::BM - 1) / C::BM);
+  p.w_tiles_m = static_cast<int>((p.N * Stacked<D>::kRows + C::BM - 1) / C::BM);
   p.w_tiles_n = static_cast<int>(col_tiles);
   const int64_t blocks = static_cast<int64_t>(p.x_tiles_m) * p.x_tiles_n + static_cast<int64_t>(p.w_tiles_m) * p.w_tiles_n;
   if (blocks == 0) return cudaSuccess;
-  auto kernel = onepass_kernel<T, C, PP>;
+  auto kernel = onepass_kernel<T, C, D>;
   PF_LAUNCH(kernel, dim3(static_cast<unsigned>(blocks)), dim3(C::kThreads), s, p);
   return cudaSuccess;
 }
 
 template <class T, int MATH>
 cudaError_t launch_onepass_math(const OnepassParams& p, cudaStream_t s) {
-  return p.D == 1 ? launch_onepass_cfg<T, MATH, 2>(p, s) : launch_onepass_cfg<T, MATH, 4>(p, s);
+  switch (p.D) {
+    case 1:
+      return launch_onepass_cfg<T, MATH, 1>(p, s);
+    case 2:
+      return launch_onepass_cfg<T, MATH, 2>(p, s);
+    default:
+      return launch_onepass_cfg<T, MATH, 3>(p, s);
+  }
 }
 
 }  // namespace
