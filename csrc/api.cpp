@@ -609,16 +609,19 @@ int forced_backward_path() {
 }
 
 // The one-pass backward (onepass.cu: one launch, dZ recomputed inside both GEMMs, no workspace) for Linear layers
-// with 1 <= D <= 3 up to this many multiply-adds per GEMM, M (1+D) N K, by the math of its mma.sync / FMA GEMMs.
-// Small layers are host-bound, and the split backward below makes five or six launches.
+// with 1 <= D <= 3 up to 2^24 multiply-adds per GEMM, M (1+D) N K. Measured on the H200 (benchmarks/
+// probe_linear_bwd.py --backend cuda, results h200_probe_linear_bwd_cuda_240d9fc): at 64x784->128 D = 1 it takes the
+// split backward's device time (bf16 16.6 vs 16.5 us; fp32 31.6 vs 47.9) and an eager call costs 21 vs 56 us (bf16),
+// one launch where the split one makes five. Past that its recomputation and its few long dX blocks lose: 64x784 D = 3
+// bf16 30 vs 20 us, 256x1024->1024 bf16 2.8-3.5x the split one's device time (CUTLASS GEMMs there); fp32's split
+// GEMMs are slower, but not at every size (256x1024: 1.5-1.65x against; 1024x1024: 0.65-0.73x), so one threshold.
 bool use_onepass(const Problem& pr) {
   const pf::Geom& g = pr.g;
   if (pr.nd != 0 || g.D < 1 || g.D > pf::kOnepassMaxD || g.P == 0 || g.Cout == 0 || g.Cin == 0) return false;
   const int forced = forced_backward_path();
   if (forced != 0) return forced == 1;
   const double macs = static_cast<double>(g.P) * static_cast<double>(g.R * g.Cout) * static_cast<double>(g.Cin);
-  const double limit = dtype_size(pr.dtype) == 2 ? 0x1p31 : pr.math == pf::kMathTF32 ? 0x1p30 : 0x1p29;
-  return macs <= limit;
+  return macs <= 0x1p24;
 }
 
 void plan_split(int64_t tiles, int64_t ktiles, int64_t out_elems, size_t acc, int* splits, int* ktps) {

@@ -8,8 +8,8 @@ Math (spec §2.3), for D dendrites and act in {identity, sigmoid, tanh, relu}:
               dG[i] = sum dy a_i ; dB[k,i] = sum ds_k a_i (i<k) ; db = sum dy ; dc_i = sum ds_i ;
               dX = dZcat Wcat ; dWcat = dZcat^T X
 
-Forward is one kernel. The backward of a small Linear layer (1 <= D <= 3, up to 2^29-2^31 multiply-adds per GEMM by
-dtype) is one launch, csrc/onepass.cu, which recomputes dZcat inside both GEMMs and sums the reductions in a fixed
+Forward is one kernel. The backward of a small Linear layer (1 <= D <= 3, up to 2^24 multiply-adds per GEMM) is one
+launch, csrc/onepass.cu, which recomputes dZcat inside both GEMMs and sums the reductions in a fixed
 order; otherwise it is a dZ kernel (deterministic partial sums), a fixed-order reduction and two GEMMs (csrc/*.cu).
 PAI_FAST_CUDA_BACKWARD=onepass|split forces either (read by _C at each call). On sm_90 with a build that has CUTLASS
 (PAI_FAST_CUTLASS), 16-bit Linear layers with D <= 7 and in_features % 8 == 0 run the forward on a CUTLASS TMA + wgmma

@@ -200,21 +200,20 @@ def _asked_workspace(lib, m, k, n, d, dtype, tf32=False) -> int:
 
 
 def test_emu_linear_backward_path_choice(emu, monkeypatch):
-    """_C takes the one-pass backward for Linear layers with 1 <= D <= 3 up to M (1+D) N K multiply-adds of 2^31
-    (16-bit), 2^30 (TF32), 2^29 (fp32, fp64), the split one otherwise; PAI_FAST_CUDA_BACKWARD forces either where
-    the one-pass kernel applies."""
+    """_C takes the one-pass backward for Linear layers with 1 <= D <= 3 up to M (1+D) N K = 2^24 multiply-adds,
+    the split one otherwise; PAI_FAST_CUDA_BACKWARD forces either where the one-pass kernel applies."""
     monkeypatch.delenv("PAI_FAST_CUDA_BACKWARD", raising=False)
     one = 256
-    assert _asked_workspace(emu, 64, 784, 128, 3, torch.float32) == one
-    assert _asked_workspace(emu, 256, 1024, 1024, 3, torch.bfloat16) == one  # 2^30 MACs
-    assert _asked_workspace(emu, 256, 1024, 1024, 3, torch.float32, tf32=True) == one
-    assert _asked_workspace(emu, 256, 1024, 1024, 3, torch.float32) > one  # 2^30 > 2^29: split
-    assert _asked_workspace(emu, 512, 1024, 1024, 3, torch.float16) == one  # 2^31
-    assert _asked_workspace(emu, 520, 1024, 1024, 3, torch.float16) > one
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        assert _asked_workspace(emu, 64, 784, 128, 1, dtype) == one  # 12.8M MACs
+        assert _asked_workspace(emu, 64, 784, 128, 3, dtype) > one  # 25.7M
+    assert _asked_workspace(emu, 64, 1024, 128, 1, torch.float16) == one  # exactly 2^24
+    assert _asked_workspace(emu, 65, 1024, 128, 1, torch.float16) > one
+    assert _asked_workspace(emu, 64, 1024, 128, 1, torch.float32, tf32=True) == one
     for d in (0, 4):
-        assert _asked_workspace(emu, 64, 784, 128, d, torch.float32) > one
+        assert _asked_workspace(emu, 8, 64, 16, d, torch.float32) > one
     monkeypatch.setenv("PAI_FAST_CUDA_BACKWARD", "split")
-    assert _asked_workspace(emu, 64, 784, 128, 3, torch.float32) > one
+    assert _asked_workspace(emu, 64, 784, 128, 1, torch.float32) > one
     monkeypatch.setenv("PAI_FAST_CUDA_BACKWARD", "onepass")
     assert _asked_workspace(emu, 256, 1024, 1024, 3, torch.float32) == one
     assert _asked_workspace(emu, 64, 784, 128, 4, torch.float32) > one  # D = 4: no one-pass kernel
