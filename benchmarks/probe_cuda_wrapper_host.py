@@ -2,9 +2,10 @@
 calls return at once, so what is timed is the torch-side work of one call (checks, allocations, argument layout),
 not the extension's validation or its launches.
 
-    python benchmarks/probe_cuda_wrapper_host.py [--shape 256x1024x1024] [--d 3] [--calls 5000] [--rounds 5]
+    python benchmarks/probe_cuda_wrapper_host.py [--shape 256x1024x1024] [--d 3] [--calls 5000] [--rounds 5] [--sm90]
 
-Prints the median over rounds of µs per call of linear_fwd (training: h written) and linear_bwd_packed.
+Prints the median over rounds of µs per call of linear_fwd (training: h written) and linear_bwd_packed. --sm90: the
+forward takes the Hopper path's wrapper (pack lookup, linear_forward_packed), as 16-bit layers do on an H100/H200.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from pai_fast.bench import host_and_wall_ms
 
 
 class _StubC:
-    """Every _C function returns at once; linear_backward's size query (workspace=None) answers 1024 bytes."""
+    """Every _C function returns at once; linear_backward's size query (workspace=None) answers 1024 bytes and
+    linear_packed_bytes 4096."""
 
     EMULATED = False
 
     def __getattr__(self, name: str):
         def call(*args):
+            if name == "linear_packed_bytes":
+                return 4096
             return 1024 if name == "linear_backward" and args[-3] is None else 0
 
         return call
@@ -36,11 +40,14 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=3)
     ap.add_argument("--calls", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--sm90", action="store_true", help="the forward's Hopper (packed-weight) wrapper")
     args = ap.parse_args()
     m, k, n = (int(v) for v in args.shape.split("x"))
     d, dt = args.d, torch.bfloat16
     CB._C = _StubC()
-    CB.sm90_enabled = lambda: False  # the stub has no Hopper path
+    CB.sm90_enabled = lambda: args.sm90
+    if not torch.cuda.is_available():  # the pack cache asks whether a CUDA graph is being captured
+        torch.cuda.is_current_stream_capturing = lambda: False
     x, w, b = torch.randn(m, k, dtype=dt), torch.randn(n, k, dtype=dt), torch.randn(n, dtype=dt)
     dw, db, g = torch.randn(d, n, k, dtype=dt), torch.randn(d, n, dtype=dt), torch.randn(d, n, dtype=dt)
     c, gy, h = torch.randn(d, d, n, dtype=dt), torch.randn(m, n, dtype=dt), torch.randn(m, d, n, dtype=dt)
@@ -50,7 +57,9 @@ def main() -> None:
     }
     for name, fn in calls.items():
         per = [1e3 * host_and_wall_ms(fn, args.calls)[0] for _ in range(args.rounds)]
-        print(f"{name:18s} {args.shape} D={d}: {statistics.median(per):6.1f} us per call (median of {args.rounds})")
+        path = " (Hopper wrapper)" if args.sm90 and name == "linear_fwd" else ""
+        med = statistics.median(per)
+        print(f"{name:18s} {args.shape} D={d}: {med:6.1f} us per call (median of {args.rounds}){path}")
 
 
 if __name__ == "__main__":

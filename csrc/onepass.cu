@@ -5,16 +5,17 @@
 //   dbias = sum dy ; dG[i] = sum dy a_i ; dc_i = sum ds_i ; dB[k,i] = sum ds_k a_i (i < k)   (sums over rows)
 //
 // Inside this kernel the branches are stacked neuron-major: stacked row j = n * PP + r is branch r of neuron n
-// (PP = 2 for D = 1, 4 for D = 2, 3; rows with r > D are zeros; D is a template parameter), so one (row, neuron) pair's dZ chain fills PP
-// neighbouring entries of a tile. Blocks [0, TX) own a BM x BN tile of dX and reduce over every stacked row j;
-// blocks [TX, TX + TW) own a BM x BN tile of dWcat (stacked rows x input features) and reduce over the M rows.
-// Each block recomputes the dZ entries its tiles need from dy and h while filling shared memory, so the
-// elementwise work is repeated once per column tile: cheap next to the four launches and the dZcat round trip it
-// saves where a layer is small (the host planner's threshold, api.cpp). The dX blocks come first in the grid: their
-// loops are the long ones. The dWcat blocks of column tile 0 also sum the per-neuron reductions: each thread keeps
-// one neuron's partial sums over fixed rows in registers and the block adds the threads' sums in a fixed order, so
-// the result is deterministic with no atomics. Reference: pai_fast/reference.py dendritic_linear_ref (its
-// autograd); dz.cu computes the same chain in the same order of operations.
+// (PP = 2 for D = 1, 4 for D = 2, 3; rows with r > D are zeros; D is a template parameter), so one (row, neuron)
+// pair's dZ chain fills PP neighbouring entries of a tile. Blocks [0, TX) own a BM x BN tile of dX and reduce over
+// every stacked row j; blocks [TX, TX + TW) own a BM x BN tile of dWcat (stacked rows x input features) and reduce
+// over the M rows. Each block recomputes the dZ entries its tiles need from dy and h while filling shared memory, so
+// the elementwise work is repeated once per column tile: cheap next to the four launches and the dZcat round trip it
+// saves where a layer is tiny (the host planner's threshold, api.cpp, with the H200 measurements). The dX blocks come
+// first in the grid: their loops are the long ones. The dWcat blocks of column tile 0 also sum the per-neuron
+// reductions: each thread keeps one neuron's partial sums over fixed rows in registers and the block adds the
+// threads' sums in a fixed order, so the result is deterministic with no atomics. Epilogues store 16-byte row
+// segments. Reference: pai_fast/reference.py dendritic_linear_ref (its autograd); dz.cu computes the same chain in
+// the same order of operations.
 #include "gemm_core.cuh"
 
 namespace pf {

@@ -372,8 +372,9 @@ def linear_bwd_packed(
     lib = _lib()
     ins = (grad_y, x2d, weight, dendrite_weight, gate, cascade, h)
     tf32 = _allow_tf32(x2d)
-    # PAI_FAST_CUDA_BACKWARD (a path forced for tests, read by _C) is in the key: the workspace size follows the path.
-    key = (activation, has_bias, tf32, aligned16(ins), os.environ.get("PAI_FAST_CUDA_BACKWARD"))
+    # The extension (tests swap in the emulated one) and PAI_FAST_CUDA_BACKWARD (a path forced for tests, read by _C)
+    # are in the key: the workspace size follows the path.
+    key = (lib, activation, has_bias, tf32, aligned16(ins), os.environ.get("PAI_FAST_CUDA_BACKWARD"))
     plan = _linear_bwd_plans.get(ins, key, lambda: _LinearBwd(*ins, activation, has_bias))
     dx, dwcat, dsmall = _grad_bases(x2d, weight, gate, plan.d, has_bias)
     ptrs = [_ptr(t) for t in (*ins, dx, dwcat, dsmall)]

@@ -244,6 +244,48 @@ def test_supports_reasons(kind, x, w, d, act, needle):
     assert any(needle in r for r in reasons), reasons
 
 
+class _RecordingC:
+    """A stand-in for pai_fast._C that records each call's arguments; linear_packed_bytes answers 4096."""
+
+    EMULATED = False
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls.append((name, args))
+            return 4096 if name == "linear_packed_bytes" else 0
+
+        return call
+
+
+@pytest.mark.parametrize("sm90", [True, False], ids=["hopper", "generic"])
+def test_linear_forward_passes_each_calls_tensors(monkeypatch, sm90):
+    """The forward wrapper hands _C the pointers of each call's own tensors (inputs and fresh outputs) with their
+    sizes and strides, on the Hopper path (weights packed once per version) and the generic one."""
+    lib = _RecordingC()
+    monkeypatch.setattr(CB, "_C", lib)
+    monkeypatch.setattr(CB, "sm90_enabled", lambda: sm90)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    CB.clear_packed_weights()
+    d = 2
+    for _ in range(2):
+        (x, w, b, dw, db, g, c), _ = _inputs((13, 24), (21, 24), d, True, torch.bfloat16, "cpu")
+        lib.calls.clear()
+        y, h = CB.linear_fwd(x, w, b, dw, db, g, c, "tanh", True)
+        name, args = lib.calls[-1]
+        assert name == ("linear_forward_packed" if sm90 else "linear_forward")
+        assert args[:2] == (2, 2)  # bfloat16, tanh
+        ins = args[2:9] if sm90 else args[3:10]
+        for t, a in zip((x, w, b, dw, db, g, c), ins):
+            assert a == (t.data_ptr(), tuple(t.shape), t.stride())
+        outs = args[11:13] if sm90 else args[10:12]
+        assert outs == ((y.data_ptr(), (21, 13), (13, 1)), (h.data_ptr(), (21, d, 13), (d * 13, 13, 1)))
+        if sm90:
+            assert args[10] == 4096 and any(n == "linear_pack" for n, _ in lib.calls)
+
+
 def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="activation: expected one of"):
         CB._act_code("gelu")
