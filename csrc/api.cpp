@@ -370,6 +370,18 @@ void check_gate_cascade(const Checker& ck, const Problem& pr, const pf_tensor* g
   q.scn = cascade->strides[2];
 }
 
+// The gate and cascade views into a kernel's parameters (FwdParams, DzParams, OnepassParams name them alike).
+template <class P>
+void set_gate_cascade(P& p, const Params3& q) {
+  p.gate = q.gate;
+  p.sgd = q.sgd;
+  p.sgn = q.sgn;
+  p.casc = q.casc;
+  p.sci = q.sci;
+  p.scj = q.scj;
+  p.scn = q.scn;
+}
+
 template <class F>
 cudaError_t dispatch(pf_dtype dtype, F&& f) {
   switch (dtype) {
@@ -436,13 +448,7 @@ pf::FwdParams forward_params(const Problem& pr, const pf_tensor* x, const pf_ten
   }
   Params3 q;
   check_gate_cascade(ck, pr, gate, cascade, q);
-  p.gate = q.gate;
-  p.sgd = q.sgd;
-  p.sgn = q.sgn;
-  p.casc = q.casc;
-  p.sci = q.sci;
-  p.scj = q.scj;
-  p.scn = q.scn;
+  set_gate_cascade(p, q);
   ck.shape("y", y, out_shape(pr, false));
   p.y = y->data;
   p.syb = y->strides[0];
@@ -763,13 +769,7 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
     op.shm = h->strides[0];
     op.shd = h->strides[1];
     op.shn = h->strides[2];
-    op.gate = q.gate;
-    op.sgd = q.sgd;
-    op.sgn = q.sgn;
-    op.casc = q.casc;
-    op.sci = q.sci;
-    op.scj = q.scj;
-    op.scn = q.scn;
+    set_gate_cascade(op, q);
     op.dx = dx->data;
     op.sdxm = dx->strides[0];
     op.sdxk = dx->strides[1];
@@ -807,13 +807,7 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
     dp.shc = h->strides[2];
     dp.shp = shp;
   }
-  dp.gate = q.gate;
-  dp.sgd = q.sgd;
-  dp.sgn = q.sgn;
-  dp.casc = q.casc;
-  dp.sci = q.sci;
-  dp.scj = q.scj;
-  dp.scn = q.scn;
+  set_gate_cascade(dp, q);
   dp.dz = dz;
   dp.part = wsp + pl.off_part;
   dp.scratch = wsp + pl.off_scratch;

@@ -174,6 +174,33 @@ PF_DEV A act_grad(A a, int act) {
   }
 }
 
+// Output o (0 <= o < 1 + 2D + D*D) of the per-channel reductions of the backward (dz.cu's reduction, onepass.cu):
+// its address for channel c of C (null where that gradient is not asked for: no bias), and in `slot` the partial
+// sum it is (-1: a cascade entry [k, i] with i >= k, not a parameter of the model, written as exactly 0). Outputs:
+// dbias ; dG[i] ; ddendrite_bias[i] ; dcascade[k, i] row-major. Slots: 0 dbias ; 1+i dG[i] ; 1+D+i dc_i ;
+// 1+2D+k(k-1)/2+i dB[k,i].
+PF_DEV int64_t casc_slot(int64_t D, int64_t k, int64_t i) { return 1 + 2 * D + k * (k - 1) / 2 + i; }
+
+template <class T>
+PF_DEV T* reduction_output(void* dbias, void* dgate, void* dvbias, void* dcasc, int64_t C, int64_t D, int64_t o,
+                           int64_t c, int64_t& slot) {
+  if (o == 0) {
+    slot = 0;
+    return dbias ? static_cast<T*>(dbias) + c : nullptr;
+  }
+  if (o <= D) {
+    slot = o;
+    return static_cast<T*>(dgate) + (o - 1) * C + c;
+  }
+  if (o <= 2 * D) {
+    slot = o;
+    return dvbias ? static_cast<T*>(dvbias) + (o - 1 - D) * C + c : nullptr;
+  }
+  const int64_t ki = o - 1 - 2 * D, k = ki / D, i = ki % D;
+  slot = i < k ? casc_slot(D, k, i) : -1;
+  return static_cast<T*>(dcasc) + ki * C + c;
+}
+
 template <class T>
 PF_DEV T load_g(const void* base, int64_t off) {
   return static_cast<const T*>(base)[off];

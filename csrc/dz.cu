@@ -15,8 +15,6 @@
 namespace pf {
 namespace {
 
-PF_DEV int64_t casc_slot(int64_t D, int64_t k, int64_t i) { return 1 + 2 * D + k * (k - 1) / 2 + i; }
-
 // VEC neighbouring channels' values of one row: one 2-element vector access (Pair) for VEC = 2 (the host takes it
 // only when the channels are contiguous and the address is aligned), a scalar one for VEC = 1.
 template <class T, int VEC, class A>
@@ -168,22 +166,8 @@ PF_GLOBAL void dz_reduce_kernel(const ReduceParams p) {
   const A* part = static_cast<const A*>(p.part);
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
     const int64_t c = e % C, o = e / C;
-    int64_t j = -1;
-    T* dst = nullptr;
-    if (o == 0) {
-      dst = p.dbias ? static_cast<T*>(p.dbias) + c : nullptr;
-      j = 0;
-    } else if (o <= D) {
-      dst = static_cast<T*>(p.dgate) + (o - 1) * C + c;
-      j = o;
-    } else if (o <= 2 * D) {
-      dst = p.dvbias ? static_cast<T*>(p.dvbias) + (o - 1 - D) * C + c : nullptr;
-      j = o;
-    } else {
-      const int64_t ki = o - 1 - 2 * D, k = ki / D, i = ki % D;
-      dst = static_cast<T*>(p.dcasc) + ki * C + c;
-      j = i < k ? casc_slot(D, k, i) : -1;  // entries i >= k are not parameters of the model: exactly 0
-    }
+    int64_t j;
+    T* dst = reduction_output<T>(p.dbias, p.dgate, p.dvbias, p.dcasc, C, D, o, c, j);
     if (dst == nullptr) continue;
     A v = A(0);
     if (j >= 0)

@@ -81,11 +81,10 @@ PF_DEV void stack_pair(const PairIn<T, D>& in, const A (&G)[D], const A (&Bc)[D]
   for (int i = D + 1; i < Stacked<D>::kRows; ++i) dst[i] = zero_of<S>();
 }
 
-// Partial-sum slot of each reduction: 0 dbias ; 1+i dG[i] ; 1+D+i dc_i ; 1+2D+k(k-1)/2+i dB[k,i].
+// Partial sums per neuron, in reduction_output's slots (common.cuh).
 template <int D>
 struct Slots {
   static constexpr int kCount = 1 + 2 * D + D * (D - 1) / 2;
-  PF_DEV static constexpr int casc(int k, int i) { return 1 + 2 * D + k * (k - 1) / 2 + i; }
 };
 
 // n (<= VE, 16 bytes of T) accumulator values of one output row to dst[0], dst[stride], ...: one 16-byte store when
@@ -263,7 +262,7 @@ PF_DEV void dw_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
           sums[1 + k] += gy * a[k];
           sums[1 + D + k] += ds[k];
 #pragma unroll
-          for (int i2 = 0; i2 < k; ++i2) sums[SL::casc(k, i2)] += ds[k] * a[i2];
+          for (int i2 = 0; i2 < k; ++i2) sums[casc_slot(D, k, i2)] += ds[k] * a[i2];
         }
       }
     }
@@ -306,22 +305,8 @@ PF_DEV void dw_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
     const int o = e / CH, c = e % CH;
     const int64_t nn = n0 + c;
     if (nn >= p.N) continue;
-    int j = -1;
-    T* dst = nullptr;
-    if (o == 0) {
-      dst = p.dbias ? static_cast<T*>(p.dbias) + nn : nullptr;
-      j = 0;
-    } else if (o <= D) {
-      dst = static_cast<T*>(p.dgate) + (o - 1) * p.N + nn;
-      j = o;
-    } else if (o <= 2 * D) {
-      dst = p.dvbias ? static_cast<T*>(p.dvbias) + (o - 1 - D) * p.N + nn : nullptr;
-      j = o;
-    } else {
-      const int ki = o - 1 - 2 * D, k = ki / D, i = ki % D;
-      dst = static_cast<T*>(p.dcasc) + ki * p.N + nn;
-      j = i < k ? SL::casc(k, i) : -1;  // entries i >= k are not parameters of the model: exactly 0
-    }
+    int64_t j;
+    T* dst = reduction_output<T>(p.dbias, p.dgate, p.dvbias, p.dcasc, p.N, D, o, nn, j);
     if (dst == nullptr) continue;
     A sum = A(0);
     if (j >= 0)
