@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "pai_fast/dendritic.h"
@@ -149,31 +150,37 @@ void test_linear() {
   if (!check(pf_linear_forward(PF_FLOAT32, PF_ACT_SIGMOID, 0, &tx, &tw, &tb, &tv, &tc, &tg, &tB, &ty, &th, nullptr),
              "pf_linear_forward"))
     return;
-  Dev gx(M * K), gW(N * K), gb(N), gV(D * N * K), gc(D * N), gG(D * N), gB(D * D * N);
-  const pf_tensor tdy = desc(dDY.p, {M, N}), tgx = desc(gx.p, {M, K}), tgW = desc(gW.p, {N, K}), tgb = desc(gb.p, {N}),
-                  tgV = desc(gV.p, {D, N, K}), tgc = desc(gc.p, {D, N}), tgG = desc(gG.p, {D, N}),
-                  tgB = desc(gB.p, {D, D, N});
-  size_t bytes = 0;
-  if (!check(pf_linear_backward(PF_FLOAT32, PF_ACT_SIGMOID, 0, &tdy, &tx, &tw, &tv, &tg, &tB, &th, &tgx, &tgW, &tgb,
-                                &tgV, &tgc, &tgG, &tgB, nullptr, &bytes, nullptr),
-             "workspace query"))
-    return;
-  void* ws = dev_alloc(bytes);
-  check(pf_linear_backward(PF_FLOAT32, PF_ACT_SIGMOID, 0, &tdy, &tx, &tw, &tv, &tg, &tB, &th, &tgx, &tgW, &tgb, &tgV,
-                           &tgc, &tgG, &tgB, ws, &bytes, nullptr),
-        "pf_linear_backward");
-  if (!sync_ok()) ++failures;
-  dev_free(ws);
-  const double tol = 1e-4;
-  compare("linear y", dY.get(), y, tol);
-  compare("linear h", dH.get(), h, tol);
-  compare("linear dx", gx.get(), dx, tol);
-  compare("linear dweight", gW.get(), dW, tol);
-  compare("linear dbias", gb.get(), db, tol);
-  compare("linear ddend_w", gV.get(), dV, tol);
-  compare("linear ddend_b", gc.get(), dc, tol);
-  compare("linear dgate", gG.get(), dG, tol);
-  compare("linear dcascade", gB.get(), dB, tol);
+  compare("linear y", dY.get(), y, 1e-4);
+  compare("linear h", dH.get(), h, 1e-4);
+  // Both backwards: the one-pass kernel (which the planner takes for a layer this small) and the split one.
+  for (const char* path : {"onepass", "split"}) {
+    setenv("PAI_FAST_CUDA_BACKWARD", path, 1);
+    Dev gx(M * K), gW(N * K), gb(N), gV(D * N * K), gc(D * N), gG(D * N), gB(D * D * N);
+    const pf_tensor tdy = desc(dDY.p, {M, N}), tgx = desc(gx.p, {M, K}), tgW = desc(gW.p, {N, K}),
+                    tgb = desc(gb.p, {N}), tgV = desc(gV.p, {D, N, K}), tgc = desc(gc.p, {D, N}),
+                    tgG = desc(gG.p, {D, N}), tgB = desc(gB.p, {D, D, N});
+    size_t bytes = 0;
+    if (!check(pf_linear_backward(PF_FLOAT32, PF_ACT_SIGMOID, 0, &tdy, &tx, &tw, &tv, &tg, &tB, &th, &tgx, &tgW,
+                                  &tgb, &tgV, &tgc, &tgG, &tgB, nullptr, &bytes, nullptr),
+               "workspace query"))
+      return;
+    void* ws = dev_alloc(bytes);
+    check(pf_linear_backward(PF_FLOAT32, PF_ACT_SIGMOID, 0, &tdy, &tx, &tw, &tv, &tg, &tB, &th, &tgx, &tgW, &tgb,
+                             &tgV, &tgc, &tgG, &tgB, ws, &bytes, nullptr),
+          "pf_linear_backward");
+    if (!sync_ok()) ++failures;
+    dev_free(ws);
+    const double tol = 1e-4;
+    const std::string at = std::string(" (") + path + ")";
+    compare(("linear dx" + at).c_str(), gx.get(), dx, tol);
+    compare(("linear dweight" + at).c_str(), gW.get(), dW, tol);
+    compare(("linear dbias" + at).c_str(), gb.get(), db, tol);
+    compare(("linear ddend_w" + at).c_str(), gV.get(), dV, tol);
+    compare(("linear ddend_b" + at).c_str(), gc.get(), dc, tol);
+    compare(("linear dgate" + at).c_str(), gG.get(), dG, tol);
+    compare(("linear dcascade" + at).c_str(), gB.get(), dB, tol);
+  }
+  unsetenv("PAI_FAST_CUDA_BACKWARD");
 
   // A bad argument is reported with its name, and nothing is launched.
   const pf_tensor bad = desc(dGt.p, {D, N + 1});

@@ -129,6 +129,26 @@ def emu(emu_module, monkeypatch):
     return emu_module
 
 
+def test_emu_ctest_program(emu_module, tmp_path):
+    """csrc/ctest.cpp (the C++ program that calls the C header, run by ctest on a GPU) built against the emulated
+    kernels: the Linear forward, both backward paths and a conv against its double-precision CPU loops, and a bad
+    argument reported by name."""
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
+    root = _cuda_root()
+    objs_dir = Path(emu_module.__file__).parent
+    exe = tmp_path / "pai_fast_ctest_emu"
+    flags = ["-std=c++20", "-O1", "-DPF_EMULATE", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}", f"-I{CSRC / 'include'}",
+             f"-I{root / 'include'}"]  # fmt: skip
+    objs = [str(objs_dir / (n + ".o")) for n in KERNELS] + [str(objs_dir / "api.o")]
+    build = [cxx, *flags, str(CSRC / "ctest.cpp"), *objs, str(_cudart_static(root)), "-lpthread", "-ldl", "-lrt"]
+    r = subprocess.run([*build, "-o", str(exe)], capture_output=True, text=True)
+    assert r.returncode == 0, f"ctest build failed: {r.stderr}"
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "PASSED" in r.stdout, r.stdout + r.stderr
+    for path in ("onepass", "split"):
+        assert f"linear dcascade ({path})" in r.stdout
+
+
 # ---- Linear: dtype x D x shape (small: every CUDA thread is an OS thread)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("d", [0, 1, 2, 3])
