@@ -124,6 +124,9 @@ pf_status pf_linear_forward_packed(pf_dtype dtype, pf_activation activation, con
  *   all outputs but dx contiguous.
  *   Workspace: call once with workspace == NULL to get the byte count in *workspace_bytes (nothing is
  *   launched), then again with a device buffer of at least that size (256-byte aligned).
+ *   Small layers (1 <= D <= 3, M (1+D) N K <= 2^24) run as one kernel that needs no workspace beyond the
+ *   minimum of 256 bytes; others as the dZ kernel, a reduction and two GEMMs. The environment variable
+ *   PAI_FAST_CUDA_BACKWARD=onepass|split, read at each call, forces a path (and so the workspace size).
  */
 pf_status pf_linear_backward(pf_dtype dtype, pf_activation activation, int allow_tf32, const pf_tensor* grad_y,
                              const pf_tensor* x, const pf_tensor* weight, const pf_tensor* dendrite_weight,
