@@ -47,9 +47,10 @@ python3 -m pai_fast doctor | tee "$OUT/doctor.txt"
 
 if has test; then
   t0=$(date +%s)
-  # pytest-xdist (its wheel in .whl/) spreads the suite over CPU workers: Triton's compiles dominate its time.
+  # pytest-xdist (its wheel in .whl/) spreads the suite over CPU workers (14 of the 16 cores): Triton's compiles
+  # dominate its time.
   workers=""
-  python3 -c "import xdist" >/dev/null 2>&1 && workers="-n ${PAI_TEST_WORKERS:-8}"
+  python3 -c "import xdist" >/dev/null 2>&1 && workers="-n ${PAI_TEST_WORKERS:-14}"
   timeout "${PAI_TEST_TIMEOUT:-420}" python3 -m pytest -q -m "gpu and not slow" -p no:cacheprovider $workers \
     --junitxml="$OUT/gpu_tests.xml" ${PAI_TEST_PATHS:-tests} ${PAI_TEST_K:+-k "$PAI_TEST_K"} ${PAI_TEST_ARGS:-} \
     >"$OUT/gpu_tests.log" 2>&1
