@@ -344,6 +344,54 @@ void weight_strides(const Checker& ck, const char* name, const pf_tensor* w, int
   *sk = w->ndim > lead + 2 ? ck.flat_stride(name, w, lead + 1, w->ndim - 1) : w->strides[lead + 1];
 }
 
+// 16-byte vector loads of a dtype: elements per vector.
+int64_t vec_width(pf_dtype dtype) { return 16 / static_cast<int64_t>(dtype_size(dtype)); }
+
+// Whether x's rows (Linear: [M, K] with unit stride along K) take 16-byte vector loads: every vector entirely in or
+// out of range (K a multiple of the vector) and aligned.
+bool x_rows_vec(const Problem& pr, const void* x) {
+  const int64_t vw = vec_width(pr.dtype);
+  return vector_loads_enabled() && pr.nd == 0 && pr.sx[1] == 1 && pr.sx[0] % vw == 0 && pr.g.KC % vw == 0 &&
+         aligned16(x);
+}
+
+// weight and dendrite_weight as the kernels view them ([(D,) Cout, KC] with strides), and whether their rows take
+// 16-byte vector loads (unit stride along KC, rows and start aligned, KC a multiple of the vector).
+struct WeightViews {
+  const void *w = nullptr, *v = nullptr;
+  int64_t swn = 0, swk = 0, svd = 0, svn = 0, svk = 0;
+  bool rows_vec = false;
+};
+
+WeightViews weight_views(const Checker& ck, const Problem& pr, const pf_tensor* weight,
+                         const pf_tensor* dendrite_weight) {
+  const pf::Geom& g = pr.g;
+  WeightViews wv;
+  wv.w = weight->data;
+  weight_strides(ck, "weight", weight, 0, &wv.swn, &wv.swk);
+  if (g.D > 0) {
+    wv.v = dendrite_weight->data;
+    wv.svd = dendrite_weight->strides[0];
+    weight_strides(ck, "dendrite_weight", dendrite_weight, 1, &wv.svn, &wv.svk);
+  }
+  const int64_t vw = vec_width(pr.dtype);
+  wv.rows_vec = vector_loads_enabled() && wv.swk == 1 && wv.swn % vw == 0 && aligned16(wv.w) && g.KC % vw == 0 &&
+                (g.D == 0 || (wv.svk == 1 && wv.svn % vw == 0 && wv.svd % vw == 0 && aligned16(wv.v)));
+  return wv;
+}
+
+// The weight views into a kernel's parameters (FwdParams, DgradParams, OnepassParams name them alike).
+template <class P>
+void set_weights(P& p, const WeightViews& wv) {
+  p.w = wv.w;
+  p.swn = wv.swn;
+  p.swk = wv.swk;
+  p.v = wv.v;
+  p.svd = wv.svd;
+  p.svn = wv.svn;
+  p.svk = wv.svk;
+}
+
 // [B, (D,) C, *sp] viewed as [B, (D,) C, OPIX].
 int64_t pix_stride(const Checker& ck, const char* name, const pf_tensor* t, int first_sp) {
   if (t->ndim <= first_sp) return 0;
@@ -422,13 +470,8 @@ pf::FwdParams forward_params(const Problem& pr, const pf_tensor* x, const pf_ten
   p.g = g;
   p.x = x->data;
   for (int i = 0; i < 5; ++i) p.sx[i] = pr.sx[i];
-  p.w = weight->data;
-  weight_strides(ck, "weight", weight, 0, &p.swn, &p.swk);
-  if (g.D > 0) {
-    p.v = dendrite_weight->data;
-    p.svd = dendrite_weight->strides[0];
-    weight_strides(ck, "dendrite_weight", dendrite_weight, 1, &p.svn, &p.svk);
-  }
+  const WeightViews wv = weight_views(ck, pr, weight, dendrite_weight);
+  set_weights(p, wv);
   if (bias != nullptr) {
     ck.shape("bias", bias, {g.Cout});
     p.bias = bias->data;
@@ -473,12 +516,8 @@ pf::FwdParams forward_params(const Problem& pr, const pf_tensor* x, const pf_ten
   p.b_row_fast = p.swk != 1 && p.swn == 1;
   p.epi_row_fast = p.syc != 1;
   // 16-byte vector loads: x rows (Linear) and weight rows (also Conv: weights flattened [Cout, KC]).
-  const int64_t vw = 16 / static_cast<int64_t>(dtype_size(pr.dtype));
-  const bool vec = vector_loads_enabled();
-  const bool w_rows_vec = p.swk == 1 && p.swn % vw == 0 && aligned16(p.w) && g.KC % vw == 0 &&
-                          (g.D == 0 || (p.svk == 1 && p.svn % vw == 0 && p.svd % vw == 0 && aligned16(p.v)));
-  p.a_vec = vec && pr.nd == 0 && pr.sx[1] == 1 && pr.sx[0] % vw == 0 && g.KC % vw == 0 && aligned16(p.x);
-  p.b_vec = vec && w_rows_vec;
+  p.a_vec = x_rows_vec(pr, p.x);
+  p.b_vec = wv.rows_vec;
   return p;
 }
 
@@ -737,6 +776,7 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
   }
   if (workspace_bytes == nullptr)
     fail(PF_ERROR_INVALID_ARGUMENT, std::string(pr.fn) + ": argument 'workspace_bytes' is NULL");
+  const WeightViews wv = weight_views(ck, pr, weight, dendrite_weight);
   const bool onepass = use_onepass(pr);
   const BwdPlan pl = onepass ? BwdPlan{} : plan_backward(pr, sdyp);
   const size_t need = onepass ? kMinWorkspace : pl.total;
@@ -760,11 +800,7 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
     op.x = x->data;
     op.sxm = pr.sx[0];
     op.sxk = pr.sx[1];
-    op.w = weight->data;
-    weight_strides(ck, "weight", weight, 0, &op.swn, &op.swk);
-    op.v = dendrite_weight->data;
-    op.svd = dendrite_weight->strides[0];
-    weight_strides(ck, "dendrite_weight", dendrite_weight, 1, &op.svn, &op.svk);
+    set_weights(op, wv);
     op.h = h->data;
     op.shm = h->strides[0];
     op.shd = h->strides[1];
@@ -779,12 +815,8 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
     op.dgate = dgate->data;
     op.dvbias = ddendrite_bias ? ddendrite_bias->data : nullptr;
     op.dcasc = dcascade->data;
-    // 16-byte loads of whole rows' vectors, where every vector is entirely in or out of range and aligned.
-    const int64_t vw = 16 / static_cast<int64_t>(dtype_size(pr.dtype));
-    const bool vec = vector_loads_enabled() && g.Cin % vw == 0;
-    op.x_vec = vec && op.sxk == 1 && op.sxm % vw == 0 && aligned16(op.x);
-    op.w_vec = vec && op.swk == 1 && op.swn % vw == 0 && op.svk == 1 && op.svn % vw == 0 && op.svd % vw == 0 &&
-               aligned16(op.w) && aligned16(op.v);
+    op.x_vec = x_rows_vec(pr, op.x);
+    op.w_vec = wv.rows_vec;
     check_cuda(pr.fn, "the one-pass backward kernel", dispatch(pr.dtype, [&](auto tag) {
                  return pf::launch_onepass<decltype(tag)>(op, pr.math, stream);
                }));
@@ -845,13 +877,7 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
   pf::DgradParams gp{};
   gp.g = g;
   gp.dz = dz;
-  gp.w = weight->data;
-  weight_strides(ck, "weight", weight, 0, &gp.swn, &gp.swk);
-  if (g.D > 0) {
-    gp.v = dendrite_weight->data;
-    gp.svd = dendrite_weight->strides[0];
-    weight_strides(ck, "dendrite_weight", dendrite_weight, 1, &gp.svn, &gp.svk);
-  }
+  set_weights(gp, wv);
   gp.dx = dx->data;
   gp.sdx[0] = dx->strides[0];
   gp.sdx[1] = dx->strides[1];
@@ -865,12 +891,12 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
   gp.a_row_fast = g.OPIX > 1;
   gp.b_row_fast = g.KK == 1 && gp.swk == 1;
   gp.epi_row_fast = gp.sdx[1] != 1;
-  const int64_t vw = 16 / static_cast<int64_t>(dtype_size(pr.dtype));
+  // 16-byte vector loads (Linear): dZcat rows and, for dX, the weight rows (KC = Cin).
+  const int64_t vw = vec_width(pr.dtype);
   const bool vec = vector_loads_enabled() && pr.nd == 0;
   const int64_t RN = g.R * g.Cout;
   gp.a_vec = vec && RN % vw == 0;
-  gp.b_vec = vec && gp.swk == 1 && gp.swn % vw == 0 && aligned16(gp.w) && g.Cin % vw == 0 &&
-             (g.D == 0 || (gp.svk == 1 && gp.svn % vw == 0 && gp.svd % vw == 0 && aligned16(gp.v)));
+  gp.b_vec = pr.nd == 0 && wv.rows_vec;
   // Hopper: CUTLASS GEMMs over the stacked weights / gradients when they sit back to back (DendriticLinear's own).
 #ifdef PF_HAVE_SM90_CUTLASS
   const int64_t NK = g.Cout * g.Cin;
@@ -906,7 +932,7 @@ void run_backward(const Problem& pr, const pf_tensor* grad_y, const pf_tensor* x
   wp.b_row_fast = pr.sx[1] == 1 && g.KK == 1;
   wp.epi_row_fast = 0;
   wp.a_vec = vec && RN % vw == 0;
-  wp.b_vec = vec && pr.sx[1] == 1 && pr.sx[0] % vw == 0 && g.KC % vw == 0 && aligned16(wp.x);
+  wp.b_vec = x_rows_vec(pr, wp.x);
   bool sm90_wgrad = false;
 #ifdef PF_HAVE_SM90_CUTLASS
   sm90_wgrad = sm90 && g.P > 0 && aligned16(wp.dw) && pr.sx[1] == 1 && pr.sx[0] % 8 == 0 && aligned16(wp.x) &&

@@ -120,6 +120,20 @@ PF_DEV void store_tile(const GemmSmem<C>& sm, int64_t q0, int64_t K, int64_t str
   }
 }
 
+// The mainloop of both tile kinds: step s's operands are loaded into registers (load(s)) while step s-1's math runs,
+// then stored to the shared-memory tiles (store(s)) once that math has read them.
+template <class Load, class Store, class Math>
+PF_DEV void prefetched_loop(int64_t steps, Load&& load, Store&& store, Math&& math) {
+  if (steps > 0) load(0);
+  for (int64_t s = 0; s < steps; ++s) {
+    __syncthreads();  // the previous step's math has read the tiles
+    store(s);
+    __syncthreads();
+    if (s + 1 < steps) load(s + 1);
+    math();
+  }
+}
+
 // ---------------------------------------------------------------- dX tile: dX[m, q] = sum_j dZ[m, j] Wcat[j, q]
 template <class T, class C, int D>
 PF_DEV void dx_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
@@ -163,32 +177,28 @@ PF_DEV void dx_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
 
   BlockAcc<C> acc;
   acc.zero();
-  if (steps > 0) {
-    load_a(0);
-    if (p.w_vec) load_b(0);
-  }
-  for (int64_t s = 0; s < steps; ++s) {
-    __syncthreads();  // the previous step's math has read the tiles
+  prefetched_loop(
+      steps,
+      [&](int64_t s) {
+        load_a(s);
+        if (p.w_vec) load_b(s);
+      },
+      [&](int64_t s) {
 #pragma unroll
-    for (int i = 0; i < NPR; ++i) {
-      A gy, a[D], ds[D];
-      stack_pair(in[i], G, Bc, p.act, &sm.ab.As[TA::idx(0, lane + i * NL, ch * PP)], gy, a, ds);
-    }
-    if (p.w_vec) {
-      bv.store(sm.ab.Bs, 1);
-    } else {
-      fill_tile<C::BN, C>(sm.ab.Bs, 1, [&](int c, int k) -> S {
-        const T* e = wrow(s, k, q0 + c);
-        return e ? *e : zero_of<S>();
-      });
-    }
-    __syncthreads();
-    if (s + 1 < steps) {
-      load_a(s + 1);
-      if (p.w_vec) load_b(s + 1);
-    }
-    acc.compute(sm.ab.As, 0, sm.ab.Bs, p.w_vec ? 1 : 0);
-  }
+        for (int i = 0; i < NPR; ++i) {
+          A gy, a[D], ds[D];
+          stack_pair(in[i], G, Bc, p.act, &sm.ab.As[TA::idx(0, lane + i * NL, ch * PP)], gy, a, ds);
+        }
+        if (p.w_vec) {
+          bv.store(sm.ab.Bs, 1);
+        } else {
+          fill_tile<C::BN, C>(sm.ab.Bs, 1, [&](int c, int k) -> S {
+            const T* e = wrow(s, k, q0 + c);
+            return e ? *e : zero_of<S>();
+          });
+        }
+      },
+      [&] { acc.compute(sm.ab.As, 0, sm.ab.Bs, p.w_vec ? 1 : 0); });
   __syncthreads();
   acc.store(sm.Cs);
   __syncthreads();
@@ -244,43 +254,39 @@ PF_DEV void dw_tile(const OnepassParams& p, GemmSmem<C>& sm, int64_t tile) {
 
   BlockAcc<C> acc;
   acc.zero();
-  if (steps > 0) {
-    load_a(0);
-    if (p.x_vec) load_b(0);
-  }
-  for (int64_t s = 0; s < steps; ++s) {
-    __syncthreads();
+  prefetched_loop(
+      steps,
+      [&](int64_t s) {
+        load_a(s);
+        if (p.x_vec) load_b(s);
+      },
+      [&](int64_t s) {
 #pragma unroll
-    for (int i = 0; i < NPR; ++i) {
-      A gy, a[D], ds[D];
-      // A tile stored row-contiguous ([BK][BM]): the PP branches of a neuron are neighbours along the rows.
-      stack_pair(in[i], G, Bc, p.act, &sm.ab.As[TA::idx(1, ch * PP, lane + i * NL)], gy, a, ds);
-      if (reduce) {  // padded rows (m >= M, n >= N) load zeros and add nothing
-        sums[0] += gy;
+        for (int i = 0; i < NPR; ++i) {
+          A gy, a[D], ds[D];
+          // A tile stored row-contiguous ([BK][BM]): the PP branches of a neuron are neighbours along the rows.
+          stack_pair(in[i], G, Bc, p.act, &sm.ab.As[TA::idx(1, ch * PP, lane + i * NL)], gy, a, ds);
+          if (reduce) {  // padded rows (m >= M, n >= N) load zeros and add nothing
+            sums[0] += gy;
 #pragma unroll
-        for (int k = 0; k < D; ++k) {
-          sums[1 + k] += gy * a[k];
-          sums[1 + D + k] += ds[k];
+            for (int k = 0; k < D; ++k) {
+              sums[1 + k] += gy * a[k];
+              sums[1 + D + k] += ds[k];
 #pragma unroll
-          for (int i2 = 0; i2 < k; ++i2) sums[casc_slot(D, k, i2)] += ds[k] * a[i2];
+              for (int i2 = 0; i2 < k; ++i2) sums[casc_slot(D, k, i2)] += ds[k] * a[i2];
+            }
+          }
         }
-      }
-    }
-    if (p.x_vec) {
-      bv.store(sm.ab.Bs, 1);
-    } else {
-      fill_tile<C::BN, C>(sm.ab.Bs, p.sxk == 1, [&](int c, int k) -> S {
-        const T* e = xel(s, k, q0 + c);
-        return e ? *e : zero_of<S>();
-      });
-    }
-    __syncthreads();
-    if (s + 1 < steps) {
-      load_a(s + 1);
-      if (p.x_vec) load_b(s + 1);
-    }
-    acc.compute(sm.ab.As, 1, sm.ab.Bs, p.x_vec ? 1 : 0);
-  }
+        if (p.x_vec) {
+          bv.store(sm.ab.Bs, 1);
+        } else {
+          fill_tile<C::BN, C>(sm.ab.Bs, p.sxk == 1, [&](int c, int k) -> S {
+            const T* e = xel(s, k, q0 + c);
+            return e ? *e : zero_of<S>();
+          });
+        }
+      },
+      [&] { acc.compute(sm.ab.As, 1, sm.ab.Bs, p.x_vec ? 1 : 0); });
   __syncthreads();
   acc.store(sm.Cs);
   __syncthreads();
