@@ -3,11 +3,14 @@
 - device time (CUDA-graph replay, triton.testing.do_bench_cudagraph) of the fused forward over packed weights, in
   inference and in training (writing h), for the library's choice and each mainloop schedule (PAI_FAST_SM90_SCHEDULE:
   cooperative 256x128, ping-pong 128x128);
+- each epilogue (PAI_FAST_SM90_EPILOGUE: staged through shared memory, the default, or direct register stores) with
+  --epilogues staged,direct;
 - the weight pack it needs after each weight update, csrc's generic forward, and the limit (one cuBLAS GEMM of
   width (1+D)N);
 - the kernels of one cuda-backend forward+backward step (torch.profiler), to see where the step's time goes.
 
     python benchmarks/probe_sm90.py [--out probe_sm90.json] [--quick] [--ds 1,3] [--schedules default,cooperative]
+        [--epilogues staged,direct]
 
 --quick: 8192x4096->4096 only, D = 0, 1, 3, 7, the library's choice of schedule only, and the step's kernels.
 --ds: 8192x4096->4096 only, these D; --schedules: these schedules (either overrides what --quick picks).
@@ -28,6 +31,7 @@ from pai_fast.bench import _linear_case, environment, limit_weight
 
 SHAPES = [(8192, 4096, 4096), (256, 1024, 1024), (64, 784, 128)]
 SCHEDULES = ("default", "cooperative", "pingpong")
+EPILOGUES = ("staged", "direct")
 
 
 def _bench(fn) -> float:
@@ -64,16 +68,19 @@ def measure(m: int, k: int, n: int, d: int, schedules=SCHEDULES) -> dict:
     y_ref = y.float().clone()
     pack()
     row = {"shape": f"{m}x{k}->{n}", "D": d, "limit_ms": _bench(lambda: torch.mm(x, wcat.t()))}
-    for sched in schedules:
+    for variant in schedules:  # "schedule" or "schedule+epilogue"
+        sched, _, epi = variant.partition("+")
         os.environ["PAI_FAST_SM90_SCHEDULE"] = sched  # "default": the library's own choice
+        os.environ["PAI_FAST_SM90_EPILOGUE"] = epi or "staged"
         y.zero_()
         fwd(True)
         err = ((y.float() - y_ref).norm() / y_ref.norm()).item()
-        assert err < 1e-2, f"{m}x{k}->{n} D={d} {sched}: differs from the generic kernel by {err:.3g}"
-        row[f"{sched}_infer_ms"] = _bench(lambda: fwd(False))
-        row[f"{sched}_train_ms"] = _bench(lambda: fwd(True))
-        row[f"{sched}_rel_err"] = err
+        assert err < 1e-2, f"{m}x{k}->{n} D={d} {variant}: differs from the generic kernel by {err:.3g}"
+        row[f"{variant}_infer_ms"] = _bench(lambda: fwd(False))
+        row[f"{variant}_train_ms"] = _bench(lambda: fwd(True))
+        row[f"{variant}_rel_err"] = err
     os.environ.pop("PAI_FAST_SM90_SCHEDULE")
+    os.environ.pop("PAI_FAST_SM90_EPILOGUE")
     row["pack_ms"] = _bench(pack)
     row["generic_infer_ms"] = _bench(generic)
     return row
@@ -110,20 +117,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--ds", default=None, help="comma list of D (default: 0..7 at 8192x4096, else 0, 1, 3, 7)")
     ap.add_argument("--schedules", default=None, help=f"comma list of {', '.join(SCHEDULES)} (default: all)")
+    ap.add_argument("--epilogues", default=None, help=f"comma list of {', '.join(EPILOGUES)} (default: staged)")
     args = ap.parse_args()
     shapes = SHAPES[:1] if args.quick or args.ds else SHAPES
     schedules = args.schedules.split(",") if args.schedules else SCHEDULES[:1] if args.quick else SCHEDULES
     ds = [int(v) for v in args.ds.split(",")] if args.ds else None
+    if args.epilogues:
+        schedules = [f"{s}+{e}" for s in schedules for e in args.epilogues.split(",")]
     assert CB.sm90_enabled(), "pai_fast._C was built without the Hopper path"
     rows, steps = [], {}
-    print(f"{'shape':>18} D  limit   " + "  ".join(f"{s:>22}" for s in schedules) + "   pack  generic", flush=True)
+    print(f"{'shape':>18} D  limit   " + "  ".join(f"{s:>24}" for s in schedules) + "   pack  generic", flush=True)
     for m, k, n in shapes:
         for d in ds or (range(8) if m >= 4096 and not args.quick else (0, 1, 3, 7)):
             row = measure(m, k, n, d, schedules)
             rows.append(row)
             lim = row["limit_ms"]
             cells = "  ".join(
-                f"{row[f'{s}_infer_ms'] / lim:5.2f}x/{row[f'{s}_train_ms'] / lim:5.2f}x train" for s in schedules
+                f"{row[f'{s}_infer_ms'] / lim:7.3f}x/{row[f'{s}_train_ms'] / lim:6.3f}x train" for s in schedules
             )
             print(
                 f"{row['shape']:>18} {d}  {lim:.4f}  {cells}  {row['pack_ms']:.4f}  "

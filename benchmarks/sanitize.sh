@@ -4,7 +4,8 @@
 # misuse) and initcheck (reads of uninitialised global memory), each failing on the first error.
 # Every kernel runs: forward, dZ (register path D<=8 and generic D>8), the reduction, dX and dW GEMMs with
 # and without split-K, the one-pass Linear backward (D = 1, 2, 3; scalar and 16-byte loads), for
-# fp32/TF32/fp16/bf16/fp64, Linear and Conv1d/2d/3d, batch 0 and 1, odd sizes.
+# fp32/TF32/fp16/bf16/fp64, Linear and Conv1d/2d/3d, batch 0 and 1, odd sizes; on Hopper with CUTLASS, the sm90
+# forward with each schedule and epilogue.
 #
 # Usage (GPU machine, after `pip install -e .`):  bash benchmarks/sanitize.sh [tools...]
 #   default tools: memcheck racecheck synccheck initcheck ; output also goes to $OUT/sanitize.log if set.
@@ -48,6 +49,19 @@ def linear(m, k, n, d, dtype, act="sigmoid", bias=True, tf32=False, contiguous=F
         CB.linear_bwd(torch.randn_like(y), x, w, dw, g, c, h, act, bias)
 
 
+def hopper_forward(m, k, n, d, dtype):
+    """The Hopper forward (where the build and device have it) with each schedule and epilogue: N % 8 == 0 takes
+    the staged stores, N odd the direct ones."""
+    w, b, dw, db, g, c = params((n, k), d, True, dtype)
+    x = torch.randn(m, k, device=dev, dtype=dtype)
+    for sched in ("cooperative", "pingpong"):
+        for epi in ("staged", "direct"):
+            os.environ["PAI_FAST_SM90_SCHEDULE"], os.environ["PAI_FAST_SM90_EPILOGUE"] = sched, epi
+            CB.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
+    del os.environ["PAI_FAST_SM90_SCHEDULE"], os.environ["PAI_FAST_SM90_EPILOGUE"]
+    return 4
+
+
 def conv(b, cin, cout, sp, k, st, pad, dil, d, dtype, channels_last=False):
     w, bb, dw, db, g, c = params((cout, cin, *k), d, True, dtype)
     x = torch.randn(b, cin, *sp, device=dev, dtype=dtype)
@@ -69,6 +83,9 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
     conv(2, 3, 7, (9, 8), (3, 3), (1, 2), (1, 1), (1, 1), 3, dtype, channels_last=True); n += 1
     conv(1, 2, 3, (4, 5, 6), (3, 3, 2), (1, 2, 1), (1, 0, 1), (1, 1, 2), 9, dtype); n += 1
     conv(0, 3, 4, (6, 6), (3, 3), (1, 1), (1, 1), (1, 1), 2, dtype); n += 1
+for dtype in (torch.float16, torch.bfloat16):
+    for d in (0, 1, 3):
+        n += hopper_forward(70, 128, 136, d, dtype) + hopper_forward(9, 64, 21, d, dtype)
 linear(45, 64, 40, 3, torch.float32, tf32=True); n += 1
 linear(9, 7, 2, 127, torch.float32, act="relu"); n += 1
 torch.cuda.synchronize()

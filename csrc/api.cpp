@@ -587,6 +587,13 @@ struct DeviceInfo {
   return (g.D >= 2 && g.D <= 6) || coop_tiles < 2 * sms ? pf::kSm90PingPong : pf::kSm90Cooperative;
 }
 
+// Whether the Hopper forward's epilogue stages its stores in shared memory (where the outputs' layout allows; the
+// default) or stores from registers: PAI_FAST_SM90_EPILOGUE=direct|staged, to measure them side by side.
+[[maybe_unused]] int sm90_staged_epilogue() {
+  const char* e = std::getenv("PAI_FAST_SM90_EPILOGUE");
+  return e != nullptr && std::string(e) == "direct" ? 0 : 1;
+}
+
 // Bytes of the packed weights, or 0 when this build, the current device or the problem does not take the path.
 size_t sm90_packed_bytes(const Problem& pr) {
 #ifdef PF_HAVE_SM90_CUTLASS
@@ -1052,6 +1059,7 @@ pf_status pf_linear_forward_packed(pf_dtype dtype, pf_activation activation, con
     if (pr.g.P > 0x7fffffff)
       fail(PF_ERROR_UNSUPPORTED, std::string(pr.fn) + ": at most 2^31-1 rows of x, got " + std::to_string(pr.g.P));
     p.bno = pf::sm90_neurons_per_tile(pr.g.R);
+    p.epi_staged = sm90_staged_epilogue();
     const auto run = [&](auto tag) {
       using T = decltype(tag);
       switch (sm90_schedule(pr.g)) {

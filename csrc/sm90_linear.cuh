@@ -10,8 +10,9 @@
 // and zero rows where the neuron is past N or the tile has no whole group left. Why this order: a wgmma 64xN
 // accumulator gives each thread the same two columns of every 8-column block (CUTLASS's SM90 C layout:
 // ((2,2,N/8) values) = (column pair, row +8, 8-column block)), so with branches 8 columns apart the R values of
-// a neuron sit in one thread's registers at blocks q*R .. q*R+R-1: the epilogue needs no shuffle (shared memory
-// only holds the tile's parameters), and no (1+D)*M*N intermediate reaches global memory.
+// a neuron sit in one thread's registers at blocks q*R .. q*R+R-1: the epilogue needs no shuffle, and no
+// (1+D)*M*N intermediate reaches global memory. Shared memory holds the tile's parameters and, where y and h take
+// 16-byte row segments, each warp's results on their way out (8 rows at a time, stored as whole 16-byte chunks).
 //
 // Built only with CUTLASS headers (nvidia-cutlass) for sm_90a (CMake option PAI_FAST_CUTLASS); runs on sm_90.
 // fp16 and bf16, D <= 7 (R <= kSm90MaxR); pf_linear_forward's own kernel serves everything else.
@@ -79,8 +80,12 @@ class DendriteEpilogue {
   using GmemTiledCopyD = void;
   // One parameter table per consumer warp group (cooperative: both work on one tile's rows; ping-pong: on
   // alternate tiles).
+  // Staged stores (branches): per consumer warp, 8 rows of at most 16 chunks of 16 bytes, at an odd pitch so the
+  // 8 rows' same chunk falls in 8 different bank groups (the slice's writes are conflict-free).
+  static constexpr int kStageChunks = 8 * ((kSm90TileN / 8) | 1);
   struct SharedStorage {
-    float params[2][max_tile_params()];
+    alignas(16) float params[2][max_tile_params()];
+    uint4 stage[8][kStageChunks];
   };
   using TensorStorage = SharedStorage;
   struct Arguments {
@@ -126,11 +131,14 @@ class DendriteEpilogue {
                            make_coord(m_coord, n_coord));
     Tensor tCcD = tiled_mma.get_thread_slice(thread_idx).partition_C(cD);
     const int64_t neuron0 = static_cast<int64_t>(n_coord) * params_.p.bno;
-    float* table = reinterpret_cast<SharedStorage*>(smem)->params[cutlass::canonical_warp_group_idx() == 2 ? 1 : 0];
+    auto* storage = reinterpret_cast<SharedStorage*>(smem);
+    float* table = storage->params[cutlass::canonical_warp_group_idx() == 2 ? 1 : 0];
+    // Consumer warps are 4 .. 11 in both schedules (warp group 0 is the producer).
+    uint4* slab = storage->stage[threadIdx.x / cutlass::NumThreadsPerWarp - cutlass::NumWarpsPerWarpGroup];
     switch (params_.p.g.R) {
 #define PF_EPI_CASE(r) \
   case r:              \
-    return branches<r>(acc, tCcD, M, neuron0, table);
+    return branches<r>(acc, tCcD, M, neuron0, table, slab);
       PF_EPI_CASE(1)
       PF_EPI_CASE(2)
       PF_EPI_CASE(3)
@@ -162,7 +170,7 @@ class DendriteEpilogue {
 
   // Stage this tile's parameters in the warp group's shared table: [pi][local neuron], zero past Cout.
   template <int R>
-  CUTLASS_DEVICE void stage(float* table, int64_t neuron0) const {
+  CUTLASS_DEVICE void stage_params(float* table, int64_t neuron0) const {
     constexpr int kNpt = sm90_neurons_per_tile(R), kP = params_per_neuron(R);
     const int lt = static_cast<int>(threadIdx.x % cutlass::NumThreadsPerWarpGroup);
     // User barrier ids 0 and 1, one per consumer warp group: NamedBarrier adds its reserved count (hardware 8, 9).
@@ -181,43 +189,118 @@ class DendriteEpilogue {
     cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup, bar);
   }
 
+  // One neuron pair's tile parameters, read from the shared table: a thread's two neighbouring neurons.
+  template <int R>
+  struct PairParams {
+    static constexpr int D = R - 1, DD = D > 0 ? D : 1, NC = D > 1 ? D * (D - 1) / 2 : 1;
+    float b[2], vb[2][DD], g[2][DD], c[2][NC];
+  };
+
+  template <int R>
+  CUTLASS_DEVICE static PairParams<R> load_pair(const float* table, const int (&ln)[2]) {
+    constexpr int D = R - 1, kNpt = sm90_neurons_per_tile(R);
+    PairParams<R> pp;
+    CUTLASS_PRAGMA_UNROLL
+    for (int v0 = 0; v0 < 2; ++v0) {
+      pp.b[v0] = table[ln[v0]];
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < D; ++i) {
+        pp.vb[v0][i] = table[(1 + i) * kNpt + ln[v0]];
+        pp.g[v0][i] = table[(1 + D + i) * kNpt + ln[v0]];
+      }
+      CUTLASS_PRAGMA_UNROLL
+      for (int c = 0; c < (D > 1 ? PairParams<R>::NC : 0); ++c) pp.c[v0][c] = table[(1 + 2 * D + c) * kNpt + ln[v0]];
+    }
+    return pp;
+  }
+
+  // The dendrite math of one (row, neuron pair): z = y's values, a[.][i] = h's (the accumulator blocks q*R .. q*R+D).
+  template <int R, class Acc>
+  CUTLASS_DEVICE void eval_pair(Acc const& acc, int q, int mm, int v1, PairParams<R> const& pp, float (&z)[2],
+                                float (&a)[2][PairParams<R>::DD]) const {
+    constexpr int D = R - 1;
+    CUTLASS_PRAGMA_UNROLL
+    for (int v0 = 0; v0 < 2; ++v0) {
+      z[v0] = acc(make_coord(v0, v1, q * R), mm, 0) + pp.b[v0];
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < D; ++i) {
+        float s = acc(make_coord(v0, v1, q * R + 1 + i), mm, 0) + pp.vb[v0][i];
+        CUTLASS_PRAGMA_UNROLL
+        for (int j = 0; j < i; ++j) s += pp.c[v0][i * (i - 1) / 2 + j] * a[v0][j];
+        a[v0][i] = act_fwd_out<T>(s, params_.p.act);
+        z[v0] += pp.g[v0][i] * a[v0][i];
+      }
+    }
+  }
+
   template <int R, class Acc, class Crd>
-  CUTLASS_DEVICE void branches(Acc const& acc, Crd const& tCcD, int M, int64_t neuron0, float* table) const {
+  CUTLASS_DEVICE void branches(Acc const& acc, Crd const& tCcD, int M, int64_t neuron0, float* table,
+                               uint4* slab) const {
     constexpr int V2 = size<0, 2>(typename Acc::layout_type{});
     constexpr int MM = size<1>(typename Acc::layout_type{});
     constexpr int G = V2 / R;  // groups of 8 neurons in one tile
-    constexpr int D = R - 1;
-    constexpr int NC = D > 1 ? D * (D - 1) / 2 : 1;
-    constexpr int kNpt = sm90_neurons_per_tile(R);
+    constexpr int D = R - 1, DD = PairParams<R>::DD;
+    constexpr int kSeg = sm90_neurons_per_tile(R) / 8, kPitch = kSeg | 1;  // 16-byte chunks per staged row
+    static_assert(8 * kPitch <= kStageChunks, "the staging rows fit the warp's buffer");
     const FwdParams& p = params_.p;
     T* y = static_cast<T*>(p.y);
     T* h = static_cast<T*>(p.h);
-    stage<R>(table, neuron0);
-    // A thread holds two adjacent columns of each 8-column block, i.e. two adjacent neurons: one 4-byte store
-    // writes both where the layout allows it.
+    stage_params<R>(table, neuron0);
+    // ln: this thread's two neurons within the tile's group q (plus q * 8). The wgmma C layout gives a thread
+    // columns 2t and 2t+1 of each 8-column block (the same layout facts the packing relies on to put a neuron's
+    // branches in one thread), so ln[1] == ln[0] + 1.
+    const auto lanes = [&](int q, int (&ln)[2]) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int v0 = 0; v0 < 2; ++v0) ln[v0] = q * 8 + (get<1>(tCcD(make_coord(v0, 0, q * R), 0, 0)) & 7);
+    };
+    if (p.epi_staged) {
+      // Staged stores (the host sets epi_staged where y, h allow 16-byte row segments): the warp writes each 8-row
+      // slice of its results to shared memory, then stores whole 16-byte chunks of the rows, so one store
+      // instruction covers 512 bytes of whole rows, where a 4-byte pair store covers 8 rows x 16 bytes (8 L1
+      // wavefronts, half-filled sectors). The cooperative schedule runs the epilogue with the tensor cores idle, so
+      // its store issue time is the tile's: H200, 8192x4096->4096 bf16, ratio to cuBLAS 1.13x -> 1.04x at D = 0 and
+      // 1.13x -> 1.08x at D = 1 (h200_probe_sm90_epilogue, session 22).
+      CUTLASS_PRAGMA_UNROLL
+      for (int mm = 0; mm < MM; ++mm) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int v1 = 0; v1 < 2; ++v1) {
+          const int m = static_cast<int>(get<0>(tCcD(make_coord(0, v1, 0), mm, 0)));
+          const int m0 = __shfl_sync(0xffffffffu, m, 0);  // the slice's rows are m0 .. m0 + 7, one per lane quad
+          float z[G][2], a[G][2][DD];
+          CUTLASS_PRAGMA_UNROLL
+          for (int q = 0; q < G; ++q) {
+            int ln[2];
+            lanes(q, ln);
+            eval_pair<R>(acc, q, mm, v1, load_pair<R>(table, ln), z[q], a[q]);
+          }
+          T* row = reinterpret_cast<T*>(slab) + (m - m0) * kPitch * 8;
+          const int c2 = get<1>(tCcD(make_coord(0, 0, 0), 0, 0)) & 7;
+          CUTLASS_PRAGMA_UNROLL
+          for (int q = 0; q < G; ++q) store_pair(row + q * 8 + c2, z[q][0], z[q][1]);
+          flush<kSeg, kPitch>(slab, y, p.syb, m0, M, neuron0, p.g.Cout);
+          if (h != nullptr) {
+            CUTLASS_PRAGMA_UNROLL
+            for (int i = 0; i < D; ++i) {
+              CUTLASS_PRAGMA_UNROLL
+              for (int q = 0; q < G; ++q) store_pair(row + q * 8 + c2, a[q][0][i], a[q][1][i]);
+              flush<kSeg, kPitch>(slab, h + i * p.shd, p.shb, m0, M, neuron0, p.g.Cout);
+            }
+          }
+        }
+      }
+      return;
+    }
+    // Direct stores: one 4-byte store writes a thread's neuron pair where the layout allows it.
     const auto even4 = [](const void* q, int64_t s) { return (reinterpret_cast<uintptr_t>(q) & 3u) == 0 && s % 2 == 0; };
     const bool pair_y = p.syc == 1 && even4(y, p.syb);
     const bool pair_h = h != nullptr && p.shc == 1 && even4(h, p.shb) && p.shd % 2 == 0;
     CUTLASS_PRAGMA_UNROLL
     for (int q = 0; q < G; ++q) {
       int ln[2];
-      float pb[2], pvb[2][D > 0 ? D : 1], pg[2][D > 0 ? D : 1], pc[2][NC];
-      CUTLASS_PRAGMA_UNROLL
-      for (int v0 = 0; v0 < 2; ++v0) {
-        ln[v0] = q * 8 + (get<1>(tCcD(make_coord(v0, 0, q * R), 0, 0)) & 7);
-        pb[v0] = table[ln[v0]];
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < D; ++i) {
-          pvb[v0][i] = table[(1 + i) * kNpt + ln[v0]];
-          pg[v0][i] = table[(1 + D + i) * kNpt + ln[v0]];
-        }
-        CUTLASS_PRAGMA_UNROLL
-        for (int c = 0; c < (D > 1 ? NC : 0); ++c) pc[v0][c] = table[(1 + 2 * D + c) * kNpt + ln[v0]];
-      }
+      lanes(q, ln);
+      const PairParams<R> pp = load_pair<R>(table, ln);
       const int64_t n0 = neuron0 + ln[0];
       if (n0 >= p.g.Cout) continue;
-      // ln[1] == ln[0] + 1: the wgmma C layout gives a thread columns 2t and 2t+1 of each 8-column block (the same
-      // layout facts the packing relies on to put a neuron's branches in one thread).
       const bool both = ln[1] == ln[0] + 1 && n0 + 1 < p.g.Cout;
       CUTLASS_PRAGMA_UNROLL
       for (int mm = 0; mm < MM; ++mm) {
@@ -225,19 +308,8 @@ class DendriteEpilogue {
         for (int v1 = 0; v1 < 2; ++v1) {
           const int64_t m = get<0>(tCcD(make_coord(0, v1, q * R), mm, 0));
           if (m >= M) continue;
-          float z[2], a[2][D > 0 ? D : 1];
-          CUTLASS_PRAGMA_UNROLL
-          for (int v0 = 0; v0 < 2; ++v0) {
-            z[v0] = acc(make_coord(v0, v1, q * R), mm, 0) + pb[v0];
-            CUTLASS_PRAGMA_UNROLL
-            for (int i = 0; i < D; ++i) {
-              float s = acc(make_coord(v0, v1, q * R + 1 + i), mm, 0) + pvb[v0][i];
-              CUTLASS_PRAGMA_UNROLL
-              for (int j = 0; j < i; ++j) s += pc[v0][i * (i - 1) / 2 + j] * a[v0][j];
-              a[v0][i] = act_fwd_out<T>(s, p.act);
-              z[v0] += pg[v0][i] * a[v0][i];
-            }
-          }
+          float z[2], a[2][DD];
+          eval_pair<R>(acc, q, mm, v1, pp, z, a);
           store2(y + m * p.syb + n0 * p.syc, p.syc, z[0], z[1], both, pair_y);
           if (h != nullptr) {
             CUTLASS_PRAGMA_UNROLL
@@ -247,6 +319,23 @@ class DendriteEpilogue {
         }
       }
     }
+  }
+
+  // The warp's 8 staged rows (kSeg chunks of 8 values each) to dst rows m0 .. m0 + 7 (row stride ld), columns
+  // neuron0 ..: lanes take consecutive chunks, so one instruction stores 32 x 16 bytes of whole rows. Rows past M and
+  // chunks past Cout (a multiple of 8 here) are not stored.
+  template <int kSeg, int kPitch>
+  CUTLASS_DEVICE static void flush(const uint4* slab, T* dst, int64_t ld, int m0, int M, int64_t neuron0,
+                                   int64_t Cout) {
+    __syncwarp();
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    CUTLASS_PRAGMA_UNROLL
+    for (int idx = lane; idx < 8 * kSeg; idx += 32) {
+      const int r = idx / kSeg, c = idx % kSeg;
+      const int64_t n = neuron0 + 8 * c;
+      if (m0 + r < M && n < Cout) *reinterpret_cast<uint4*>(dst + (m0 + r) * ld + n) = slab[r * kPitch + c];
+    }
+    __syncwarp();  // the next slice's writes wait for these reads
   }
 
   // Two neighbouring neurons' values (the second only when `both`), as one 4-byte store when `pair` allows it.
@@ -358,12 +447,18 @@ cudaError_t sm90_linear_fwd(const FwdParams& p, const void* packed, cudaStream_t
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e != cudaSuccess) return e;
+  // The staged epilogue stores 16-byte row segments of 8 neurons: unit stride along neurons, rows (and h's branch
+  // planes) 16-byte aligned, whole groups of 8 neurons.
+  FwdParams pe = p;
+  const auto a16 = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
+  pe.epi_staged = p.epi_staged && p.g.Cout % 8 == 0 && p.syc == 1 && p.syb % 8 == 0 && a16(p.y) &&
+                  (p.h == nullptr || (p.shc == 1 && p.shb % 8 == 0 && p.shd % 8 == 0 && a16(p.h)));
   typename G::Kernel::Arguments args{
       cutlass::gemm::GemmUniversalMode::kGemm,
       {M, NG, K, 1},
       {static_cast<const E*>(p.x), typename G::Kernel::StrideA{p.sx[0], Int<1>{}, int64_t(0)},
        static_cast<const E*>(packed), typename G::Kernel::StrideB{int64_t(K), Int<1>{}, int64_t(0)}},
-      {p}};
+      {pe}};
   args.hw_info.device_id = dev;
   args.hw_info.sm_count = sm_count(dev);
   if (G::Kernel::get_workspace_size(args) != 0) return cudaErrorInvalidConfiguration;

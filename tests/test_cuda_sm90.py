@@ -42,8 +42,9 @@ def test_packed_path_reports_absent_without_gpu():
     assert lib.sm90_max_d() in (-1, 7)
 
 
-# (m, k, n): odd m and n, k a multiple of 8 (the path's requirement), batch 0 and 1, several tiles of neurons
-SHAPES = [(1, 8, 1), (0, 16, 9), (37, 40, 19), (300, 264, 333), (513, 1024, 130)]
+# (m, k, n): odd m, k a multiple of 8 (the path's requirement), batch 0 and 1, several tiles of neurons; n odd or
+# not a multiple of 8 (the direct epilogue) and n a multiple of 8 (the staged one, 16-byte row segments)
+SHAPES = [(1, 8, 1), (0, 16, 9), (37, 40, 19), (300, 264, 333), (513, 1024, 130), (1, 16, 8), (129, 72, 200)]
 
 
 @gpu
@@ -70,6 +71,29 @@ def test_sm90_each_schedule_gpu(monkeypatch, schedule, d, shape):
     CB.clear_packed_weights()
     check_linear("cuda", torch.bfloat16, m, k, n, d)
     assert len(CB._PACKS) >= 1, "the Hopper path was not taken"
+
+
+@gpu
+@needs_sm90
+@pytest.mark.parametrize("schedule", ["cooperative", "pingpong"])
+@pytest.mark.parametrize("d", [0, 1, 2, 3, 5, 7])
+@pytest.mark.parametrize("shape", [(37, 40, 24), (300, 264, 336), (1100, 64, 704)], ids=str)
+def test_sm90_staged_epilogue_gpu(monkeypatch, schedule, d, shape):
+    """The staged epilogue (8-row slices through shared memory, 16-byte row stores; taken where N % 8 == 0 and y, h
+    are row-major) against the reference, and bit for bit against the direct register stores
+    (PAI_FAST_SM90_EPILOGUE=direct): the same math in the same order, stored another way. The shapes have rows past M
+    inside a slice and chunks past N inside a tile."""
+    monkeypatch.setenv("PAI_FAST_SM90_SCHEDULE", schedule)
+    m, k, n = shape
+    CB.clear_packed_weights()
+    check_linear("cuda", torch.bfloat16, m, k, n, d, grads=False)
+    (x, w, b, dw, db, g, c), _ = _inputs((n, k), (m, k), d, True, torch.bfloat16, "cuda")
+    outs = {}
+    for epilogue in ("staged", "direct"):
+        monkeypatch.setenv("PAI_FAST_SM90_EPILOGUE", epilogue)
+        outs[epilogue] = CB.linear_fwd(x, w, b, dw, db, g, c, "sigmoid", True)
+    assert torch.equal(outs["staged"][0], outs["direct"][0]), "y: the staged and direct epilogues differ"
+    assert torch.equal(outs["staged"][1], outs["direct"][1]), "h: the staged and direct epilogues differ"
 
 
 @gpu
