@@ -10,7 +10,7 @@
 - the kernels of one cuda-backend forward+backward step (torch.profiler), to see where the step's time goes.
 
     python benchmarks/probe_sm90.py [--out probe_sm90.json] [--quick] [--ds 1,3] [--schedules default,cooperative]
-        [--epilogues staged,direct]
+        [--epilogues staged,direct] [--shapes 256x1024x1024,64x784x128] [--no-steps]
 
 --quick: 8192x4096->4096 only, D = 0, 1, 3, 7, the library's choice of schedule only, and the step's kernels.
 --ds: 8192x4096->4096 only, these D; --schedules: these schedules (either overrides what --quick picks).
@@ -117,9 +117,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--ds", default=None, help="comma list of D (default: 0..7 at 8192x4096, else 0, 1, 3, 7)")
     ap.add_argument("--schedules", default=None, help=f"comma list of {', '.join(SCHEDULES)} (default: all)")
+    ap.add_argument("--shapes", default=None, help="comma list of MxKxN (default: the three of SHAPES)")
+    ap.add_argument("--no-steps", action="store_true", help="skip the fb step's kernels")
     ap.add_argument("--epilogues", default=None, help=f"comma list of {', '.join(EPILOGUES)} (default: staged)")
     args = ap.parse_args()
     shapes = SHAPES[:1] if args.quick or args.ds else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     schedules = args.schedules.split(",") if args.schedules else SCHEDULES[:1] if args.quick else SCHEDULES
     ds = [int(v) for v in args.ds.split(",")] if args.ds else None
     if args.epilogues:
@@ -140,7 +144,7 @@ def main() -> None:
                 f"{row['generic_infer_ms'] / lim:.2f}x",
                 flush=True,
             )
-    for d in (1, 3):
+    for d in () if args.no_steps else (1, 3):
         key = f"8192x4096->4096 D={d}"
         steps[key] = step_kernels(8192, 4096, 4096, d)
         print(f"-- kernels of one cuda fb step, {key} (us per call x calls per step)")
