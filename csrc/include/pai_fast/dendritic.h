@@ -96,8 +96,12 @@ pf_status pf_linear_forward(pf_dtype dtype, pf_activation activation, int allow_
  * Hopper Linear forward over packed weights: a CUTLASS TMA + wgmma mainloop with the same fused epilogue, for
  * builds with CUTLASS (CMake PAI_FAST_CUTLASS) on sm_90 devices, fp16/bf16, D <= pf_sm90_max_d(), in_features % 8
  * == 0, and x with unit stride along in_features, a row stride that is a multiple of 8 and 16-byte aligned data.
- * The weights are packed once into a buffer the caller owns (neuron-interleaved, see csrc/sm90_linear.cu) and read by
- * every forward until they change; pack again after each update.
+ * The weights are packed once into a buffer the caller owns (neuron-interleaved, see csrc/sm90_linear.cuh) and read by
+ * every forward until they change; pack again after each update. y and h may have any strides; where out_features %
+ * 8 == 0 and y (and h) have unit stride along out_features with 16-byte aligned rows (and branch planes), the epilogue
+ * stores them through shared memory as whole 16-byte row segments, which is faster.
+ * Environment, read at each call: PAI_FAST_SM90_SCHEDULE=cooperative|pingpong forces the mainloop schedule,
+ * PAI_FAST_SM90_EPILOGUE=direct the register-to-global stores, PAI_FAST_CUDA_SM90=0 turns the path off.
  *   pf_sm90_max_d: the largest D this build takes on the path (-1: built without it).
  *   pf_linear_packed_bytes: bytes of the packed weights on the current device, or 0 when the path does not apply
  *     (then use pf_linear_forward). Launches nothing.
