@@ -187,26 +187,6 @@ def _grad_buffers(x, weight, gate, d: int, has_bias: bool):
     return (dx, dwcat, dsmall), (dw, ddw, *split_small(dsmall, d))
 
 
-_WORKSPACE: dict[tuple, int] = {}
-
-
-def _run_with_workspace(fn, args: list, device: torch.device, stream: int) -> None:
-    """Call a _C backward with the workspace it asks for. The size depends only on shapes, strides, dtype and
-    alignment, so the asking call (a second trip through pybind) is made once per such key."""
-    key = (fn.__name__, device) + tuple(
-        (a[0] % 16, tuple(a[1]), tuple(a[2])) if isinstance(a, tuple) else (tuple(a) if isinstance(a, list) else a)
-        for a in args
-    )
-    nbytes = _WORKSPACE.get(key)
-    if nbytes is None:
-        nbytes = fn(*args, None, 0, 0)
-        if len(_WORKSPACE) > 4096:
-            _WORKSPACE.clear()
-        _WORKSPACE[key] = nbytes
-    ws = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    fn(*args, ws.data_ptr(), nbytes, stream)
-
-
 # ---------------------------------------------------------------------------------------------- Hopper packing
 # The Hopper forward (csrc/sm90_linear.cu) reads the weights packed neuron-interleaved into one buffer. Packs are kept
 # per (device, weight storage) and redone when either weight's version counter moves (an optimizer step, load, or any
@@ -473,6 +453,31 @@ def conv_fwd(
     return y, h
 
 
+class _ConvBwd:
+    """What a conv backward's call signature (shapes, strides, dtypes, devices, pointer alignment, geometry,
+    activation, bias, TF32) fixes, found once (pai_fast._plans): the dtype and activation codes after the checks,
+    D, the geometry, and the workspace size, asked of _C at the first call (the Linear backward's _LinearBwd keeps
+    it the same way)."""
+
+    __slots__ = ("dt", "act", "d", "geom", "nbytes")
+
+    def __init__(self, grad_y, x, weight, dendrite_weight, gate, cascade, h, stride, padding, dilation, activation):
+        self.dt, self.act = _dtype_code(x), _act_code(activation)
+        _check_same(x, grad_y=grad_y, weight=weight, dendrite_weight=dendrite_weight, gate=gate, cascade=cascade)
+        self.geom = _geom(x, weight, stride, padding, dilation)
+        self.d = _d_of(dendrite_weight)
+        if self.d > 0:
+            _check_same(x, h=h)
+        self.nbytes: int | None = None
+
+
+_conv_bwd_plans = PlanCache(strides=True)
+
+
+def _hashable(v):
+    return v if isinstance(v, int) else tuple(v)
+
+
 def conv_bwd_packed(
     grad_y: torch.Tensor,
     x: torch.Tensor,
@@ -489,12 +494,13 @@ def conv_bwd_packed(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dwcat, dsmall) as pai_fast._layout packs them (what the pai_fast::dendritic_conv_bwd op returns)."""
     lib = _lib()
-    dt, act = _dtype_code(x), _act_code(activation)
-    _check_same(x, grad_y=grad_y, weight=weight, dendrite_weight=dendrite_weight, gate=gate, cascade=cascade)
-    nd, st, pad, dil = _geom(x, weight, stride, padding, dilation)
-    d = _d_of(dendrite_weight)
-    if d > 0:
-        _check_same(x, h=h)
+    ins = (grad_y, x, weight, dendrite_weight, gate, cascade, h)
+    tf32 = _allow_tf32(x)
+    geom = (_hashable(stride), _hashable(padding), _hashable(dilation))
+    key = (lib, activation, has_bias, tf32, aligned16(ins), *geom)
+    plan = _conv_bwd_plans.get(ins, key, lambda: _ConvBwd(*ins, stride, padding, dilation, activation))
+    nd, st, pad, dil = plan.geom
+    d = plan.d
     out, (dw, ddw, dbias, ddb, dg, dc) = _grad_buffers(x, weight, gate, d, has_bias)
     v, _, g, c = _dendrite_args(d, dendrite_weight, None, gate, cascade)
     # Held until the launch (see conv_fwd): temporaries inside the argument list could be overwritten first.
@@ -502,9 +508,9 @@ def conv_bwd_packed(
     vf = None if v is None else _flat_weight(v, 1)
     hf = _flat_spatial(h, 3) if d > 0 else None
     args = [
-        dt,
-        act,
-        _allow_tf32(x),
+        plan.dt,
+        plan.act,
+        tf32,
         nd,
         st,
         pad,
@@ -525,7 +531,10 @@ def conv_bwd_packed(
         _t(dc) if d > 0 else None,
     ]
     with _DeviceGuard(x):
-        _run_with_workspace(lib.conv_backward, args, x.device, _stream(x))
+        if plan.nbytes is None:
+            plan.nbytes = int(lib.conv_backward(*args, None, 0, 0))
+        ws = torch.empty(plan.nbytes, dtype=torch.uint8, device=x.device)
+        lib.conv_backward(*args, ws.data_ptr(), plan.nbytes, _stream(x))
     return out[0], weight_rows_like(out[1], weight), out[2]
 
 

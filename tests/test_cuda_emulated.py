@@ -294,6 +294,28 @@ def test_emu_conv_dtypes(emu, dtype):
     check_conv("cpu", dtype, *CONV[3], 3, act="tanh")
 
 
+def test_emu_conv_backward_plan_reused(emu):
+    """The conv backward's per-signature plan (cuda_backend._ConvBwd: checks, geometry, workspace size) serves later
+    calls with fresh tensors, and a different geometry gets its own plan; bad input is rejected on every call."""
+    CB._conv_bwd_plans.clear()
+    check_conv("cpu", torch.float32, *CONV[3], 2)
+    plans = len(CB._conv_bwd_plans._plans)
+    assert plans >= 1
+    check_conv("cpu", torch.float32, *CONV[3], 2)
+    assert len(CB._conv_bwd_plans._plans) == plans
+    b, cin, cout, sp, k, st, pad, dil = CONV[3]
+    check_conv("cpu", torch.float32, b, cin, cout, sp, k, (1, 1), pad, dil, 2)
+    assert len(CB._conv_bwd_plans._plans) == plans + 1, "another stride is another plan"
+    (x, w, _, dw, _, g, c), _ = _inputs((cout, cin, *k), (b, cin, *sp), 2, True, torch.float32, "cpu")
+    y, h = CB.conv_fwd(x, w, None, dw, None, g, c, st, pad, dil, "sigmoid", True)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="gate: expected dtype torch.float32"):
+            CB.conv_bwd_packed(y, x, w, dw, g.double(), c, h, st, pad, dil, "sigmoid", True)
+        with pytest.raises(ValueError, match="stride: expected an int or 2 ints"):
+            CB.conv_bwd_packed(y, x, w, dw, g, c, h, (1, 1, 1), pad, dil, "sigmoid", True)
+    assert len(CB._conv_bwd_plans._plans) == plans + 1
+
+
 def test_emu_conv_channels_last_and_d0(emu):
     check_conv("cpu", torch.float32, *CONV[2], 2, channels_last=True)
     check_conv("cpu", torch.float64, *CONV[3], 0, bias=False)
