@@ -32,8 +32,10 @@ CHOICES = ("auto",) + BACKENDS
 # eager torch backend there: 1.7-4.1x on the small layers' forward+backward, 1.16x / 1.25x of the limit at 8192
 # D = 1); its convs are its generic kernels, several times slower and not measured against torch, so none. (An older
 # H100 table, "Small layers, bf16" there, had the cuda backend ahead on small Linear layers, before Triton's launch
-# path shed ~200 us of host time per call; these runs supersede it.) A device class without a measured row takes
-# DEFAULT_DEVICE_CLASS's.
+# path shed ~200 us of host time per call; these runs supersede it.) At 133010e (session 22) the cuda forward at
+# 8192x4096->4096 moved level with Triton's (D = 3: 1.02x of the limit against 1.07x; D = 1: 1.07x against 1.04x),
+# while Triton stays ahead in forward+backward (1.07x / 1.09x against 1.10x / 1.10x), so the order stands; an inference
+# column would need its own measured rows. A device class without a measured row takes DEFAULT_DEVICE_CLASS's.
 SHAPE_CLASSES = ("small_linear", "linear", "conv")
 AUTO_TABLE: dict[int, dict[str, tuple[str, ...]]] = {
     9: {"small_linear": ("triton", "cuda"), "linear": ("triton", "cuda"), "conv": ("triton",)},
