@@ -587,11 +587,14 @@ struct DeviceInfo {
   return (g.D >= 2 && g.D <= 6) || coop_tiles < 2 * sms ? pf::kSm90PingPong : pf::kSm90Cooperative;
 }
 
-// Whether the Hopper forward's epilogue stages its stores in shared memory (where the outputs' layout allows; the
-// default) or stores from registers: PAI_FAST_SM90_EPILOGUE=direct|staged, to measure them side by side.
-[[maybe_unused]] int sm90_staged_epilogue() {
+// Whether the Hopper forward's epilogue stages its stores in shared memory: where y and h take 16-byte row segments
+// of 8 neurons (unit stride along neurons, rows and h's branch planes 16-byte aligned, whole groups of 8 neurons),
+// unless PAI_FAST_SM90_EPILOGUE=direct asks for the register stores (to measure them side by side).
+[[maybe_unused]] int sm90_staged_epilogue(const pf::FwdParams& p) {
   const char* e = std::getenv("PAI_FAST_SM90_EPILOGUE");
-  return e != nullptr && std::string(e) == "direct" ? 0 : 1;
+  if (e != nullptr && std::string(e) == "direct") return 0;
+  return p.g.Cout % 8 == 0 && p.syc == 1 && p.syb % 8 == 0 && aligned16(p.y) &&
+         (p.h == nullptr || (p.shc == 1 && p.shb % 8 == 0 && p.shd % 8 == 0 && aligned16(p.h)));
 }
 
 // Bytes of the packed weights, or 0 when this build, the current device or the problem does not take the path.
@@ -1059,7 +1062,7 @@ pf_status pf_linear_forward_packed(pf_dtype dtype, pf_activation activation, con
     if (pr.g.P > 0x7fffffff)
       fail(PF_ERROR_UNSUPPORTED, std::string(pr.fn) + ": at most 2^31-1 rows of x, got " + std::to_string(pr.g.P));
     p.bno = pf::sm90_neurons_per_tile(pr.g.R);
-    p.epi_staged = sm90_staged_epilogue();
+    p.epi_staged = sm90_staged_epilogue(p);
     const auto run = [&](auto tag) {
       using T = decltype(tag);
       switch (sm90_schedule(pr.g)) {

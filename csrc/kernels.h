@@ -55,7 +55,7 @@ struct FwdParams {
   int b_row_fast;
   int epi_row_fast;
   int a_vec, b_vec;  // 16-byte vector loads along k (Linear, aligned, k-contiguous)
-  int epi_staged;    // Hopper forward: stores through shared memory where y and h allow (sm90_linear_fwd decides)
+  int epi_staged;    // Hopper forward: stores through shared memory (api.cpp sets it where y and h allow)
 };
 
 // ---- dgrad: dX[p', ci] = sum_q dZcat(p', q) Wcat(q, ci), q = (r, co, kk) ----

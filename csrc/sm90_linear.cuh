@@ -254,7 +254,7 @@ class DendriteEpilogue {
       for (int v0 = 0; v0 < 2; ++v0) ln[v0] = q * 8 + (get<1>(tCcD(make_coord(v0, 0, q * R), 0, 0)) & 7);
     };
     if (p.epi_staged) {
-      // Staged stores (the host sets epi_staged where y, h allow 16-byte row segments): the warp writes each 8-row
+      // Staged stores (api.cpp sets epi_staged where y, h allow 16-byte row segments): the warp writes each 8-row
       // slice of its results to shared memory, then stores whole 16-byte chunks of the rows, so one store
       // instruction covers 512 bytes of whole rows, where a 4-byte pair store covers 8 rows x 16 bytes (8 L1
       // wavefronts, half-filled sectors). The cooperative schedule runs the epilogue with the tensor cores idle, so
@@ -451,18 +451,12 @@ cudaError_t sm90_linear_fwd(const FwdParams& p, const void* packed, cudaStream_t
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e != cudaSuccess) return e;
-  // The staged epilogue stores 16-byte row segments of 8 neurons: unit stride along neurons, rows (and h's branch
-  // planes) 16-byte aligned, whole groups of 8 neurons.
-  FwdParams pe = p;
-  const auto a16 = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
-  pe.epi_staged = p.epi_staged && p.g.Cout % 8 == 0 && p.syc == 1 && p.syb % 8 == 0 && a16(p.y) &&
-                  (p.h == nullptr || (p.shc == 1 && p.shb % 8 == 0 && p.shd % 8 == 0 && a16(p.h)));
   typename G::Kernel::Arguments args{
       cutlass::gemm::GemmUniversalMode::kGemm,
       {M, NG, K, 1},
       {static_cast<const E*>(p.x), typename G::Kernel::StrideA{p.sx[0], Int<1>{}, int64_t(0)},
        static_cast<const E*>(packed), typename G::Kernel::StrideB{int64_t(K), Int<1>{}, int64_t(0)}},
-      {pe}};
+      {p}};
   args.hw_info.device_id = dev;
   args.hw_info.sm_count = sm_count(dev);
   if (G::Kernel::get_workspace_size(args) != 0) return cudaErrorInvalidConfiguration;
