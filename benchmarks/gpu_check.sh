@@ -6,6 +6,7 @@
 #   of csrc/ (no Python), its C++ test program under ctest and compute-sanitizer (memcheck/racecheck/synccheck/initcheck).
 # Carry .whl/ (perforatedai's cp312 wheel, pytest-xdist) for the differential/baseline parts.
 # Test selection: PAI_TEST_PATHS (files), PAI_TEST_K (a -k expression), PAI_TEST_TIMEOUT, PAI_TEST_WORKERS.
+# Probe arguments: PAI_PROBE_HOST_ARGS, PAI_PROBE_SM90_ARGS, PAI_PROBE_ARGS; bench cases: PAI_BENCH_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/pai_fast_out}
@@ -64,7 +65,7 @@ if has probe; then
   summary+=("probe_fwd_tma rc=$? (probe_fwd_tma.log)")
 fi
 if has probe || has probehost; then
-  timeout 200 python3 benchmarks/probe_host_overhead.py >"$OUT/probe_host.log" 2>&1
+  timeout 200 python3 benchmarks/probe_host_overhead.py ${PAI_PROBE_HOST_ARGS:-} >"$OUT/probe_host.log" 2>&1
   summary+=("probe_host rc=$? (probe_host.log)")
 fi
 

@@ -62,6 +62,18 @@ def main() -> None:
 
             steps["triton_plain_launch"] = plain_launch
 
+    if "cuda" in steps:  # the cuda backward made ready in the forward (cuda_backend.linear_bwd_prepare), or not
+        from pai_fast import cuda_backend as CB
+
+        def unprepared(fn=steps["cuda"], limit=CB.PREPARED_BWD_MAX_BYTES):
+            CB.PREPARED_BWD_MAX_BYTES = 0
+            try:
+                fn()
+            finally:
+                CB.PREPARED_BWD_MAX_BYTES = limit
+
+        steps["cuda_unprepared"] = unprepared
+    side_by_side({k: v for k, v in steps.items() if k in ("plain", "triton", "cuda", "cuda_unprepared")})
     micro(m, k, n, d, dt)
     for name, fn in steps.items():
         host, wall = host_and_wall_ms(fn, 200)
@@ -78,6 +90,23 @@ def main() -> None:
         for e in sorted(kern, key=lambda e: -e.device_time_total)[:8]:
             print(f"   {e.count / 10:4.0f}x {e.device_time_total / 10:8.1f} us  {e.key[:90]}")
         print("\n".join(host_profile(fn, 100, 18).splitlines()[:40]))
+
+
+def side_by_side(steps: dict, rounds: int = 7, n: int = 200) -> None:
+    """Host ms per step of each step function, in interleaved rounds (the order rotated), median over the rounds:
+    the host's speed drifts, so ratios are taken from one such table."""
+    import statistics
+
+    names = list(steps)
+    per: dict = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            per[name].append(host_and_wall_ms(steps[name], n)[1])
+    base = statistics.median(per["plain"]) if "plain" in per else None
+    print(f"\n=== side by side: wall ms per step, median of {rounds} interleaved rounds of {n} steps")
+    for name in names:
+        med = statistics.median(per[name])
+        print(f"   {name:18s} {med:.3f} ms" + (f"   {med / base:.2f}x plain" if base else ""))
 
 
 def micro(m: int, k: int, n: int, d: int, dt: torch.dtype) -> None:
