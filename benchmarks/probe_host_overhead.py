@@ -62,18 +62,18 @@ def main() -> None:
 
             steps["triton_plain_launch"] = plain_launch
 
-    if "cuda" in steps:  # the cuda backward made ready in the forward (cuda_backend.linear_bwd_prepare), or not
-        from pai_fast import cuda_backend as CB
+    if "cuda" in steps:  # the cuda backend with its one-launch backward forced (csrc/onepass.cu, 1 <= D <= 3)
+        import os
 
-        def unprepared(fn=steps["cuda"], limit=CB.PREPARED_BWD_MAX_BYTES):
-            CB.PREPARED_BWD_MAX_BYTES = 0
+        def onepass(fn=steps["cuda"]):
+            os.environ["PAI_FAST_CUDA_BACKWARD"] = "onepass"
             try:
                 fn()
             finally:
-                CB.PREPARED_BWD_MAX_BYTES = limit
+                del os.environ["PAI_FAST_CUDA_BACKWARD"]
 
-        steps["cuda_unprepared"] = unprepared
-    side_by_side({k: v for k, v in steps.items() if k in ("plain", "triton", "cuda", "cuda_unprepared")})
+        steps["cuda_onepass"] = onepass
+    side_by_side({k: v for k, v in steps.items() if k in ("plain", "triton", "cuda", "cuda_onepass")})
     micro(m, k, n, d, dt)
     for name, fn in steps.items():
         host, wall = host_and_wall_ms(fn, 200)

@@ -31,15 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._layout import (
-    conv_empty,
-    seven_grads,
-    small_rows,
-    split_small,
-    split_weights,
-    unpack_grads,
-    weight_rows_like,
-)
+from ._layout import conv_empty, seven_grads, small_rows, split_small, split_weights, weight_rows_like
 from ._plans import PlanCache, aligned16
 from .backends import FUSED_BACKEND_API, device_capability
 
@@ -51,16 +43,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     _C = None
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
-__all__ = [
-    *FUSED_BACKEND_API,
-    "PREPARED_BWD_MAX_BYTES",
-    "PreparedLinearBwd",
-    "available",
-    "build_info",
-    "clear_packed_weights",
-    "linear_bwd_prepare",
-    "sm90_enabled",
-]
+__all__ = [*FUSED_BACKEND_API, "available", "build_info", "clear_packed_weights", "sm90_enabled"]
 
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 # Same codes as pai_fast.activations.FUSED_CODES and csrc/include/pai_fast/dendritic.h.
@@ -358,26 +341,6 @@ class _LinearBwd:
 _linear_bwd_plans = PlanCache(strides=True)
 
 
-def _bwd_plan(lib, ins: tuple, activation: str, has_bias: bool, tf32: bool) -> _LinearBwd:
-    # The extension (tests swap in the emulated one) and PAI_FAST_CUDA_BACKWARD (a path forced for tests, read by _C)
-    # are in the key: the workspace size follows the path.
-    key = (lib, activation, has_bias, tf32, aligned16(ins), os.environ.get("PAI_FAST_CUDA_BACKWARD"))
-    return _linear_bwd_plans.get(ins, key, lambda: _LinearBwd(*ins, activation, has_bias))
-
-
-def _bwd_buffers(lib, plan: _LinearBwd, ins: tuple, has_bias: bool, tf32: bool):
-    """((dx, dwcat, dsmall), the C arguments of the call, the workspace) for a backward over ins."""
-    x2d = ins[1]
-    dx, dwcat, dsmall = _grad_bases(x2d, ins[2], ins[4], plan.d, has_bias)
-    ptrs = [_ptr(t) for t in (*ins, dx, dwcat, dsmall)]
-    args = [None if s is None else (ptrs[s[0]] + s[1], s[2], s[3]) for s in plan.slots]
-    if plan.nbytes is None:
-        with _DeviceGuard(x2d):
-            plan.nbytes = int(lib.linear_backward(plan.dt, plan.act, tf32, *args, None, 0, 0))
-    ws = torch.empty(plan.nbytes, dtype=torch.uint8, device=x2d.device)
-    return (dx, dwcat, dsmall), args, ws
-
-
 def linear_bwd_packed(
     grad_y: torch.Tensor,
     x2d: torch.Tensor,
@@ -394,89 +357,19 @@ def linear_bwd_packed(
     lib = _lib()
     ins = (grad_y, x2d, weight, dendrite_weight, gate, cascade, h)
     tf32 = _allow_tf32(x2d)
-    plan = _bwd_plan(lib, ins, activation, has_bias, tf32)
-    grads, args, ws = _bwd_buffers(lib, plan, ins, has_bias, tf32)
+    # The extension (tests swap in the emulated one) and PAI_FAST_CUDA_BACKWARD (a path forced for tests, read by _C)
+    # are in the key: the workspace size follows the path.
+    key = (lib, activation, has_bias, tf32, aligned16(ins), os.environ.get("PAI_FAST_CUDA_BACKWARD"))
+    plan = _linear_bwd_plans.get(ins, key, lambda: _LinearBwd(*ins, activation, has_bias))
+    dx, dwcat, dsmall = _grad_bases(x2d, weight, gate, plan.d, has_bias)
+    ptrs = [_ptr(t) for t in (*ins, dx, dwcat, dsmall)]
+    args = [None if s is None else (ptrs[s[0]] + s[1], s[2], s[3]) for s in plan.slots]
     with _DeviceGuard(x2d):
+        if plan.nbytes is None:
+            plan.nbytes = int(lib.linear_backward(plan.dt, plan.act, tf32, *args, None, 0, 0))
+        ws = torch.empty(plan.nbytes, dtype=torch.uint8, device=x2d.device)
         lib.linear_backward(plan.dt, plan.act, tf32, *args, ws.data_ptr(), plan.nbytes, _stream(x2d))
-    return grads
-
-
-# A small layer's backward made ready in its forward. The autograd engine runs a CUDA layer's backward on its device
-# thread, where each Python and torch call costs more than on the calling thread (h100_probe_autograd_thread_0a02f50
-# .log), and small layers are host-bound. So their training forward does the backward's host work on the calling
-# thread: the plan, the gradient buffers and workspace, the C argument list and the seven gradient views. The backward
-# then checks grad_y and makes one call. The buffers live from the forward to the backward, so only layers whose
-# gradients and workspace take at most PREPARED_BWD_MAX_BYTES are prepared.
-PREPARED_BWD_MAX_BYTES = 16 << 20
-
-
-class PreparedLinearBwd:
-    """One backward of one forward: ``run(grad_y)`` returns the seven gradients (dx, dweight, dbias,
-    ddendrite_weight, ddendrite_bias, dgate, dcascade; dbias and ddendrite_bias None without a bias), or None when
-    grad_y is not the contiguous 16-byte-aligned [M, N] tensor the forward planned for, a saved input no longer holds
-    the memory it held (``saved``: ctx.saved_tensors, whose unpacking also checks the in-place version counters), or
-    TF32 changed for an fp32 layer; the caller then takes linear_bwd. It runs at most once: a second backward
-    (retain_graph) must not write into gradients already handed to autograd."""
-
-    __slots__ = ("_lib", "_plan", "_tf32", "_args", "_ws", "_ptrs", "_gy_shape", "_gy_stride", "_fp32", "_grads")
-
-    def __init__(self, lib, plan, tf32, args, ws, y, saved, grads):
-        self._lib, self._plan, self._tf32, self._args, self._ws = lib, plan, tf32, args, ws
-        self._ptrs = tuple(t.data_ptr() for t in saved)
-        self._gy_shape, self._gy_stride, self._fp32 = y.shape, y.stride(), y.dtype == torch.float32
-        self._grads = grads
-
-    def run(self, grad_y: torch.Tensor, saved: tuple) -> tuple | None:
-        grads = self._grads
-        if (
-            grads is None
-            or tuple(t.data_ptr() for t in saved) != self._ptrs
-            or grad_y.stride() != self._gy_stride
-            or grad_y.shape != self._gy_shape
-            or grad_y.data_ptr() & 15
-            or (self._fp32 and _allow_tf32(grad_y) != self._tf32)
-        ):
-            return None
-        self._grads = None
-        args, plan = self._args, self._plan
-        args[0] = (grad_y.data_ptr(), self._gy_shape, self._gy_stride)
-        self._lib.linear_backward(
-            plan.dt, plan.act, self._tf32, *args, self._ws.data_ptr(), plan.nbytes, _stream(grad_y)
-        )
-        return grads
-
-
-def linear_bwd_prepare(
-    y: torch.Tensor,
-    x2d: torch.Tensor,
-    weight: torch.Tensor,
-    dendrite_weight: torch.Tensor,
-    gate: torch.Tensor,
-    cascade: torch.Tensor,
-    h: torch.Tensor,
-    activation: str,
-    has_bias: bool,
-) -> PreparedLinearBwd | None:
-    """The backward of the forward that returned y (which stands in for grad_y: same shape, dtype, device, layout),
-    over the tensors the forward saves (x2d .. h, in ctx.saved_tensors' order), made ready now (see
-    PREPARED_BWD_MAX_BYTES); None for a layer too large to hold its gradients early, or inside CUDA-graph capture (a
-    captured forward and backward may be separate graphs)."""
-    lib = _lib()
-    d = _d_of(dendrite_weight)
-    es = x2d.element_size()
-    nbytes = (x2d.numel() + (1 + d) * weight.numel()) * es + small_rows(d) * weight.shape[0] * gate.element_size()
-    if nbytes > PREPARED_BWD_MAX_BYTES or (y.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return None
-    ins = (y, x2d, weight, dendrite_weight, gate, cascade, h)
-    tf32 = _allow_tf32(x2d)
-    plan = _bwd_plan(lib, ins, activation, has_bias, tf32)
-    (dx, dwcat, dsmall), args, ws = _bwd_buffers(lib, plan, ins, has_bias, tf32)
-    if nbytes + plan.nbytes > PREPARED_BWD_MAX_BYTES:
-        return None
-    dx, dw, db, ddw, ddb, dg, dc = unpack_grads(dx, dwcat, dsmall, weight, d)
-    if not has_bias:
-        db = ddb = None
-    return PreparedLinearBwd(lib, plan, tf32, args, ws, y, ins[1:], (dx, dw, db, ddw, ddb, dg, dc))
+    return dx, dwcat, dsmall
 
 
 linear_bwd = seven_grads(linear_bwd_packed)

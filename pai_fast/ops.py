@@ -184,26 +184,12 @@ class DendriticLinearFunction(torch.autograd.Function):
         y, h = op(*args, activation, backend, True)
         ctx.save_for_backward(x2, weight, dendrite_weight, gate, cascade, h)
         ctx.meta = (None if flat else x.shape, activation, backend, bias is not None)
-        # A backend may make the backward ready here, on the calling thread (cuda_backend.linear_bwd_prepare says
-        # why); only for direct calls, whose backward takes the backend's Python function too.
-        prepare = getattr(backends.backend_module(backend), "linear_bwd_prepare", None) if direct else None
-        ctx.prepared = (
-            None
-            if prepare is None
-            else prepare(y, x2, weight, dendrite_weight, gate, cascade, h, activation, bias is not None)
-        )
         return y if flat else y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_y):
-        saved = ctx.saved_tensors
+        x2, weight, dendrite_weight, gate, cascade, h = ctx.saved_tensors
         x_shape, activation, backend, has_bias = ctx.meta
-        prepared = ctx.prepared
-        if prepared is not None and _direct(grad_y):
-            grads = prepared.run(grad_y if x_shape is None else grad_y.reshape(-1, grad_y.shape[-1]), saved)
-            if grads is not None:
-                return grads[0] if x_shape is None else grads[0].view(x_shape), *grads[1:], None, None, None
-        x2, weight, dendrite_weight, gate, cascade, h = saved
         args = (
             grad_y if x_shape is None else grad_y.reshape(-1, weight.shape[0]),
             x2,

@@ -431,52 +431,6 @@ def test_streams_and_graph_capture_gpu():
         assert torch.equal(a, e)
 
 
-def _op_step(x, params, gy):
-    from pai_fast import ops
-
-    leaves = [x, *params]
-    y = ops.linear_fused(*leaves, "sigmoid", "cuda")
-    return torch.autograd.grad(y, leaves, gy)
-
-
-@gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("shape,d", [((64, 784, 128), 3), ((256, 1024, 1024), 3), ((37, 50, 29), 1)], ids=str)
-def test_prepared_backward_gpu(monkeypatch, dtype, shape, d):
-    """The backward made ready in the forward (cuda_backend.linear_bwd_prepare) runs on the autograd engine's device
-    thread with the gradients of the general path, bit for bit, and without calling it; inside CUDA-graph capture of
-    a whole step nothing is prepared, and the replay gives the eager gradients."""
-    m, k, n = shape
-    (x, *params), _ = _inputs((n, k), (m, k), d, True, dtype, "cuda")
-    x = x.requires_grad_()
-    params = [t.requires_grad_() for t in params]
-    gy = torch.randn(m, n, device="cuda", dtype=dtype)
-    calls = []
-    real = CB.linear_bwd_packed
-    monkeypatch.setattr(CB, "linear_bwd_packed", lambda *a: calls.append(1) or real(*a))
-    prepared = _op_step(x, params, gy)
-    assert not calls, "the prepared backward called linear_bwd_packed"
-    monkeypatch.setattr(CB, "PREPARED_BWD_MAX_BYTES", 0)
-    general = _op_step(x, params, gy)
-    assert len(calls) == 1
-    for a, b in zip(prepared, general):
-        assert torch.equal(a, b)
-    monkeypatch.undo()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the capturing stream, as torch.cuda.graph asks
-        for _ in range(2):
-            _op_step(x, params, gy)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = _op_step(x, params, gy)
-    graph.replay()
-    torch.cuda.synchronize()
-    for a, b in zip(captured, general):
-        assert torch.equal(a, b)
-
-
 @gpu
 def test_determinism_repeats_gpu():
     (x, w, b, dw, db, g, c), _ = _inputs((64, 96), (4096, 96), 4, True, torch.bfloat16, "cuda")

@@ -26,7 +26,6 @@ import torch
 
 from pai_fast import cuda_backend as CB
 
-from .helpers import noncontig
 from .test_cuda_backend import _inputs, check_conv, check_linear
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,82 +237,6 @@ def test_emu_linear_backward_path_choice(emu, monkeypatch):
     monkeypatch.setenv("PAI_FAST_CUDA_BACKWARD", "onepass")
     assert _asked_workspace(emu, 256, 1024, 1024, 3, torch.float32) == one
     assert _asked_workspace(emu, 64, 784, 128, 4, torch.float32) > one  # D = 4: no one-pass kernel
-
-
-def _fused_grads(x, params, gy, act="sigmoid", retain=False):
-    from pai_fast import ops
-
-    leaves = [x, *params]
-    y = ops.linear_fused(*leaves, act, "cuda")
-    return y, torch.autograd.grad(y, [t for t in leaves if t is not None], gy, retain_graph=retain)
-
-
-def test_emu_linear_prepared_backward(emu, monkeypatch):
-    """A small layer's backward made ready in the forward (cuda_backend.linear_bwd_prepare) gives the general path's
-    gradients bit for bit, for 2-D and 3-D x, with and without bias, and the general backward (linear_bwd_packed)
-    is not called; a layer over PREPARED_BWD_MAX_BYTES takes the general path."""
-    from pai_fast import ops
-
-    calls = []
-    real = CB.linear_bwd_packed
-    monkeypatch.setattr(CB, "linear_bwd_packed", lambda *a: calls.append(1) or real(*a))
-    default = CB.PREPARED_BWD_MAX_BYTES
-    for x_shape, bias, d in (((13, 24), True, 2), ((3, 5, 24), False, 1), ((6, 24), True, 0)):
-        (x, *params), _ = _inputs((11, 24), x_shape, d, bias, torch.float32, "cpu")
-        x = x.requires_grad_()
-        params = [None if t is None else t.requires_grad_() for t in params]
-        gy = torch.randn(*x_shape[:-1], 11)
-        for limit, general in ((default, 0), (0, 1)):
-            monkeypatch.setattr(CB, "PREPARED_BWD_MAX_BYTES", limit)
-            calls.clear()
-            y, grads = _fused_grads(x, params, gy)
-            assert len(calls) == general, f"x {x_shape}, limit {limit}: linear_bwd_packed called {len(calls)} times"
-            if general == 0:
-                prepared = grads
-            else:
-                for a, b in zip(prepared, grads):
-                    assert a.shape == b.shape and torch.equal(a, b)
-        assert prepared[0].shape == x.shape
-    check = ops.linear_fused  # the prepared path against float64 through gradcheck (retain_graph: run once, then
-    # the general path for every later grad_y of the analytical Jacobian)
-    (x, *params), _ = _inputs((5, 8), (4, 8), 2, True, torch.float64, "cpu")
-    leaves = [t.requires_grad_() for t in (x, *params)]
-    assert torch.autograd.gradcheck(lambda *a: check(*a, "tanh", "cuda"), leaves, eps=1e-6, atol=1e-6)
-
-
-def test_emu_linear_prepared_backward_falls_back(emu, monkeypatch):
-    """The prepared backward runs once and only for the grad_y it planned for: a strided grad_y, a second backward
-    with retain_graph (which must not write into the gradients already handed out) and an input that no longer
-    holds its memory take the general path, with right results; an in-place change of a saved input still raises."""
-    (x, *params), _ = _inputs((11, 24), (13, 24), 2, True, torch.float32, "cpu")
-    x = x.requires_grad_()
-    params = [t.requires_grad_() for t in params]
-    gy = torch.randn(13, 11)
-    _, want = _fused_grads(x, params, gy)
-    calls = []
-    real = CB.linear_bwd_packed
-    monkeypatch.setattr(CB, "linear_bwd_packed", lambda *a: calls.append(1) or real(*a))
-    _, got = _fused_grads(x, params, noncontig(gy))
-    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(want, got))
-    calls.clear()
-    y, first = _fused_grads(x, params, gy, retain=True)
-    first = [t.clone() for t in first]
-    second = torch.autograd.grad(y, [x, *params], gy)
-    assert len(calls) == 1, "the second backward must take the general path"
-    for a, b, c in zip(want, first, second):
-        assert torch.equal(a, b) and torch.equal(a, c)
-    from pai_fast import ops
-
-    calls.clear()
-    y = ops.linear_fused(x, *params, "sigmoid", "cuda")
-    params[2].data = params[2].data.clone()  # same values, other memory: the prepared pointers are stale
-    again = torch.autograd.grad(y, [x, *params], gy)
-    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(want, again))
-    y = ops.linear_fused(x, *params, "sigmoid", "cuda")
-    with torch.no_grad():
-        params[0].mul_(2)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        torch.autograd.grad(y, [x, *params], gy)
 
 
 def test_emu_linear_d127(emu):
