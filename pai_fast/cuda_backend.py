@@ -295,6 +295,17 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _run_planned(fn, plan, args: list, x: torch.Tensor) -> None:
+    """Call a _C backward (``fn(*args, workspace, workspace_bytes, stream)``) on x's device and current stream with the
+    workspace it needs: the size is asked of _C once per plan (a call with workspace None launches nothing) and kept
+    in plan.nbytes, since the plan's signature fixes it."""
+    with _DeviceGuard(x):
+        if plan.nbytes is None:
+            plan.nbytes = int(fn(*args, None, 0, 0))
+        ws = torch.empty(plan.nbytes, dtype=torch.uint8, device=x.device)
+        fn(*args, ws.data_ptr(), plan.nbytes, _stream(x))
+
+
 class _LinearBwd:
     """What a Linear backward's call signature (shapes, strides, dtypes, devices, pointer alignment, activation,
     bias, TF32) fixes, found once (pai_fast._plans): the dtype and activation codes after the checks, D, and each C
@@ -364,11 +375,7 @@ def linear_bwd_packed(
     dx, dwcat, dsmall = _grad_bases(x2d, weight, gate, plan.d, has_bias)
     ptrs = [_ptr(t) for t in (*ins, dx, dwcat, dsmall)]
     args = [None if s is None else (ptrs[s[0]] + s[1], s[2], s[3]) for s in plan.slots]
-    with _DeviceGuard(x2d):
-        if plan.nbytes is None:
-            plan.nbytes = int(lib.linear_backward(plan.dt, plan.act, tf32, *args, None, 0, 0))
-        ws = torch.empty(plan.nbytes, dtype=torch.uint8, device=x2d.device)
-        lib.linear_backward(plan.dt, plan.act, tf32, *args, ws.data_ptr(), plan.nbytes, _stream(x2d))
+    _run_planned(lib.linear_backward, plan, [plan.dt, plan.act, tf32, *args], x2d)
     return dx, dwcat, dsmall
 
 
@@ -535,11 +542,7 @@ def conv_bwd_packed(
         _t(dg) if d > 0 else None,
         _t(dc) if d > 0 else None,
     ]
-    with _DeviceGuard(x):
-        if plan.nbytes is None:
-            plan.nbytes = int(lib.conv_backward(*args, None, 0, 0))
-        ws = torch.empty(plan.nbytes, dtype=torch.uint8, device=x.device)
-        lib.conv_backward(*args, ws.data_ptr(), plan.nbytes, _stream(x))
+    _run_planned(lib.conv_backward, plan, args, x)
     return out[0], weight_rows_like(out[1], weight), out[2]
 
 
